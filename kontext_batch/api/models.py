@@ -1,0 +1,246 @@
+"""The Kontext API's data: the request a client may send, and what submit and poll give back.
+
+The request model enforces the documented rules *before* anything is sent, so a bad row costs no
+credits and no active slot. Rules (BFL OpenAPI + docs):
+
+=================  ==============================================  ==========
+field              rule                                            default
+=================  ==============================================  ==========
+prompt             required, 1..10,000 characters                  -
+input_image(_2-4)  base64 (no data-URI prefix) or http(s) URL      None
+seed               integer >= 0                                    random
+aspect_ratio       "W:H", positive integers, 21:9 >= W/H >= 9:21   model's
+output_format      jpeg | png | webp                               png
+webhook_url        http(s) URL, 1..2083 characters                 None
+webhook_secret     string (never shown in repr)                    None
+prompt_upsampling  bool                                            False
+safety_tolerance   integer 0..6                                    2
+=================  ==============================================  ==========
+
+``steps``, ``guidance_scale`` and ``negative_prompt`` exist only in the reseller dialect; the BFL
+provider refuses a request that sets them rather than silently dropping them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from kontext_batch.errors import FieldError, RequestInvalid
+
+__all__ = [
+    "ASPECT_MAX",
+    "ASPECT_MIN",
+    "ENDPOINT_COST_CREDITS",
+    "MODEL_ENDPOINTS",
+    "KontextRequest",
+    "OutputFormat",
+    "PollResult",
+    "Sample",
+    "Status",
+    "Task",
+    "endpoint_for_model",
+    "parse_aspect_ratio",
+]
+
+OutputFormat = Literal["jpeg", "png", "webp"]
+
+ASPECT_MAX: Final = Fraction(21, 9)
+ASPECT_MIN: Final = Fraction(9, 21)
+PROMPT_MAX_CHARS: Final = 10_000
+WEBHOOK_URL_MAX_CHARS: Final = 2083
+INPUT_IMAGE_FIELDS: Final = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+
+#: Manifest ``model`` values and the endpoint each names. Any other endpoint name is allowed as data.
+MODEL_ENDPOINTS: Final[dict[str, str]] = {"pro": "flux-kontext-pro", "max": "flux-kontext-max"}
+
+#: Credits per image (1 credit = $0.01), from BFL's pricing. Unknown endpoints cost what the API says.
+ENDPOINT_COST_CREDITS: Final[dict[str, int]] = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
+
+_ASPECT_RE: Final = re.compile(r"^\s*(\d{1,5})\s*:\s*(\d{1,5})\s*$")
+_ENDPOINT_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def endpoint_for_model(model: str) -> str:
+    """``pro`` -> ``flux-kontext-pro``; an endpoint name (``flux-2-pro``) passes through unchanged."""
+    name = MODEL_ENDPOINTS.get(model.strip().lower(), model.strip())
+    if not _ENDPOINT_RE.match(name):
+        raise RequestInvalid([FieldError(("model",), f"not a model or endpoint name: {model!r}")])
+    return name
+
+
+def parse_aspect_ratio(value: str) -> tuple[int, int]:
+    """Parse ``"W:H"`` and check it lies within 21:9..9:21. Raises ValueError with the reason."""
+    m = _ASPECT_RE.match(value)
+    if not m:
+        raise ValueError(f"aspect ratio must look like 'W:H' (e.g. 16:9), got {value!r}")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w == 0 or h == 0:
+        raise ValueError(f"aspect ratio sides must be positive, got {value!r}")
+    if not ASPECT_MIN <= Fraction(w, h) <= ASPECT_MAX:
+        raise ValueError(f"aspect ratio must be between 21:9 and 9:21, got {value!r}")
+    return w, h
+
+
+class KontextRequest(BaseModel):
+    """One generation/edit request, valid by construction. Build with :meth:`build` for our errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
+    input_image: str | None = None
+    input_image_2: str | None = None
+    input_image_3: str | None = None
+    input_image_4: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    aspect_ratio: str | None = None
+    output_format: OutputFormat | None = None
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=WEBHOOK_URL_MAX_CHARS)
+    webhook_secret: SecretStr | None = None
+    prompt_upsampling: bool | None = None
+    safety_tolerance: int | None = Field(default=None, ge=0, le=6)
+    # Reseller dialect only.
+    steps: int | None = Field(default=None, ge=1, le=50)
+    guidance_scale: float | None = Field(default=None, ge=1, le=10)
+    negative_prompt: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must not be blank")
+        return v
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _aspect(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        w, h = parse_aspect_ratio(v)
+        return f"{w}:{h}"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http(s) URL")
+        return v
+
+    @field_validator("input_image", "input_image_2", "input_image_3", "input_image_4")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and not v:
+            raise ValueError("input image must be base64 data or an http(s) URL, not empty")
+        if v is not None and v.startswith("data:"):
+            raise ValueError("send bare base64 without a data: URI prefix")
+        return v
+
+    @classmethod
+    def build(cls, **fields: Any) -> KontextRequest:
+        """Validate ``fields``; raise :class:`RequestInvalid` listing every bad field."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise RequestInvalid(
+                [
+                    FieldError(tuple(e["loc"]), e["msg"].removeprefix("Value error, "), e["type"])
+                    for e in exc.errors(include_url=False)
+                ]
+            ) from None
+
+    @property
+    def input_images(self) -> list[str]:
+        return [v for v in (self.input_image, self.input_image_2, self.input_image_3, self.input_image_4) if v]
+
+    def bfl_body(self) -> dict[str, Any]:
+        """The JSON body for BFL's endpoints: only fields that are set; the secret revealed here only."""
+        body = self.model_dump(
+            exclude_none=True, exclude={"webhook_secret", "steps", "guidance_scale", "negative_prompt"}
+        )
+        if self.webhook_secret is not None:
+            body["webhook_secret"] = self.webhook_secret.get_secret_value()
+        return body
+
+
+class Status(enum.StrEnum):
+    """A task's state as the API names it. Unknown names map to PENDING (see :meth:`parse`)."""
+
+    PENDING = "Pending"
+    READY = "Ready"
+    REQUEST_MODERATED = "Request Moderated"
+    CONTENT_MODERATED = "Content Moderated"
+    ERROR = "Error"
+    FAILED = "Failed"
+    TASK_NOT_FOUND = "Task not found"
+
+    @classmethod
+    def parse(cls, raw: object) -> Status:
+        for s in cls:
+            if isinstance(raw, str) and raw.strip().lower() == s.value.lower():
+                return s
+        return cls.PENDING
+
+    @property
+    def terminal(self) -> bool:
+        return self is not Status.PENDING
+
+    @property
+    def moderated(self) -> bool:
+        return self in (Status.REQUEST_MODERATED, Status.CONTENT_MODERATED)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a submit returns. Always poll ``polling_url``; never rebuild it from ``id``."""
+
+    id: str
+    polling_url: str
+    cost: float | None = None
+    input_mp: float | None = None
+    output_mp: float | None = None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One poll of a task. ``raw_status`` keeps the API's word when ``status`` had to be inferred."""
+
+    id: str
+    status: Status
+    raw_status: str
+    progress: float | None = None
+    sample_url: str | None = None
+    seed: int | None = None
+    prompt: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    duration: float | None = None
+    moderation_reasons: tuple[str, ...] = ()
+    details: dict[str, Any] | None = None
+    cost: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """A one-line account of a non-Ready terminal outcome, for the results file."""
+        if self.moderation_reasons:
+            return f"{self.raw_status}: {', '.join(self.moderation_reasons)}"
+        if self.details:
+            return f"{self.raw_status}: {self.details}"
+        return self.raw_status
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A downloaded output image."""
+
+    content: bytes = field(repr=False)
+    content_type: str
+
+    @property
+    def extension(self) -> str:
+        sub = self.content_type.split(";")[0].strip().lower().removeprefix("image/")
+        return {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}.get(sub, "bin")

@@ -1,0 +1,229 @@
+"""Every exception kontext-batch raises, under one root, split by what the caller does next.
+
+    KontextBatchError
+    ├── RetryableError             a later attempt can succeed: back off and try again
+    │   ├── RateLimited            429: too many active tasks (honours Retry-After)
+    │   ├── ServerError            5xx from the API, or a body that is not the JSON it should be
+    │   ├── TransportError         no usable HTTP response at all
+    │   │   ├── ApiTimeout         connect/read/write/pool timeout
+    │   │   └── ApiConnectionError refused, reset or dropped connection
+    │   └── StorageUnavailable     the object store failed in a way that may pass
+    └── PermanentError             retrying the same request cannot help
+        ├── RequestInvalid         our own model refused the request before sending it
+        ├── ApiValidationError     422 from the API, with field paths from ``detail``
+        ├── BadRequest             400
+        ├── OutOfCredits           402: stop submitting for the whole run
+        ├── AuthError              401/403 on the API
+        ├── SampleExpired          403/404 on a sample URL (its 10 minutes are over)
+        ├── InvalidImage           bytes that do not decode as an image
+        ├── StorageError           the object store refused (permissions, bad URL)
+        ├── ManifestError          rows of a manifest are invalid (carries every row error)
+        └── ConfigError            settings that cannot work
+
+Terminal task outcomes (moderation, ``Error``, ``Failed``, ``Task not found``) are *not* exceptions:
+they are statuses recorded per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ApiConnectionError",
+    "ApiError",
+    "ApiTimeout",
+    "ApiValidationError",
+    "AuthError",
+    "BadRequest",
+    "ConfigError",
+    "FieldError",
+    "InvalidImage",
+    "KontextBatchError",
+    "ManifestError",
+    "OutOfCredits",
+    "PermanentError",
+    "RateLimited",
+    "RequestInvalid",
+    "RetryableError",
+    "RowError",
+    "SampleExpired",
+    "ServerError",
+    "StorageError",
+    "StorageUnavailable",
+    "TransportError",
+]
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field: ``loc`` is its path (``("body", "seed")`` or ``("seed",)``)."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str = "value_error"
+
+    @property
+    def field(self) -> str:
+        parts = [str(p) for p in self.loc if p != "body"]
+        return ".".join(parts) or "<request>"
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.msg}"
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One problem with one manifest row. ``row`` is 1-based, counting data rows (header excluded)."""
+
+    row: int
+    field: str
+    msg: str
+
+    def __str__(self) -> str:
+        return f"row {self.row}, field {self.field}: {self.msg}"
+
+
+class KontextBatchError(Exception):
+    """Root of every kontext-batch exception. ``retryable`` says whether a later attempt may succeed."""
+
+    retryable: bool = False
+
+
+class RetryableError(KontextBatchError):
+    """Raised when a later attempt of the same operation can succeed."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(KontextBatchError):
+    """Raised when retrying the same operation cannot help."""
+
+    retryable = False
+
+
+class ApiError(KontextBatchError):
+    """Mixin data for errors that came from an HTTP response of the API."""
+
+    status_code: int | None = None
+    detail: object = None
+
+
+class RateLimited(RetryableError, ApiError):
+    """Raised on HTTP 429: the key has too many active tasks. ``retry_after_s`` from Retry-After."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, detail: object = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.status_code = 429
+        self.detail = detail
+
+
+class ServerError(RetryableError, ApiError):
+    """Raised on HTTP 5xx, or on a response body that is not the JSON the API documents."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+        detail: object = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class TransportError(RetryableError):
+    """Raised when no usable HTTP response arrived."""
+
+
+class ApiTimeout(TransportError):
+    """Raised when connecting, sending or reading timed out."""
+
+
+class ApiConnectionError(TransportError):
+    """Raised when the connection was refused, reset or dropped mid-response."""
+
+
+class StorageUnavailable(RetryableError):
+    """Raised when the object store failed in a way that may pass (timeouts, 5xx, throttling)."""
+
+
+class RequestInvalid(PermanentError):
+    """Raised by the request model before anything is sent. ``errors`` lists every bad field."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("invalid request: " + "; ".join(str(e) for e in self.errors))
+
+
+class ApiValidationError(PermanentError, ApiError):
+    """Raised on HTTP 422. ``errors`` holds the ``detail`` entries with their field paths."""
+
+    def __init__(self, errors: Sequence[FieldError], *, detail: object = None) -> None:
+        self.errors = tuple(errors)
+        self.status_code = 422
+        self.detail = detail
+        super().__init__("API rejected the request (422): " + "; ".join(str(e) for e in self.errors))
+
+
+class BadRequest(PermanentError, ApiError):
+    """Raised on HTTP 400 (and other 4xx the API does not document)."""
+
+    def __init__(self, message: str, *, status_code: int = 400, detail: object = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class OutOfCredits(PermanentError, ApiError):
+    """Raised on HTTP 402: the account has no credits left. Stop submitting; no retry fixes it."""
+
+    def __init__(self, message: str, *, detail: object = None) -> None:
+        super().__init__(message)
+        self.status_code = 402
+        self.detail = detail
+
+
+class AuthError(PermanentError, ApiError):
+    """Raised on HTTP 401/403 from the API: the key is missing, wrong or lacks permission."""
+
+    def __init__(self, message: str, *, status_code: int = 403, detail: object = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class SampleExpired(PermanentError, ApiError):
+    """Raised when a sample URL answers 403/404: it expired (10 minutes after Ready) or was never valid."""
+
+    def __init__(self, message: str, *, status_code: int = 403) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class InvalidImage(PermanentError):
+    """Raised when bytes that should be an image do not decode as one."""
+
+
+class StorageError(PermanentError):
+    """Raised when the object store refuses an operation for good (permissions, malformed URL)."""
+
+
+class ManifestError(PermanentError):
+    """Raised when a manifest cannot be run as it is. ``errors`` lists every bad row and field."""
+
+    def __init__(self, errors: Sequence[RowError], message: str | None = None) -> None:
+        self.errors = tuple(errors)
+        shown = "; ".join(str(e) for e in self.errors[:5])
+        more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
+        super().__init__(message or f"{len(self.errors)} invalid row(s): {shown}{more}")
+
+
+class ConfigError(PermanentError):
+    """Raised when settings cannot work (a malformed URL, an unknown provider, a cap below 1)."""

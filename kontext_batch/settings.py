@@ -1,0 +1,166 @@
+"""Typed settings, read once from the environment at start-up and passed down.
+
+=============================  ==================================  ===============================
+variable                       meaning                             default
+=============================  ==================================  ===============================
+KONTEXT_API_KEY                API key (x-key, or Bearer)          (none: required to run)
+KONTEXT_API_BASE               global | eu | us | any http(s) URL  global (https://api.bfl.ai)
+KONTEXT_PROVIDER               bfl | reseller                      bfl
+KONTEXT_REDIS_URL              broker and run state                (embedded Redis for demo/--local;
+                                                                   else redis://127.0.0.1:6379/0)
+KONTEXT_OUTPUT                 output store URL or folder          ./output
+KONTEXT_MODEL                  default model for rows without one  pro
+KONTEXT_MAX_ACTIVE             active tasks per key, all models    24
+KONTEXT_MAX_ACTIVE_MODELS      per-endpoint caps, "ep=N,ep=N"      flux-kontext-max=6
+KONTEXT_SUBMITS_PER_S          global submit rate (0 = no limit)   0
+KONTEXT_HTTP_TIMEOUT_S         per-request HTTP timeout            30
+KONTEXT_MAX_ATTEMPTS           attempts per API call / row step    6
+KONTEXT_RETRY_BASE_S           first backoff, doubled each time    0.5
+KONTEXT_RETRY_MAX_S            backoff ceiling                     30
+KONTEXT_LEASE_S                slot lease without a heartbeat      90
+KONTEXT_POLL_FIRST_S           first poll before any latency seen  2.0
+KONTEXT_POLL_MIN_S             shortest poll interval              0.25
+KONTEXT_POLL_MAX_S             longest poll interval               10
+KONTEXT_RESUBMIT_EXPIRED       resubmit a row whose sample expired 0
+KONTEXT_LOG_LEVEL              logging level                       INFO
+=============================  ==================================  ===============================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Final
+
+from kontext_batch.errors import ConfigError
+from kontext_batch.secret import Secret
+
+__all__ = ["API_BASES", "DEFAULT_REDIS_URL", "Settings", "resolve_api_base"]
+
+API_BASES: Final[dict[str, str]] = {
+    "global": "https://api.bfl.ai",
+    "eu": "https://api.eu.bfl.ai",
+    "us": "https://api.us.bfl.ai",
+}
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+_TRUE: Final = {"1", "true", "yes", "on"}
+
+
+def resolve_api_base(value: str) -> str:
+    """``eu`` -> ``https://api.eu.bfl.ai``; an http(s) URL passes through without its trailing slash."""
+    v = value.strip()
+    if v.lower() in API_BASES:
+        return API_BASES[v.lower()]
+    if not v.startswith(("http://", "https://")):
+        raise ConfigError(f"KONTEXT_API_BASE must be global, eu, us or an http(s) URL, got {v!r}")
+    return v.rstrip("/")
+
+
+def _parse_caps(value: str) -> dict[str, int]:
+    caps: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, num = part.partition("=")
+        if not sep or not num.strip().isdigit() or int(num) < 1:
+            raise ConfigError(f"KONTEXT_MAX_ACTIVE_MODELS entries look like 'flux-kontext-max=6', got {part!r}")
+        caps[name.strip()] = int(num)
+    return caps
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Build with :meth:`from_env`; ``repr`` never shows the key."""
+
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    api_base: str = API_BASES["global"]
+    provider: str = "bfl"
+    redis_url: str | None = None
+    output: str = "./output"
+    model: str = "pro"
+    max_active: int = 24
+    max_active_models: dict[str, int] = field(default_factory=lambda: {"flux-kontext-max": 6})
+    submits_per_s: float = 0.0
+    http_timeout_s: float = 30.0
+    max_attempts: int = 6
+    retry_base_s: float = 0.5
+    retry_max_s: float = 30.0
+    lease_s: float = 90.0
+    poll_first_s: float = 2.0
+    poll_min_s: float = 0.25
+    poll_max_s: float = 10.0
+    resubmit_expired: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def num(name: str, default: float, *, minimum: float = 0.0) -> float:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
+            return value
+
+        provider = env.get("KONTEXT_PROVIDER", d.provider).strip().lower()
+        if provider not in ("bfl", "reseller"):
+            raise ConfigError(f"KONTEXT_PROVIDER must be bfl or reseller, got {provider!r}")
+        caps_raw = env.get("KONTEXT_MAX_ACTIVE_MODELS")
+        return cls(
+            api_key=Secret(env.get("KONTEXT_API_KEY", "").strip()),
+            api_base=resolve_api_base(env.get("KONTEXT_API_BASE", d.api_base)),
+            provider=provider,
+            redis_url=env.get("KONTEXT_REDIS_URL") or None,
+            output=env.get("KONTEXT_OUTPUT", d.output),
+            model=env.get("KONTEXT_MODEL", d.model),
+            max_active=int(num("KONTEXT_MAX_ACTIVE", d.max_active, minimum=1)),
+            max_active_models=_parse_caps(caps_raw) if caps_raw is not None else dict(d.max_active_models),
+            submits_per_s=num("KONTEXT_SUBMITS_PER_S", d.submits_per_s),
+            http_timeout_s=num("KONTEXT_HTTP_TIMEOUT_S", d.http_timeout_s, minimum=0.1),
+            max_attempts=int(num("KONTEXT_MAX_ATTEMPTS", d.max_attempts, minimum=1)),
+            retry_base_s=num("KONTEXT_RETRY_BASE_S", d.retry_base_s),
+            retry_max_s=num("KONTEXT_RETRY_MAX_S", d.retry_max_s),
+            lease_s=num("KONTEXT_LEASE_S", d.lease_s, minimum=1.0),
+            poll_first_s=num("KONTEXT_POLL_FIRST_S", d.poll_first_s, minimum=0.01),
+            poll_min_s=num("KONTEXT_POLL_MIN_S", d.poll_min_s, minimum=0.01),
+            poll_max_s=num("KONTEXT_POLL_MAX_S", d.poll_max_s, minimum=0.01),
+            resubmit_expired=env.get("KONTEXT_RESUBMIT_EXPIRED", "0").strip().lower() in _TRUE,
+            log_level=env.get("KONTEXT_LOG_LEVEL", d.log_level).upper(),
+        )
+
+    def cap_for(self, endpoint: str) -> int:
+        """Active-task cap for one endpoint: its own cap, never above the account-wide one."""
+        return min(self.max_active_models.get(endpoint, self.max_active), self.max_active)
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or DEFAULT_REDIS_URL
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (a worker we start)."""
+        out = {
+            "KONTEXT_API_KEY": self.api_key.reveal(),
+            "KONTEXT_API_BASE": self.api_base,
+            "KONTEXT_PROVIDER": self.provider,
+            "KONTEXT_OUTPUT": self.output,
+            "KONTEXT_MODEL": self.model,
+            "KONTEXT_MAX_ACTIVE": str(self.max_active),
+            "KONTEXT_MAX_ACTIVE_MODELS": ",".join(f"{k}={v}" for k, v in self.max_active_models.items()),
+            "KONTEXT_RESUBMIT_EXPIRED": "1" if self.resubmit_expired else "0",
+            "KONTEXT_LOG_LEVEL": self.log_level,
+        }
+        for f in fields(self):
+            if f.type in ("float", "int") and f.name not in ("max_active",):
+                out[f"KONTEXT_{f.name.upper()}"] = str(getattr(self, f.name))
+        if self.redis_url:
+            out["KONTEXT_REDIS_URL"] = self.redis_url
+        return out

@@ -1,0 +1,315 @@
+"""The HTTP layer both providers share: one pooled httpx client, logging, and error mapping.
+
+Everything here keeps the API key out of sight: it is only ever put into a request header, never
+into a message, a log line or a repr; text that came back from a server is scrubbed of it anyway,
+and URLs are shown as host + path (sample URLs carry signatures in their query string).
+
+Status mapping for API calls (submit, poll, credits):
+
+=========  ==================================================
+400        BadRequest
+401, 403   AuthError
+402        OutOfCredits
+422        ApiValidationError (``detail[].loc/msg/type``)
+429        RateLimited (``Retry-After`` seconds or HTTP-date)
+408, 5xx   ServerError (``Retry-After`` when present)
+other 4xx  BadRequest with its status code
+other      ServerError (an unexpected 1xx/3xx)
+=========  ==================================================
+
+Sample downloads: 403/404/410 -> SampleExpired; 429 -> RateLimited; 5xx -> ServerError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+
+from kontext_batch.api.models import Sample
+from kontext_batch.errors import (
+    ApiConnectionError,
+    ApiTimeout,
+    ApiValidationError,
+    AuthError,
+    BadRequest,
+    ConfigError,
+    FieldError,
+    KontextBatchError,
+    OutOfCredits,
+    RateLimited,
+    SampleExpired,
+    ServerError,
+)
+from kontext_batch.secret import Secret
+
+__all__ = [
+    "HttpCore",
+    "describe_url",
+    "opt_float",
+    "opt_int",
+    "opt_str",
+    "parse_retry_after",
+]
+
+log = logging.getLogger("kontext_batch.api")
+
+#: Sized for ~64 worker threads sharing one client: one keep-alive connection each to the API,
+#: plus head-room for sample downloads from the delivery hosts.
+POOL_LIMITS: Final = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30.0)
+_SNIPPET_CHARS: Final = 160
+_MASK: Final = "**********"
+
+
+def describe_url(url: str | httpx.URL) -> str:
+    """``host/path`` of ``url``: never its query string, which may hold a signature."""
+    parts = urlsplit(str(url))
+    return f"{parts.netloc}{parts.path}" if parts.netloc else parts.path
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date); None when absent/garbled."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is read as UTC.
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def opt_float(value: object) -> float | None:
+    """A number from a JSON field, or None when absent or not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def opt_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class HttpCore:
+    """One ``httpx.Client`` (created here, or injected), the key, and the response-to-error mapping.
+
+    Thread-safe: httpx's connection pool is, and nothing here mutates shared state after init.
+    """
+
+    def __init__(
+        self,
+        api_key: Secret,
+        *,
+        timeout_s: float,
+        transport: httpx.BaseTransport | None,
+        http: httpx.Client | None,
+    ) -> None:
+        if not api_key:
+            raise ConfigError("no API key: set KONTEXT_API_KEY")
+        self.key = api_key
+        self._owns_http = http is None
+        # No default headers: the key goes on each API request only, so it can never ride along to
+        # a delivery host (downloads) or to another host through a redirect we did not ask for.
+        self.http = http or httpx.Client(
+            timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport
+        )
+
+    def close(self) -> None:
+        if self._owns_http:
+            self.http.close()
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every occurrence of the key masked (defence in depth for echoed bodies)."""
+        key = self.key.reveal()
+        return text.replace(key, _MASK) if key else text
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+        follow_redirects: bool = False,
+    ) -> httpx.Response:
+        """Send one request; transport failures become ApiTimeout/ApiConnectionError."""
+        where = describe_url(url)
+        started = time.perf_counter()
+        try:
+            response = self.http.request(
+                method, url, headers=headers, json=json_body, follow_redirects=follow_redirects
+            )
+        except httpx.TimeoutException as exc:
+            log.debug("%s %s timed out after %.3fs", method, where, time.perf_counter() - started)
+            raise ApiTimeout(f"{method} {where}: {type(exc).__name__}") from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise ConfigError(f"{method} {where}: not a usable http(s) URL") from exc
+        except httpx.HTTPError as exc:
+            log.debug(
+                "%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, exc_name(exc)
+            )
+            raise ApiConnectionError(
+                f"{method} {where}: {exc_name(exc)}: {self._exc_text(exc, url)}"
+            ) from exc
+        log.debug("%s %s -> %d in %.3fs", method, where, response.status_code, time.perf_counter() - started)
+        return response
+
+    def _exc_text(self, exc: BaseException, url: str) -> str:
+        text = str(exc)
+        query = urlsplit(url).query
+        if query:
+            text = text.replace(query, "…")
+        return self.scrub(text)[:_SNIPPET_CHARS]
+
+    # -- bodies ---------------------------------------------------------------------------------
+
+    def json_object(self, response: httpx.Response, method: str) -> dict[str, Any]:
+        """The response body as a JSON object; anything else is a ServerError (a retry may fix it)."""
+        try:
+            body = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ServerError(
+                f"{method} {describe_url(response.request.url)} -> {response.status_code}: "
+                f"body is not JSON: {self.snippet(response)!r}",
+                status_code=response.status_code,
+            ) from None
+        if not isinstance(body, dict):
+            raise ServerError(
+                f"{method} {describe_url(response.request.url)} -> {response.status_code}: "
+                f"expected a JSON object, got {type(body).__name__}",
+                status_code=response.status_code,
+            )
+        return body
+
+    def snippet(self, response: httpx.Response) -> str:
+        """A short, single-line, key-free excerpt of a body (HTML error pages included)."""
+        try:
+            text = response.text
+        except (UnicodeDecodeError, LookupError):
+            return f"<{len(response.content)} bytes>"
+        return self.scrub(" ".join(text.split()))[:_SNIPPET_CHARS]
+
+    def detail(self, response: httpx.Response) -> object:
+        """The ``detail`` (BFL) or ``error`` (reseller) of an error body, else a text snippet."""
+        try:
+            body = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self.snippet(response) or None
+        if isinstance(body, dict):
+            for name in ("detail", "error", "message"):
+                if body.get(name) is not None:
+                    return body[name]
+        return body
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def api_error(self, response: httpx.Response, method: str) -> KontextBatchError:
+        """The exception an unsuccessful API response stands for (see the module table)."""
+        code = response.status_code
+        detail = self.detail(response)
+        what = f"{method} {describe_url(response.request.url)} -> {code}"
+        text = _detail_text(detail)
+        message = self.scrub(f"{what}: {text}" if text else what)
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if code == 422:
+            return ApiValidationError(_field_errors(detail, self.scrub), detail=detail)
+        if code == 429:
+            return RateLimited(message, retry_after_s=retry_after, detail=detail)
+        if code in (401, 403):
+            return AuthError(message, status_code=code, detail=detail)
+        if code == 402:
+            return OutOfCredits(message, detail=detail)
+        if code == 408 or code >= 500:
+            return ServerError(message, status_code=code, retry_after_s=retry_after, detail=detail)
+        if 400 <= code < 500:
+            return BadRequest(message, status_code=code, detail=detail)
+        return ServerError(f"{message} (unexpected status)", status_code=code, detail=detail)
+
+    # -- samples --------------------------------------------------------------------------------
+
+    def download(self, sample_url: str) -> Sample:
+        """GET a signed sample URL, without the key: it is a delivery host, not the API."""
+        response = self.send("GET", sample_url, follow_redirects=True)
+        code = response.status_code
+        what = f"GET {describe_url(sample_url)} -> {code}"
+        if code in (403, 404, 410):
+            raise SampleExpired(f"{what}: sample URL expired or unknown", status_code=code)
+        if code == 429:
+            raise RateLimited(what, retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+        if code >= 500 or code == 408:
+            raise ServerError(
+                f"{what}: {self.snippet(response)}",
+                status_code=code,
+                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+            )
+        if not 200 <= code < 300:
+            raise BadRequest(f"{what}: {self.snippet(response)}", status_code=code)
+        if not response.content:
+            # A 200 with nothing in it is a cut-off transfer, not an image: worth another try.
+            raise ServerError(f"{what}: empty body", status_code=code)
+        content_type = response.headers.get("content-type", "application/octet-stream")
+        return Sample(content=response.content, content_type=content_type)
+
+
+def exc_name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _detail_text(detail: object) -> str:
+    if detail is None:
+        return ""
+    if isinstance(detail, str):
+        text = detail
+    else:
+        try:
+            text = json.dumps(detail, default=str)
+        except (TypeError, ValueError):
+            text = repr(detail)
+    return " ".join(text.split())[:_SNIPPET_CHARS]
+
+
+def _field_errors(detail: object, scrub: Callable[[str], str]) -> list[FieldError]:
+    """FieldErrors from a FastAPI-style ``detail`` list; one whole-request error for anything else."""
+    errors: list[FieldError] = []
+    if isinstance(detail, list):
+        for item in detail:
+            if not isinstance(item, dict):
+                continue
+            raw_loc = item.get("loc")
+            loc = tuple(p for p in raw_loc if isinstance(p, str | int)) if isinstance(raw_loc, list) else ()
+            errors.append(
+                FieldError(
+                    loc or ("body",),
+                    scrub(str(item.get("msg", "invalid"))),
+                    str(item.get("type", "value_error")),
+                )
+            )
+    if not errors:
+        errors.append(FieldError(("body",), scrub(_detail_text(detail) or "rejected by the API")))
+    return errors

@@ -1,0 +1,90 @@
+"""Redis key layout, in one place. Every key starts with the namespace (``kb`` by default).
+
+==============================  ======  =========================================================
+key                             type    holds
+==============================  ======  =========================================================
+{ns}:gates                      set     "{fp}|{endpoint}" of every gate ever used (for sweeping)
+{ns}:lease:{fp}                 zset    job refs holding an active slot on the key; score=expiry ms
+{ns}:lease:{fp}:{endpoint}      zset    the same, one endpoint
+{ns}:wait:{fp}:{endpoint}       list    job refs waiting for a slot, FIFO
+{ns}:watch                      zset    job refs in flight (granted..stored); score=deadline ms
+{ns}:job:{run}:{row}            hash    one in-flight job: gen, state, poll_seq, task id, timings
+{ns}:runs                       zset    run ids by creation time
+{ns}:run:{run}                  hash    run metadata (manifest, output, total, status, flags)
+{ns}:run:{run}:rows             hash    row -> the row's job spec (JSON)
+{ns}:run:{run}:results          hash    row -> the row's final result (JSON); written once
+{ns}:run:{run}:counts           hash    status -> number of final rows; "submitted" etc.
+{ns}:run:{run}:ndone            string  number of final rows (the completion counter)
+{ns}:submit-rate                string  the global submits-per-second window
+==============================  ======  =========================================================
+
+A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
+its fingerprint (:attr:`kontext_batch.secret.Secret.fingerprint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keys", "job_ref", "split_job_ref"]
+
+
+def job_ref(run_id: str, row: int) -> str:
+    return f"{run_id}:{row}"
+
+
+def split_job_ref(ref: str) -> tuple[str, int]:
+    run_id, _, row = ref.rpartition(":")
+    return run_id, int(row)
+
+
+@dataclass(frozen=True)
+class Keys:
+    ns: str = "kb"
+
+    @property
+    def gates(self) -> str:
+        return f"{self.ns}:gates"
+
+    def lease_total(self, fp: str) -> str:
+        return f"{self.ns}:lease:{fp}"
+
+    def lease(self, fp: str, endpoint: str) -> str:
+        return f"{self.ns}:lease:{fp}:{endpoint}"
+
+    def wait(self, fp: str, endpoint: str) -> str:
+        return f"{self.ns}:wait:{fp}:{endpoint}"
+
+    @property
+    def watch(self) -> str:
+        return f"{self.ns}:watch"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.ns}:job:"
+
+    def job(self, ref: str) -> str:
+        return f"{self.ns}:job:{ref}"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.ns}:runs"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}"
+
+    def rows(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:rows"
+
+    def results(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:results"
+
+    def counts(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:counts"
+
+    def ndone(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:ndone"
+
+    @property
+    def submit_rate(self) -> str:
+        return f"{self.ns}:submit-rate"

@@ -1,0 +1,63 @@
+"""When to poll next: few polls per job, and each sample fetched moments after it is ready.
+
+BFL's own example polls every 0.5 s, about L/0.5 polls for a task of L seconds. We instead learn the
+latency distribution as jobs finish and poll when a job is likely to be ready:
+
+- first poll at a quantile of the latencies seen so far for the endpoint (``first_s`` before any);
+- while Pending with a usable ``progress`` p after t seconds, the rest should take t*(1-p)/p: poll
+  just after that;
+- with no progress, poll at the median of the seen latencies that exceed the time already waited,
+  or back off geometrically when the job outlives everything seen.
+
+Each worker process learns on its own; a few completions are enough to converge.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["PollPlanner"]
+
+
+@dataclass
+class PollPlanner:
+    first_s: float = 2.0
+    min_s: float = 0.25
+    max_s: float = 10.0
+    first_quantile: float = 0.55
+    window: int = 256
+    _seen: dict[str, deque[float]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe(self, endpoint: str, duration_s: float) -> None:
+        if duration_s <= 0:
+            return
+        with self._lock:
+            self._seen.setdefault(endpoint, deque(maxlen=self.window)).append(duration_s)
+
+    def _sorted(self, endpoint: str) -> list[float]:
+        with self._lock:
+            return sorted(self._seen.get(endpoint, ()))
+
+    def _clamp(self, s: float) -> float:
+        return max(self.min_s, min(self.max_s, s))
+
+    def first_delay(self, endpoint: str) -> float:
+        seen = self._sorted(endpoint)
+        if not seen:
+            return self._clamp(self.first_s)
+        return self._clamp(seen[min(len(seen) - 1, int(len(seen) * self.first_quantile))])
+
+    def next_delay(self, endpoint: str, elapsed_s: float, progress: float | None) -> float:
+        if progress is not None and 0.05 <= progress < 1.0 and elapsed_s > 0:
+            remaining = elapsed_s * (1.0 - progress) / progress
+            # A little past the predicted end: landing just before it costs a whole extra poll.
+            return self._clamp(remaining * 1.03 + 0.03)
+        seen = self._sorted(endpoint)
+        later = seen[bisect.bisect_right(seen, elapsed_s) :]
+        if later:
+            return self._clamp(later[len(later) // 2] - elapsed_s + 0.03)
+        return self._clamp(max(elapsed_s * 0.5, self.min_s))

@@ -1,0 +1,215 @@
+"""Run state in Redis: metadata, the rows' job specs, and each row's final result, written once.
+
+Completion is counted, not chorded: recording a row's result is one Lua call that writes it only if
+the row has none yet (``HSETNX``) and then bumps the run's counter. Exactly one caller sees the
+counter reach the run's total, and that caller writes ``results.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import redis
+
+from kontext_batch.keys import Keys
+
+__all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
+
+RowStatus = Literal["succeeded", "failed", "moderated", "invalid", "skipped", "cancelled"]
+FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
+    "succeeded",
+    "failed",
+    "moderated",
+    "invalid",
+    "skipped",
+    "cancelled",
+)
+
+_RECORD: Final = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('DEL', KEYS[5])
+return redis.call('INCR', KEYS[2])
+"""
+
+_REOPEN: Final = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+local st = cjson.decode(old)['status']
+local wanted = false
+for i = 2, #ARGV do if ARGV[i] == st then wanted = true end end
+if not wanted then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[3], st, -1)
+redis.call('DECR', KEYS[2])
+return 1
+"""
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique without coordination: ``20261121T224501-3f9a1c``."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as ``status`` shows it."""
+
+    id: str
+    meta: dict[str, str]
+    counts: dict[str, int]
+    ndone: int
+
+    @property
+    def total(self) -> int:
+        return int(self.meta.get("total", 0))
+
+    @property
+    def status(self) -> str:
+        return self.meta.get("status", "unknown")
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("finished", "cancelled") and "finished_at" in self.meta
+
+    def flag(self, name: str) -> str | None:
+        return self.meta.get(name) or None
+
+
+class RunStore:
+    """Reads and writes one Redis namespace's runs. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+        self._record = r.register_script(_RECORD)
+        self._reopen = r.register_script(_REOPEN)
+
+    def register(self, run_id: str, meta: dict[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.run(run_id), mapping={k: _enc(v) for k, v in meta.items()})
+        pipe.zadd(self.keys.runs, {run_id: time.time()})
+        pipe.execute()
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        self.r.hset(self.keys.run(run_id), mapping={k: _enc(v) for k, v in fields.items()})
+
+    def clear(self, run_id: str, *fields: str) -> None:
+        if fields:
+            self.r.hdel(self.keys.run(run_id), *fields)
+
+    def meta(self, run_id: str) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in self.r.hgetall(self.keys.run(run_id)).items()}
+
+    def exists(self, run_id: str) -> bool:
+        return bool(self.r.exists(self.keys.run(run_id)))
+
+    def put_rows(self, run_id: str, rows: Iterable[tuple[int, dict[str, Any]]]) -> int:
+        key = self.keys.rows(run_id)
+        n = 0
+        batch: dict[Any, Any] = {}
+        for row, spec in rows:
+            batch[str(row)] = json.dumps(spec, separators=(",", ":"))
+            if len(batch) >= 1000:
+                self.r.hset(key, mapping=batch)
+                n += len(batch)
+                batch = {}
+        if batch:
+            self.r.hset(key, mapping=batch)
+            n += len(batch)
+        return n
+
+    def row(self, run_id: str, row: int) -> dict[str, Any]:
+        raw = self.r.hget(self.keys.rows(run_id), str(row))
+        if raw is None:
+            raise KeyError(f"run {run_id} has no row {row}")
+        out: dict[str, Any] = json.loads(raw)
+        return out
+
+    def set_row(self, run_id: str, row: int, spec: dict[str, Any]) -> None:
+        self.r.hset(self.keys.rows(run_id), str(row), json.dumps(spec, separators=(",", ":")))
+
+    def record(self, run_id: str, row: int, result: dict[str, Any], *, ref: str) -> int | None:
+        """Write a row's final result once. Returns the run's new done-count, or None if already final."""
+        n = self._record(
+            keys=[
+                self.keys.results(run_id),
+                self.keys.ndone(run_id),
+                self.keys.counts(run_id),
+                self.keys.watch,
+                self.keys.job(ref),
+            ],
+            args=[str(row), json.dumps(result, separators=(",", ":")), result["status"], ref],
+        )
+        return None if int(n) < 0 else int(n)
+
+    def result(self, run_id: str, row: int) -> dict[str, Any] | None:
+        raw = self.r.hget(self.keys.results(run_id), str(row))
+        return None if raw is None else dict(json.loads(raw))
+
+    def reopen(self, run_id: str, rows: Iterable[int], statuses: Iterable[str]) -> list[int]:
+        """Forget the results of these rows if their status is one of ``statuses`` (for ``retry``)."""
+        wanted = list(statuses)
+        return [
+            row
+            for row in rows
+            if self._reopen(
+                keys=[self.keys.results(run_id), self.keys.ndone(run_id), self.keys.counts(run_id)],
+                args=[str(row), *wanted],
+            )
+        ]
+
+    def info(self, run_id: str) -> RunInfo:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.run(run_id))
+        pipe.hgetall(self.keys.counts(run_id))
+        pipe.get(self.keys.ndone(run_id))
+        meta, counts, ndone = pipe.execute()
+        return RunInfo(
+            id=run_id,
+            meta={_s(k): _s(v) for k, v in meta.items()},
+            counts={_s(k): int(v) for k, v in counts.items() if int(v)},
+            ndone=int(ndone or 0),
+        )
+
+    def list_runs(self, limit: int = 20) -> list[str]:
+        return [_s(x) for x in self.r.zrevrange(self.keys.runs, 0, limit - 1)]
+
+    def iter_results(self, run_id: str, total: int, *, batch: int = 1000) -> Iterator[tuple[int, Any, Any]]:
+        """``(row, spec, result)`` for rows 1..total in manifest order; result is None while pending."""
+        for start in range(1, total + 1, batch):
+            rows = [str(i) for i in range(start, min(start + batch, total + 1))]
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hmget(self.keys.rows(run_id), rows)
+            pipe.hmget(self.keys.results(run_id), rows)
+            specs, results = pipe.execute()
+            for i, spec, res in zip(rows, specs, results, strict=True):
+                yield (
+                    int(i),
+                    json.loads(spec) if spec else None,
+                    json.loads(res) if res else None,
+                )
+
+    def rows_with_status(self, run_id: str, statuses: Iterable[str]) -> list[int]:
+        wanted = set(statuses)
+        out: list[int] = []
+        for field, raw in self.r.hscan_iter(self.keys.results(run_id), count=1000):
+            if json.loads(raw).get("status") in wanted:
+                out.append(int(field))
+        return sorted(out)
+
+
+def _enc(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return json.dumps(v)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -47,6 +47,6 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         # Pickling would copy the secret into whatever carries the pickle (a task payload, a cache).
         raise TypeError("Secret values are not serialisable")

@@ -1,0 +1,328 @@
+"""The steps of one job, as plain functions over a :class:`Runtime`. Celery tasks only call these.
+
+    waiting (Redis list) --dispatch--> submit_job --> poll_job (repeats) --> stored / recorded
+
+Per-row failures become results (``failed``, ``moderated``...); only bugs escape as exceptions.
+Every step starts by claiming the job's fencing token, so a duplicate or stale message is a no-op.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import random
+import time
+from typing import Any
+
+from PIL import Image
+
+from kontext_batch.api.models import KontextRequest, PollResult, Status
+from kontext_batch.errors import (
+    AuthError,
+    InvalidImage,
+    KontextBatchError,
+    OutOfCredits,
+    PermanentError,
+    RetryableError,
+    SampleExpired,
+)
+from kontext_batch.gate import Gate, StaleJob
+from kontext_batch.jobspec import JobSpec
+from kontext_batch.keys import split_job_ref
+from kontext_batch.results import RESULTS_NAME, render_results
+from kontext_batch.runs import RowStatus
+from kontext_batch.runtime import Runtime
+from kontext_batch.storage import read_url
+
+__all__ = ["dispatch", "finalize", "finish", "poll_job", "redrive", "submit_job", "sweep"]
+
+log = logging.getLogger("kontext_batch.pipeline")
+
+
+def dispatch(rt: Runtime, gate: Gate) -> int:
+    """Give free slots of ``gate`` to waiting rows and send their submit tasks."""
+    grants = rt.gate.dispatch(gate)
+    for g in grants:
+        rt.scheduler.submit(g.ref, g.token)
+    return len(grants)
+
+
+def backoff_s(rt: Runtime, attempt: int, retry_after_s: float | None = None) -> float:
+    s = rt.settings
+    base = min(s.retry_max_s, s.retry_base_s * 2 ** max(0, attempt - 1))
+    wait = base * (0.5 + random.random() * 0.5)  # jitter spreads a burst of retries apart
+    return float(min(s.retry_max_s, max(wait, retry_after_s or 0.0)))
+
+
+def _load_image(uri: str) -> str:
+    """What the API takes for one input: a URL it fetches itself, or our staged bytes as base64."""
+    if uri.startswith(("http://", "https://")):
+        return uri
+    return base64.b64encode(read_url(uri)).decode()
+
+
+def build_request(spec: JobSpec) -> KontextRequest:
+    fields: dict[str, Any] = dict(spec.params)
+    names = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+    for name, uri in zip(names, spec.images, strict=False):
+        fields[name] = _load_image(uri)
+    return KontextRequest.build(prompt=spec.prompt, **fields)
+
+
+def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None = None, **fields: Any) -> None:
+    """Record a row's final result (once) and write results.csv if it was the run's last row."""
+    run_id, row = split_job_ref(ref)
+    job = job or {}
+    result: dict[str, Any] = {
+        "status": status,
+        "attempts": int(job.get("attempts", 0)),
+        "polls": int(job.get("polls", 0)),
+        "finished_at": time.time(),
+    }
+    for k in ("bfl_task_id", "cost_credits", "submitted_at"):
+        if job.get(k):
+            result[k] = job[k]
+    result.update({k: v for k, v in fields.items() if v is not None})
+    if "submitted_at" in result and "duration_s" not in result:
+        result["duration_s"] = round(result["finished_at"] - float(result["submitted_at"]), 3)
+    done = rt.runs.record(run_id, row, result, ref=ref)
+    if done is None:
+        return
+    total = int(rt.redis.hget(rt.keys.run(run_id), "total") or 0)
+    if done >= total:
+        finalize(rt, run_id)
+
+
+def finalize(rt: Runtime, run_id: str) -> str:
+    """Write results.csv to the run's output store and mark the run finished. Safe to repeat."""
+    meta = rt.runs.meta(run_id)
+    store = rt.store(meta["output"])
+    uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
+    status = "cancelled" if meta.get("status") == "cancelled" else "finished"
+    rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
+    log.info("run %s %s: %s", run_id, status, uri)
+    return uri
+
+
+def _end_active(rt: Runtime, ref: str, job: dict[str, str]) -> None:
+    """The API task is terminal (or never existed): free its slot and hand it on at once."""
+    gate_id = job.get("gate", "")
+    if gate_id:
+        rt.gate.release(gate_id, ref)
+        dispatch(rt, rt.gate_by_id(gate_id))
+
+
+def submit_job(rt: Runtime, ref: str, token: int) -> None:
+    job = rt.gate.claim(ref, token)
+    if job is None:
+        return
+    run_id, row = split_job_ref(ref)
+    meta = rt.runs.meta(run_id)
+    spec = JobSpec.from_json(rt.runs.row(run_id, row))
+    stop = _run_stop_reason(meta)
+    if stop is not None:
+        _end_active(rt, ref, job)
+        finish(rt, ref, "cancelled" if meta.get("status") == "cancelled" else "failed", job, error=stop)
+        return
+    attempts = int(job.get("attempts", 0)) + 1
+    rt.gate.update(ref, state="submitting", attempts=attempts)
+    job["attempts"] = str(attempts)
+    try:
+        task = rt.provider.submit(spec.endpoint, build_request(spec))
+    except OutOfCredits as exc:
+        rt.runs.update(run_id, stopped="out_of_credits", stopped_reason=f"out of credits (402): {exc}")
+        _end_active(rt, ref, job)
+        finish(rt, ref, "failed", job, error=f"out_of_credits: {exc}")
+        return
+    except AuthError as exc:
+        rt.runs.update(run_id, stopped="auth", stopped_reason=f"API key refused: {exc}")
+        _end_active(rt, ref, job)
+        finish(rt, ref, "failed", job, error=f"auth: {exc}")
+        return
+    except RetryableError as exc:
+        if attempts >= rt.settings.max_attempts:
+            _end_active(rt, ref, job)
+            finish(rt, ref, "failed", job, error=f"submit failed after {attempts} attempts: {exc}")
+            return
+        delay = backoff_s(rt, attempts, exc.retry_after_s)
+        rt.gate.update(ref, state="granted", last_error=str(exc))
+        rt.scheduler.submit(ref, token + 1, countdown_s=delay)
+        return
+    except (PermanentError, FileNotFoundError, OSError) as exc:
+        _end_active(rt, ref, job)
+        finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}")
+        return
+    now = time.time()
+    rt.gate.update(
+        ref,
+        state="polling",
+        bfl_task_id=task.id,
+        polling_url=task.polling_url,
+        cost_credits=task.cost if task.cost is not None else "",
+        submitted_at=now,
+        polls=0,
+        poll_errors=0,
+    )
+    rt.scheduler.poll(ref, token + 1, countdown_s=rt.planner.first_delay(spec.endpoint))
+
+
+def _run_stop_reason(meta: dict[str, str]) -> str | None:
+    if meta.get("status") == "cancelled":
+        return "run cancelled before this row was submitted"
+    if meta.get("stopped"):
+        return meta.get("stopped_reason") or meta["stopped"]
+    return None
+
+
+def poll_job(rt: Runtime, ref: str, token: int) -> None:
+    job = rt.gate.claim(ref, token)
+    if job is None:
+        return
+    run_id, row = split_job_ref(ref)
+    spec = JobSpec.from_json(rt.runs.row(run_id, row))
+    try:
+        res = rt.provider.poll(job["polling_url"])
+    except RetryableError as exc:
+        errors = int(job.get("poll_errors", 0)) + 1
+        if errors > 2 * rt.settings.max_attempts:
+            _end_active(rt, ref, job)
+            finish(rt, ref, "failed", job, error=f"polling failed {errors} times: {exc}")
+            return
+        rt.gate.update(ref, poll_errors=errors, last_error=str(exc))
+        rt.scheduler.poll(ref, token + 1, countdown_s=backoff_s(rt, errors, exc.retry_after_s))
+        return
+    except PermanentError as exc:
+        _end_active(rt, ref, job)
+        finish(rt, ref, "failed", job, error=f"polling refused: {exc}")
+        return
+    polls = int(job.get("polls", 0)) + 1
+    job["polls"] = str(polls)
+    elapsed = time.time() - float(job.get("submitted_at") or time.time())
+    if not res.status.terminal:
+        rt.gate.update(ref, polls=polls, poll_errors=0)
+        delay = rt.planner.next_delay(spec.endpoint, elapsed, res.progress)
+        rt.scheduler.poll(ref, token + 1, countdown_s=delay)
+        return
+    _end_active(rt, ref, job)
+    rt.planner.observe(spec.endpoint, elapsed)
+    if res.status is Status.READY:
+        rt.gate.update(ref, polls=polls, state="storing", ready_seen_at=time.time())
+        _store(rt, ref, token, spec, job, res)
+    elif res.status.moderated:
+        finish(rt, ref, "moderated", job, error=res.reason, moderation_reasons=list(res.moderation_reasons))
+    else:
+        finish(rt, ref, "failed", job, error=res.reason)
+
+
+def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:  # noqa: PLR0917
+    run_id, _ = split_job_ref(ref)
+    if not res.sample_url:
+        finish(rt, ref, "failed", job, error="Ready without a sample URL")
+        return
+    try:
+        sample = rt.provider.download(res.sample_url)
+        _check_image(sample.content)
+        store = rt.store(rt.runs.meta(run_id)["output"])
+        uri = store.put(spec.output_name, sample.content, content_type=sample.content_type)
+        store.put(
+            spec.sidecar_name,
+            json.dumps(_sidecar(run_id, spec, job, res, sample.content_type), indent=1).encode(),
+            content_type="application/json",
+        )
+    except SampleExpired as exc:
+        if rt.settings.resubmit_expired:
+            _resubmit_expired(rt, ref, spec, res)
+            return
+        finish(rt, ref, "failed", job, error=f"sample URL expired before download: {exc}", seed=res.seed)
+        return
+    except RetryableError as exc:
+        # The task is Ready and its URL lives 10 minutes: poll again for it and retry the download.
+        errors = int(job.get("poll_errors", 0)) + 1
+        if errors > 2 * rt.settings.max_attempts:
+            finish(rt, ref, "failed", job, error=f"storing failed {errors} times: {exc}")
+            return
+        rt.gate.update(ref, state="polling", poll_errors=errors, last_error=str(exc))
+        rt.scheduler.poll(ref, token + 1, countdown_s=backoff_s(rt, errors))
+        return
+    except (PermanentError, OSError) as exc:
+        finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}", seed=res.seed)
+        return
+    finish(rt, ref, "succeeded", job, output_uri=uri, seed=res.seed)
+
+
+def _check_image(data: bytes) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean the same here
+        raise InvalidImage(f"sample is not a decodable image ({len(data)} bytes): {exc}") from None
+
+
+def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, content_type: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "row": spec.row,
+        "id": spec.id,
+        "model": spec.endpoint,
+        "prompt": spec.prompt,
+        "result_prompt": res.prompt,
+        "seed": res.seed,
+        "params": spec.params,
+        "bfl_task_id": job.get("bfl_task_id"),
+        "input_digests": spec.digests,
+        "job_key": spec.job_key,
+        "content_type": content_type,
+        "cost_credits": job.get("cost_credits") or None,
+        "timings": {
+            "submitted_at": float(job["submitted_at"]) if job.get("submitted_at") else None,
+            "api_start_time": res.start_time,
+            "api_end_time": res.end_time,
+            "api_duration_s": res.duration,
+            "stored_at": time.time(),
+        },
+    }
+
+
+def _resubmit_expired(rt: Runtime, ref: str, spec: JobSpec, res: PollResult) -> None:
+    run_id, row = split_job_ref(ref)
+    if res.seed is not None and spec.params.get("seed") is None:
+        spec = JobSpec.from_json({**spec.to_json(), "params": {**spec.params, "seed": res.seed}})
+        rt.runs.set_row(run_id, row, spec.to_json())
+    gate = rt.gate_for(spec.endpoint)
+    rt.gate.requeue(gate, ref)
+    dispatch(rt, gate)
+
+
+def redrive(rt: Runtime, stale: StaleJob) -> None:
+    """Send again a job whose worker went quiet (killed, or Redis lost its message)."""
+    if not stale.gate_id:
+        return
+    gate = rt.gate_by_id(stale.gate_id)
+    if stale.state in ("polling", "storing"):
+        # The API task may still be active: count it against the cap while we poll it again.
+        rt.gate.hold(stale.gate_id, stale.ref)
+        rt.gate.update(stale.ref, state="polling")
+        rt.scheduler.poll(stale.ref, stale.token)
+    else:
+        # Not submitted, or the submit's fate is unknown: queue it again at the front.
+        rt.gate.requeue(gate, stale.ref)
+        dispatch(rt, gate)
+    log.warning("re-drove %s (was %s)", stale.ref, stale.state or "unknown")
+
+
+def sweep(rt: Runtime) -> int:
+    """Re-drive quiet jobs and fill free slots of this key's gates. Cheap; run every second or so."""
+    n = 0
+    for stale in rt.gate.claim_expired():
+        try:
+            redrive(rt, stale)
+            n += 1
+        except KontextBatchError:
+            log.exception("could not re-drive %s", stale.ref)
+    fp = rt.settings.api_key.fingerprint
+    for gfp, endpoint in rt.gate.known_gates():
+        if gfp == fp:
+            n += dispatch(rt, rt.gate_for(endpoint))
+    return n

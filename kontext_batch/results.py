@@ -1,0 +1,84 @@
+"""The results file: one line per manifest row, in manifest order, then the manifest's extra columns."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any, Final, TextIO
+
+from kontext_batch.runs import RunStore
+
+__all__ = ["COLUMNS", "RESULTS_NAME", "render_results", "results_rows"]
+
+RESULTS_NAME: Final = "results.csv"
+COLUMNS: Final = (
+    "row",
+    "id",
+    "job_id",
+    "status",
+    "output_uri",
+    "error",
+    "model",
+    "prompt",
+    "seed",
+    "bfl_task_id",
+    "cost_credits",
+    "attempts",
+    "polls",
+    "submitted_at",
+    "finished_at",
+    "duration_s",
+)
+
+
+def _iso(ts: Any) -> str:
+    if ts in (None, ""):
+        return ""
+    return datetime.fromtimestamp(float(ts), tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def results_rows(runs: RunStore, run_id: str) -> tuple[list[str], Any]:
+    """Header and a generator of CSV rows. Rows not final yet show status ``pending``."""
+    meta = runs.meta(run_id)
+    extra_cols: list[str] = json.loads(meta.get("extra_columns", "[]"))
+    total = int(meta.get("total", 0))
+
+    def gen() -> Any:
+        for row, spec_or_none, res_or_none in runs.iter_results(run_id, total):
+            spec = spec_or_none or {}
+            res = res_or_none or {"status": "pending"}
+            seed = res.get("seed", spec.get("params", {}).get("seed", ""))
+            line = {
+                "row": row,
+                "id": spec.get("id", res.get("id", "")),
+                "job_id": f"{run_id}:{row}",
+                "status": res["status"],
+                "output_uri": res.get("output_uri", ""),
+                "error": res.get("error", ""),
+                "model": spec.get("endpoint", res.get("model", "")),
+                "prompt": spec.get("prompt", res.get("prompt", "")),
+                "seed": "" if seed is None else seed,
+                "bfl_task_id": res.get("bfl_task_id", ""),
+                "cost_credits": res.get("cost_credits", ""),
+                "attempts": res.get("attempts", 0),
+                "polls": res.get("polls", 0),
+                "submitted_at": _iso(res.get("submitted_at")),
+                "finished_at": _iso(res.get("finished_at")),
+                "duration_s": res.get("duration_s", ""),
+            }
+            extra = spec.get("extra") or res.get("extra") or {}
+            yield [line[c] for c in COLUMNS] + [extra.get(c, "") for c in extra_cols]
+
+    return [*COLUMNS, *extra_cols], gen()
+
+
+def render_results(runs: RunStore, run_id: str, out: TextIO | None = None) -> str:
+    """Write the CSV to ``out`` (returns "") or return it as a string."""
+    buf = io.StringIO()
+    header, rows = results_rows(runs, run_id)
+    w = csv.writer(out if out is not None else buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Worker wiring: the Celery app, its queues, and the per-process runtime."""

@@ -1,0 +1,60 @@
+"""Per-process state of a worker: the runtime (created once) and the sweeper thread.
+
+The sweeper runs in every worker: each second it re-drives jobs whose worker went quiet and fills
+free slots. It is idempotent (Lua scripts), so several workers sweeping at once is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import signals
+
+from kontext_batch.pipeline import sweep
+from kontext_batch.runtime import Runtime
+from kontext_batch.settings import Settings
+from workers.app import CelerySchedule, app
+
+__all__ = ["get_runtime", "init_runtime"]
+
+log = logging.getLogger("kontext_batch.worker")
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_stop = threading.Event()
+SWEEP_INTERVAL_S = 1.0
+
+
+def init_runtime(settings: Settings) -> Runtime:
+    global _runtime  # noqa: PLW0603 - one runtime per process is the point
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime.create(settings, CelerySchedule(app))
+        return _runtime
+
+
+def get_runtime() -> Runtime:
+    if _runtime is None:
+        # A worker started by `celery -A workers.app worker` rather than `kontext-batch worker`.
+        return init_runtime(Settings.from_env())
+    return _runtime
+
+
+def _sweeper() -> None:
+    while not _stop.wait(SWEEP_INTERVAL_S):
+        try:
+            sweep(get_runtime())
+        except Exception:  # a sweep failing (Redis restarting) must not end the thread
+            log.warning("sweep failed; trying again in %.0f s", SWEEP_INTERVAL_S, exc_info=True)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    get_runtime()
+    threading.Thread(target=_sweeper, name="kontext-sweeper", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    _stop.set()

@@ -136,9 +136,7 @@ class HttpCore:
         self._owns_http = http is None
         # No default headers: the key goes on each API request only, so it can never ride along to
         # a delivery host (downloads) or to another host through a redirect we did not ask for.
-        self.http = http or httpx.Client(
-            timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport
-        )
+        self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport)
 
     def close(self) -> None:
         if self._owns_http:
@@ -171,17 +169,13 @@ class HttpCore:
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise ConfigError(f"{method} {where}: not a usable http(s) URL") from exc
         except httpx.HTTPError as exc:
-            log.debug(
-                "%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, exc_name(exc)
-            )
-            raise ApiConnectionError(
-                f"{method} {where}: {exc_name(exc)}: {self._exc_text(exc, url)}"
-            ) from exc
+            log.debug("%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, exc_name(exc))
+            raise ApiConnectionError(f"{method} {where}: {exc_name(exc)}: {self.redact(str(exc), url)}") from exc
         log.debug("%s %s -> %d in %.3fs", method, where, response.status_code, time.perf_counter() - started)
         return response
 
-    def _exc_text(self, exc: BaseException, url: str) -> str:
-        text = str(exc)
+    def redact(self, text: str, url: str) -> str:
+        """``text`` without the key and without ``url``'s query string (a sample URL's signature)."""
         query = urlsplit(url).query
         if query:
             text = text.replace(query, "…")
@@ -264,12 +258,12 @@ class HttpCore:
             raise RateLimited(what, retry_after_s=parse_retry_after(response.headers.get("retry-after")))
         if code >= 500 or code == 408:
             raise ServerError(
-                f"{what}: {self.snippet(response)}",
+                f"{what}: {self.redact(self.snippet(response), sample_url)}",
                 status_code=code,
                 retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             )
         if not 200 <= code < 300:
-            raise BadRequest(f"{what}: {self.snippet(response)}", status_code=code)
+            raise BadRequest(f"{what}: {self.redact(self.snippet(response), sample_url)}", status_code=code)
         if not response.content:
             # A 200 with nothing in it is a cut-off transfer, not an image: worth another try.
             raise ServerError(f"{what}: empty body", status_code=code)

@@ -737,7 +737,7 @@ def test_make_provider_picks_by_settings(provider: str, cls: type) -> None:
     assert isinstance(provided, KontextProvider)
     assert provided.name == provider
     client: Any = provided
-    assert type(client) is cls
+    assert provided.__class__ is cls
     assert client.retry is not None
     assert client.retry.attempts == 3
     assert client._core.http.timeout.read == 5

@@ -1,0 +1,445 @@
+"""One object-storage layer for every place outputs and inputs live, built on obstore.
+
+=====================================  =====================================================
+URL                                    store
+=====================================  =====================================================
+``./output``, ``/abs/dir``             local folder (created); relative to ``base_dir``
+``file:///abs/dir``                    local folder (created)
+``s3://bucket[/prefix]``               S3 or S3-compatible (MinIO, moto); endpoint from
+                                       ``?endpoint=http://host:port``, else AWS_ENDPOINT_URL_S3,
+                                       AWS_ENDPOINT_URL; credentials/region from AWS_* vars
+``gs://bucket[/prefix]``               Google Cloud Storage (GOOGLE_* vars)
+``az://container[/prefix]``            Azure Blob (AZURE_STORAGE_ACCOUNT_NAME and friends);
+                                       ``abfs[s]://container@account.dfs.core.windows.net/...``
+``memory://[namespace[/prefix]]``      one process-local store (tests, dry runs)
+=====================================  =====================================================
+
+Object names are ``/``-separated paths relative to the store's root; :func:`check_object_name`
+says which are allowed, and every method checks its name. Local writes are atomic: obstore writes
+a ``name#N`` staging file and renames it over the target (``link`` for create-only writes), so a
+reader never sees half an object. They are not fsynced.
+
+Errors: a missing object is :class:`FileNotFoundError` (subclass :class:`ObjectNotFound`, which
+carries the URI); throttling, 5xx, timeouts and dropped connections are
+:class:`~kontext_batch.errors.StorageUnavailable`; everything else (permissions, a missing bucket,
+a malformed URL) is :class:`~kontext_batch.errors.StorageError`.
+
+Handles are cheap to reuse and safe to share between threads (obstore stores are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import httpx
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotSupportedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from obstore.store import LocalStore, MemoryStore, S3Store, from_url
+
+from kontext_batch.errors import StorageError, StorageUnavailable
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig, S3Config
+    from obstore.store import ObjectStore as _Backend
+
+__all__ = [
+    "CLOUD_SCHEMES",
+    "ObjectNotFound",
+    "ObjectStore",
+    "ObjectTooLarge",
+    "check_object_name",
+    "open_store",
+    "read_url",
+]
+
+#: Schemes that name an object store (as opposed to a local path or an http(s) URL).
+CLOUD_SCHEMES: Final = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "adl")
+MAX_NAME_BYTES: Final = 1024  # S3's key limit; the strictest of the backends
+# obstore retries 5xx/timeouts itself; keep its budget short so our own retry policy (which
+# counts attempts and records them) stays in charge of long outages.
+_RETRY: Final[RetryConfig] = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
+_CLIENT_TIMEOUT: Final = timedelta(seconds=60)
+_STATUS_RE: Final = re.compile(r"status code: (\d{3})")
+_TRANSIENT_MARKERS: Final = (
+    "error sending request",
+    "timed out",
+    "timeout",
+    "connection",
+    "dns error",
+    "broken pipe",
+    "reset by peer",
+)
+_BAD_CHARS_RE: Final = re.compile(r"[\x00-\x1f\x7f\\#?]")
+_CLOUD_ENV_PREFIXES: Final = ("AWS_", "GOOGLE_", "AZURE_")
+_MEMORY = MemoryStore()  # the one process-local memory store; namespaces are key prefixes
+
+T = TypeVar("T")
+
+
+class ObjectNotFound(FileNotFoundError):
+    """Raised when the object (or local file) named does not exist. ``uri`` says which."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"no such object: {uri}")
+        self.uri = uri
+
+
+class ObjectTooLarge(StorageError):
+    """Raised by :func:`read_url` when the object is larger than the ``max_bytes`` asked for."""
+
+    def __init__(self, uri: str, size: int, max_bytes: int) -> None:
+        super().__init__(f"{uri} is {size:,} bytes, more than the {max_bytes:,} allowed")
+        self.uri = uri
+        self.size = size
+        self.max_bytes = max_bytes
+
+
+def check_object_name(name: str) -> str:
+    """Return ``name`` if it is a safe relative object name; raise ValueError saying why not.
+
+    Refused: empty names, absolute paths, ``..`` or ``.`` segments, empty segments (``a//b``, a
+    trailing ``/``), backslashes, control characters, ``#`` and ``?`` (they break URIs and obstore's
+    local staging files), and names over 1024 UTF-8 bytes.
+    """
+    if not name:
+        raise ValueError("object name is empty")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise ValueError(f"object name must be relative, got {name!r}")
+    bad = _BAD_CHARS_RE.search(name)
+    if bad:
+        raise ValueError(f"object name must not contain {bad.group()!r}: {name!r}")
+    for seg in name.split("/"):
+        if seg == "":
+            raise ValueError(f"object name has an empty path segment: {name!r}")
+        if seg in (".", ".."):
+            raise ValueError(f"object name must not contain {seg!r} segments: {name!r}")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ValueError(f"object name is longer than {MAX_NAME_BYTES} bytes")
+    return name
+
+
+def _translate(exc: Exception, uri: str) -> Exception:
+    """Map an obstore/OS error to our tree (see the module docstring)."""
+    text = str(exc).split("\n\nDebug source:", 1)[0].strip()
+    if isinstance(exc, FileNotFoundError):
+        if "NoSuchBucket" in text:
+            return StorageError(f"bucket does not exist for {uri}")
+        return ObjectNotFound(uri)
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
+        return StorageError(f"permission denied for {uri}: {text}")
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return StorageUnavailable(f"{uri}: {text}")
+    m = _STATUS_RE.search(text)
+    if m:
+        code = int(m.group(1))
+        if code == 429 or code >= 500:
+            return StorageUnavailable(f"{uri}: HTTP {code} from the object store")
+        return StorageError(f"{uri}: HTTP {code} from the object store: {text[:300]}")
+    if isinstance(exc, BaseError) and any(k in text.lower() for k in _TRANSIENT_MARKERS):
+        return StorageUnavailable(f"{uri}: {text[:300]}")
+    return StorageError(f"{uri}: {text[:300]}")
+
+
+def _call(fn: Callable[[], T], uri: str) -> T:
+    try:
+        return fn()
+    except (BaseError, OSError) as exc:
+        raise _translate(exc, uri) from exc
+
+
+class ObjectStore:
+    """A store rooted at ``url``. Names passed to methods are relative to that root."""
+
+    def __init__(self, url: str, backend: _Backend, *, key_prefix: str = "", cloud: bool = False) -> None:
+        self.url = url
+        self._backend = backend
+        self._key_prefix = key_prefix  # only memory:// namespaces; other backends carry their own
+        self._cloud = cloud
+        self._base, sep, self._query = url.partition("?")
+        if sep:
+            self._query = "?" + self._query
+        self._create_supported = True
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
+
+    def _key(self, name: str) -> str:
+        check_object_name(name)
+        return f"{self._key_prefix}/{name}" if self._key_prefix else name
+
+    def uri(self, name: str) -> str:
+        """The full URI of ``name``, readable with :func:`read_url` (endpoint query included)."""
+        check_object_name(name)
+        if self._base.startswith("file:"):
+            return (Path(unquote(urlsplit(self._base).path)) / name).as_uri()
+        sep = "" if self._base.endswith("/") else "/"
+        return f"{self._base}{sep}{name}{self._query}"
+
+    def _attrs(self, name: str, content_type: str | None) -> dict[str, Any] | None:
+        # LocalStore refuses attributes; content types only matter where objects are served.
+        if not self._cloud:
+            return None
+        ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return {"Content-Type": ctype}
+
+    def put(self, name: str, data: bytes, *, content_type: str | None = None) -> str:
+        """Write ``data`` as ``name`` (replacing any object there, atomically); return its URI."""
+        key, uri = self._key(name), self.uri(name)
+        attrs = self._attrs(name, content_type)
+        _call(lambda: obstore.put(self._backend, key, data, attributes=attrs, use_multipart=False), uri)
+        return uri
+
+    def put_if_absent(self, name: str, data: bytes, *, content_type: str | None = None) -> bool:
+        """Write ``name`` only if nothing is there; True if this call wrote it.
+
+        Uses the backend's create-only put (If-None-Match on S3/GCS/Azure, link() locally), so two
+        writers racing for one name cannot both win. Backends without it fall back to a check
+        then a write, which is racy but harmless for content-addressed names.
+        """
+        key, uri = self._key(name), self.uri(name)
+        attrs = self._attrs(name, content_type)
+        if self._create_supported:
+            try:
+                obstore.put(self._backend, key, data, attributes=attrs, mode="create", use_multipart=False)
+            except AlreadyExistsError:
+                return False
+            except NotSupportedError:
+                self._create_supported = False
+            except (BaseError, OSError) as exc:
+                if "status code: 501" not in str(exc):
+                    raise _translate(exc, uri) from exc
+                self._create_supported = False
+            else:
+                return True
+        if self.exists(name):
+            return False
+        self.put(name, data, content_type=content_type)
+        return True
+
+    def get(self, name: str) -> bytes:
+        """Read ``name``. Raises :class:`ObjectNotFound` (a FileNotFoundError) if it is absent."""
+        key, uri = self._key(name), self.uri(name)
+        return _call(lambda: bytes(obstore.get(self._backend, key).bytes()), uri)
+
+    def size(self, name: str) -> int:
+        """Size of ``name`` in bytes, without reading it. Raises :class:`ObjectNotFound`."""
+        key, uri = self._key(name), self.uri(name)
+        return int(_call(lambda: obstore.head(self._backend, key), uri)["size"])
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.size(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Names under the folder ``prefix`` (whole path segments: ``a`` matches ``a/x``, not ``ab``)."""
+        prefix = prefix.strip("/")
+        if prefix:
+            check_object_name(prefix)
+        full = "/".join(p for p in (self._key_prefix, prefix) if p) or None
+        strip = len(self._key_prefix) + 1 if self._key_prefix else 0
+        stream = _call(lambda: obstore.list(self._backend, full), self.url)
+        it = iter(stream)
+        while True:
+            batch = _call(lambda: next(it, None), self.url)
+            if batch is None:
+                return
+            for meta in batch:
+                yield meta["path"][strip:]
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``; removing an absent object is not an error."""
+        key, uri = self._key(name), self.uri(name)
+        with contextlib.suppress(ObjectNotFound):
+            _call(lambda: obstore.delete(self._backend, key), uri)
+
+
+def _s3_options(url: str) -> tuple[str, str, S3Config, ClientConfig]:
+    """Split ``s3://bucket/prefix?endpoint=..&region=..`` into base URL, query, S3 config, client options."""
+    base, _, query = url.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=False))
+    unknown = set(options) - {"endpoint", "region"}
+    if unknown:
+        raise StorageError(f"unknown option(s) {sorted(unknown)} in {url!r}; use endpoint= or region=")
+    config: S3Config = {}
+    endpoint = (
+        options.get("endpoint")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or os.environ.get("AWS_ENDPOINT")
+    )
+    client: ClientConfig = {"timeout": _CLIENT_TIMEOUT, "connect_timeout": timedelta(seconds=10)}
+    if endpoint:
+        config["endpoint"] = endpoint.rstrip("/")
+        # MinIO, moto and other local S3s speak plain HTTP; obstore refuses it unless told.
+        if endpoint.startswith("http://"):
+            client["allow_http"] = True
+    if "region" in options:
+        config["region"] = options["region"]
+    return base.rstrip("/"), query, config, client
+
+
+def _split_scheme(url: str) -> str:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    return m.group(1).lower() if m else ""
+
+
+def open_store(url: str, *, base_dir: Path | None = None) -> ObjectStore:
+    """Open the store ``url`` names (see the module table). Raises StorageError for a bad URL."""
+    raw = url.strip()
+    if not raw:
+        raise StorageError("the output location is empty")
+    scheme = _split_scheme(raw)
+    if scheme in {"", "file"}:
+        path = Path(unquote(urlsplit(raw).path)) if scheme == "file" else Path(raw).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        path = path.resolve()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the output folder {path}: {exc}") from exc
+        return ObjectStore(path.as_uri(), _call(lambda: LocalStore(path), str(path)))
+    if scheme == "memory":
+        ns = raw[len("memory://") :].strip("/")
+        if ns:
+            check_object_name(ns)
+        return ObjectStore(f"memory://{ns}", _MEMORY, key_prefix=ns)
+    if scheme in ("s3", "s3a"):
+        base, query, config, client = _s3_options(raw)
+        if not urlsplit(base).netloc:
+            raise StorageError(f"an S3 URL needs a bucket: {url!r}")
+        backend = _call(lambda: S3Store.from_url(base, config=config, client_options=client, retry_config=_RETRY), base)
+        return ObjectStore(base + (f"?{query}" if query else ""), backend, cloud=True)
+    if scheme in CLOUD_SCHEMES:
+        base = raw.rstrip("/")
+        client_gc: ClientConfig = {"timeout": _CLIENT_TIMEOUT}
+        other: _Backend = _call(lambda: from_url(base, client_options=client_gc, retry_config=_RETRY), base)
+        return ObjectStore(base, other, cloud=True)
+    raise StorageError(f"unsupported storage URL {url!r}: use a folder, file://, s3://, gs://, az:// or memory://")
+
+
+# --- reading one object by full URL ------------------------------------------------------------
+
+_stores: dict[str, ObjectStore] = {}
+_stores_lock = threading.Lock()
+_http: tuple[int, httpx.Client] | None = None
+_http_lock = threading.Lock()
+
+
+def _root_store(root_url: str) -> ObjectStore:
+    """A cached handle on a bucket root, so reading 100,000 objects opens one client.
+
+    The key includes the cloud environment variables, so a changed endpoint or key opens a new one.
+    """
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_CLOUD_ENV_PREFIXES)))
+    key = f"{root_url}|{hash(env)}"
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            if len(_stores) > 64:  # bounded: environments do not change often
+                _stores.clear()
+            store = _stores[key] = open_store(root_url)
+        return store
+
+
+def _http_client() -> httpx.Client:
+    # One pooled client per process; a client inherited across fork() is not reused.
+    global _http  # noqa: PLW0603 - process-wide connection pool, created on first use
+    with _http_lock:
+        if _http is None or _http[0] != os.getpid():
+            _http = (os.getpid(), httpx.Client(follow_redirects=True))
+        return _http[1]
+
+
+def _read_http(url: str, timeout_s: float, max_bytes: int | None) -> bytes:
+    try:
+        with _http_client().stream("GET", url, timeout=timeout_s) as resp:
+            if resp.status_code in (404, 410):
+                raise ObjectNotFound(url)
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise StorageUnavailable(f"{url}: HTTP {resp.status_code}")
+            if resp.status_code >= 400:
+                raise StorageError(f"{url}: HTTP {resp.status_code}")
+            declared = resp.headers.get("content-length")
+            if max_bytes is not None and declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ObjectTooLarge(url, int(declared), max_bytes)
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in resp.iter_bytes():
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise ObjectTooLarge(url, total, max_bytes)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.TimeoutException as exc:
+        raise StorageUnavailable(f"{url}: timed out after {timeout_s:g} s") from exc
+    except httpx.TransportError as exc:
+        raise StorageUnavailable(f"{url}: cannot connect ({type(exc).__name__})") from exc
+    except httpx.InvalidURL as exc:
+        raise StorageError(f"not a valid URL: {url!r}") from exc
+
+
+def _split_object_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b.png?endpoint=X`` -> (``s3://bucket?endpoint=X``, ``a/b.png``)."""
+    base, sep, query = url.partition("?")
+    scheme = _split_scheme(base)
+    rest = base[len(scheme) + 3 :]
+    if scheme == "memory":
+        return "memory://", rest.lstrip("/")
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise StorageError(f"an object URL needs a bucket and a key: {url!r}")
+    return f"{scheme}://{bucket}{sep}{query}", key
+
+
+def read_url(url: str, *, timeout_s: float = 30.0, max_bytes: int | None = None) -> bytes:
+    """Read one whole object by URL: a local path, file://, s3://, gs://, az://, memory:// or http(s)://.
+
+    Raises :class:`ObjectNotFound` when it does not exist, :class:`ObjectTooLarge` when it is over
+    ``max_bytes``, StorageUnavailable when the store or server may recover, StorageError otherwise.
+    """
+    scheme = _split_scheme(url)
+    if scheme in ("http", "https"):
+        return _read_http(url, timeout_s, max_bytes)
+    if scheme == "" and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", url):
+        raise StorageError(f"cannot read {url!r}: not a path or a URL this tool reads")
+    if scheme in ("", "file"):
+        path = Path(unquote(urlsplit(url).path)) if scheme == "file" else Path(url).expanduser()
+        try:
+            size = path.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLarge(str(path), size, max_bytes)
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(str(path)) from None
+        except IsADirectoryError:
+            raise StorageError(f"{path} is a folder, not a file") from None
+        except OSError as exc:
+            raise _translate(exc, str(path)) from exc
+    if scheme == "memory" or scheme in CLOUD_SCHEMES:
+        root, key = _split_object_url(url)
+        store = _root_store(root)
+        if max_bytes is not None:
+            size = store.size(key)
+            if size > max_bytes:
+                raise ObjectTooLarge(url, size, max_bytes)
+        return store.get(key)
+    raise StorageError(f"cannot read {url!r}: unsupported scheme {scheme!r}")

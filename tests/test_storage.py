@@ -1,0 +1,316 @@
+"""The object-store layer: the same behaviour over a local folder, memory:// and S3 (moto over HTTP)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from kontext_batch.errors import StorageError, StorageUnavailable
+from kontext_batch.storage import (
+    ObjectNotFound,
+    ObjectStore,
+    ObjectTooLarge,
+    check_object_name,
+    open_store,
+    read_url,
+)
+
+try:  # the lead's conftest may make tests a package
+    from tests.s3_server import TEST_CREDENTIALS, closed_port_url, create_bucket, http_server, s3_server, s3_url
+except ImportError:  # pragma: no cover - plain rootdir layout
+    from s3_server import (  # type: ignore[no-redef]
+        TEST_CREDENTIALS,
+        closed_port_url,
+        create_bucket,
+        http_server,
+        s3_server,
+        s3_url,
+    )
+
+__all__ = ["http_server", "s3_server", "s3_url"]  # fixtures used by name below
+
+BACKENDS = ["local", "memory", "s3"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return open_store(str(tmp_path / "out"))
+    if request.param == "memory":
+        return open_store(f"memory://test-{uuid.uuid4().hex}")
+    return open_store(request.getfixturevalue("s3_url") + "/run-1")
+
+
+def test_put_get_roundtrip_and_uri_is_readable(store: ObjectStore) -> None:
+    uri = store.put("a/b/c.png", b"\x89PNG data", content_type="image/png")
+    assert uri == store.uri("a/b/c.png")
+    assert store.get("a/b/c.png") == b"\x89PNG data"
+    assert read_url(uri) == b"\x89PNG data"
+
+
+def test_put_replaces_existing_object(store: ObjectStore) -> None:
+    store.put("x.txt", b"one")
+    store.put("x.txt", b"two")
+    assert store.get("x.txt") == b"two"
+
+
+def test_put_if_absent_writes_once(store: ObjectStore) -> None:
+    assert store.put_if_absent("_inputs/abc.png", b"first") is True
+    assert store.put_if_absent("_inputs/abc.png", b"second") is False
+    assert store.get("_inputs/abc.png") == b"first"
+
+
+def test_missing_object_is_file_not_found(store: ObjectStore) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        store.get("nope.png")
+    assert isinstance(info.value, ObjectNotFound)
+    assert info.value.uri == store.uri("nope.png")
+    assert store.exists("nope.png") is False
+    with pytest.raises(ObjectNotFound):
+        read_url(store.uri("nope.png"))
+
+
+def test_list_is_relative_and_by_folder(store: ObjectStore) -> None:
+    for name in ("r/1.png", "r/sub/2.png", "rx/3.png", "top.txt"):
+        store.put(name, b"x")
+    assert sorted(store.list()) == ["r/1.png", "r/sub/2.png", "rx/3.png", "top.txt"]
+    assert sorted(store.list("r")) == ["r/1.png", "r/sub/2.png"]
+    assert sorted(store.list("r/")) == ["r/1.png", "r/sub/2.png"]
+    assert list(store.list("empty")) == []
+
+
+def test_delete_and_delete_missing(store: ObjectStore) -> None:
+    store.put("d.txt", b"x")
+    store.delete("d.txt")
+    assert not store.exists("d.txt")
+    store.delete("d.txt")  # no error the second time
+
+
+def test_size_without_reading(store: ObjectStore) -> None:
+    store.put("s.bin", b"12345")
+    assert store.size("s.bin") == 5
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a\\b", "a//b", "a/", "", "a\x00b"])
+def test_unsafe_names_never_reach_the_backend(store: ObjectStore, name: str) -> None:
+    with pytest.raises(ValueError):
+        store.put(name, b"x")
+    with pytest.raises(ValueError):
+        store.get(name)
+    assert list(store.list()) == []
+
+
+def test_racing_writers_exactly_one_wins(store: ObjectStore) -> None:
+    results: list[bool] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        won = store.put_if_absent("race.bin", f"writer {i}".encode())
+        with lock:
+            results.append(won)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    assert store.get("race.bin").startswith(b"writer ")
+
+
+def test_one_handle_shared_by_threads(store: ObjectStore) -> None:
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(5):
+                store.put(f"t{i}/{j}.bin", bytes([i, j]))
+                assert store.get(f"t{i}/{j}.bin") == bytes([i, j])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(list(store.list())) == 30
+
+
+# --- check_object_name ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", "../a", "a/..", "./a", "/abs", "C:/x", "a\\b", "a//b", "a/", "x\ny", "x\ty", "a#1", "a?b", "é" * 600],
+)
+def test_check_object_name_refuses(name: str) -> None:
+    with pytest.raises(ValueError):
+        check_object_name(name)
+
+
+@pytest.mark.parametrize("name", ["a.png", "run/1/out put.png", "ü/日本.webp", "a..b.png", ".hidden", "x" * 1000])
+def test_check_object_name_accepts(name: str) -> None:
+    assert check_object_name(name) == name
+
+
+# --- local specifics -----------------------------------------------------------------------------
+
+
+def test_plain_relative_folder_is_created_under_base_dir(tmp_path: Path) -> None:
+    store = open_store("./output/run", base_dir=tmp_path)
+    assert (tmp_path / "output" / "run").is_dir()
+    assert store.url == (tmp_path / "output" / "run").resolve().as_uri()
+    uri = store.put("with space.png", b"x")
+    assert uri.startswith("file://")
+    assert "%20" in uri
+    assert read_url(uri) == b"x"
+    assert (tmp_path / "output" / "run" / "with space.png").read_bytes() == b"x"
+
+
+def test_file_url_opens_the_same_folder(tmp_path: Path) -> None:
+    open_store(str(tmp_path)).put("k.txt", b"v")
+    assert open_store(tmp_path.as_uri()).get("k.txt") == b"v"
+    assert read_url(str(tmp_path / "k.txt")) == b"v"
+
+
+def test_local_overwrite_replaces_the_file_not_its_bytes(tmp_path: Path) -> None:
+    """Atomic replace: a write renames a new file over the old, so an open reader keeps the old bytes."""
+    store = open_store(str(tmp_path))
+    store.put("obj.bin", b"old contents")
+    os.link(tmp_path / "obj.bin", tmp_path / "reader-view")  # what a concurrent reader holds
+    store.put("obj.bin", b"new")
+    assert (tmp_path / "reader-view").read_bytes() == b"old contents"
+    assert (tmp_path / "obj.bin").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obj.bin", "reader-view"]  # no staging files
+
+
+def test_uncreatable_folder_is_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(StorageError):
+        open_store(str(tmp_path / "file" / "sub"))
+
+
+def test_read_url_local_errors(tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        read_url(str(tmp_path / "missing.png"))
+    with pytest.raises(StorageError):
+        read_url(str(tmp_path))
+    (tmp_path / "big.bin").write_bytes(b"x" * 100)
+    with pytest.raises(ObjectTooLarge) as info:
+        read_url((tmp_path / "big.bin").as_uri(), max_bytes=99)
+    assert info.value.size == 100
+
+
+# --- memory specifics ----------------------------------------------------------------------------
+
+
+def test_memory_namespaces_are_separate() -> None:
+    a = open_store("memory://ns-a-" + uuid.uuid4().hex)
+    b = open_store("memory://ns-b-" + uuid.uuid4().hex)
+    a.put("k", b"1")
+    assert not b.exists("k")
+    assert list(b.list()) == []
+    assert open_store(a.url).get("k") == b"1"  # same process, same data
+    assert read_url(a.uri("k")) == b"1"
+
+
+# --- S3 specifics --------------------------------------------------------------------------------
+
+
+def test_s3_objects_land_under_prefix_with_content_type(s3_url: str, s3_server: str) -> None:
+    store = open_store(s3_url + "/runs/r1/")
+    assert store.url == s3_url + "/runs/r1"
+    store.put("img/1.png", b"png-bytes")
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    head = client.head_object(Bucket=s3_url.removeprefix("s3://"), Key="runs/r1/img/1.png")
+    assert head["ContentType"] == "image/png"
+    assert head["ContentLength"] == 9
+
+
+def test_s3_endpoint_in_url_query_travels_in_uris(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(key, raising=False)
+    bucket = create_bucket(s3_server)
+    store = open_store(f"s3://{bucket}/p?endpoint={s3_server}")
+    uri = store.put("o.bin", b"abc")
+    assert uri == f"s3://{bucket}/p/o.bin?endpoint={s3_server}"
+    assert read_url(uri) == b"abc"
+
+
+def test_s3_missing_bucket_is_storage_error(s3_url: str) -> None:
+    store = open_store("s3://no-such-bucket-" + uuid.uuid4().hex[:8])
+    with pytest.raises(StorageError) as info:
+        store.put("x", b"1")
+    assert not isinstance(info.value, StorageUnavailable)
+
+
+def test_s3_unreachable_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    store = open_store(f"s3://bucket?endpoint={closed_port_url('')}")
+    with pytest.raises(StorageUnavailable):
+        store.get("x")
+
+
+def test_s3_server_errors_are_retryable(
+    monkeypatch: pytest.MonkeyPatch, http_server: tuple[str, dict[str, tuple[int, bytes]]]
+) -> None:
+    base, routes = http_server
+    routes["/bucket/x"] = (503, b"<Error><Code>SlowDown</Code></Error>")
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    store = open_store(f"s3://bucket?endpoint={base}")
+    with pytest.raises(StorageUnavailable) as info:
+        store.get("x")
+    assert info.value.retryable
+
+
+@pytest.mark.parametrize("url", ["ftp://host/x", "s3://", "memory://a/../b", "  "])
+def test_bad_store_urls(url: str) -> None:
+    with pytest.raises((StorageError, ValueError)):
+        open_store(url)
+
+
+# --- read_url over HTTP --------------------------------------------------------------------------
+
+Serve = tuple[str, dict[str, tuple[int, bytes]]]
+
+
+def test_read_url_http(http_server: Serve) -> None:
+    base, routes = http_server
+    routes["/ok.png"] = (200, b"image bytes")
+    routes["/gone.png"] = (404, b"")
+    routes["/busy.png"] = (503, b"")
+    routes["/denied.png"] = (403, b"")
+    assert read_url(base + "/ok.png") == b"image bytes"
+    with pytest.raises(ObjectNotFound):
+        read_url(base + "/gone.png")
+    with pytest.raises(StorageUnavailable):
+        read_url(base + "/busy.png")
+    with pytest.raises(StorageError) as info:
+        read_url(base + "/denied.png")
+    assert not info.value.retryable
+    with pytest.raises(ObjectTooLarge):
+        read_url(base + "/ok.png", max_bytes=5)
+
+
+def test_read_url_refused_connection_is_retryable() -> None:
+    with pytest.raises(StorageUnavailable):
+        read_url(closed_port_url())
+
+
+@pytest.mark.parametrize("url", ["ftp://host/x.png", "data:image/png;base64,AAAA", "s3://bucket-only"])
+def test_read_url_refuses_what_it_cannot_read(url: str) -> None:
+    with pytest.raises(StorageError):
+        read_url(url)

@@ -1,0 +1,306 @@
+"""The emulator's bookkeeping: tasks, keys, active counts, credits and the numbers behind /_emulator/stats.
+
+Plain synchronous code, touched only from the event loop, never across an ``await``: a check and
+the change it guards (cap, credits, new task) happen in one step, so no lock is needed.
+
+A task's fate is fixed at submit: its outcome is drawn from the seeded RNG and its ``ready_at`` is
+submit time plus a latency draw times ``time_scale``. Its status at any moment follows from the
+clock; :meth:`EmulatorState.sweep` retires tasks whose time has come, in ``ready_at`` order, so
+active counts drop exactly when a poll would first see the terminal status.
+
+Keys are kept only as :class:`~kontext_batch.secret.Secret` fingerprints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import hmac
+import random
+import secrets
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from kontext_batch.emulator.config import OUTCOME_FAULTS, EmulatorConfig, check_faults
+from kontext_batch.secret import Secret
+
+__all__ = ["EmulatorState", "Rejected", "TaskRecord", "fingerprint"]
+
+PENDING: Final = "Pending"
+READY: Final = "Ready"
+REQUEST_MODERATED: Final = "Request Moderated"
+CONTENT_MODERATED: Final = "Content Moderated"
+ERROR: Final = "Error"
+TASK_NOT_FOUND: Final = "Task not found"
+_OUTCOME_STATUS: Final = {
+    "request-moderated": REQUEST_MODERATED,
+    "content-moderated": CONTENT_MODERATED,
+    "error": ERROR,
+}
+#: Reported as /v1/credits when a key has no credit limit.
+UNLIMITED_CREDITS: Final = 1_000_000.0
+
+
+def fingerprint(key: str) -> str:
+    return Secret(key).fingerprint
+
+
+class Rejected(Exception):
+    """Raised when a submit is refused: ``status`` is the HTTP status (429 or 402)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """One submitted task. ``outcome`` is the status it reaches at ``ready_at``."""
+
+    id: str
+    endpoint: str
+    key_fp: str
+    dialect: Literal["bfl", "reseller"]
+    prompt: str
+    seed: int
+    output_format: str
+    size: tuple[int, int]
+    cost: float
+    submitted_at: float
+    ready_at: float
+    outcome: str
+    submit_host: str
+    poll_host: str
+    scheme: str
+    model: str | None = None
+    result_prompt: str = ""
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    input_mp: float = 0.0
+    terminal: bool = False
+    polls: int = 0
+    downloads: int = 0
+    first_download_at: float | None = None
+    sample: asyncio.Future[bytes] | None = field(default=None, repr=False)
+
+    def status_at(self, now: float) -> str:
+        if self.outcome == REQUEST_MODERATED or now >= self.ready_at:
+            return self.outcome
+        return PENDING
+
+    def progress_at(self, now: float) -> float:
+        span = self.ready_at - self.submitted_at
+        if span <= 0:
+            return 1.0
+        return round(min(max((now - self.submitted_at) / span, 0.0), 1.0), 3)
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self.output_format == "jpeg" else self.output_format
+
+    def details(self) -> dict[str, Any] | None:
+        if self.outcome == REQUEST_MODERATED:
+            return {"Moderation Reasons": ["Derivative Works Filter"]}
+        if self.outcome == CONTENT_MODERATED:
+            return {"Moderation Reasons": ["Content Filter"]}
+        if self.outcome == ERROR:
+            return {"message": "Internal error while generating the image (emulated)"}
+        return None
+
+
+def _nested_counts() -> dict[str, Counter[str]]:
+    return {}
+
+
+class EmulatorState:
+    """All mutable emulator state. Create one per app; :meth:`reset` returns it to the config's."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self._allowed = {fingerprint(k) for k in config.api_keys}
+        self.signing_key = secrets.token_bytes(32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every task and counter; credits and faults go back to the config's."""
+        self.rng = random.Random(self.config.seed)
+        self.faults: dict[str, float] = dict(self.config.faults)
+        self.tasks: dict[str, TaskRecord] = {}
+        self._due: list[tuple[float, str]] = []
+        self._expiring: list[tuple[float, str]] = []
+        self.active: dict[str, Counter[str]] = _nested_counts()
+        self.peak: dict[str, Counter[str]] = _nested_counts()
+        self.credits: dict[str, float | None] = {}
+        self.submits = self.rejected_429 = self.rejected_402 = self.polls = self.downloads = 0
+        self.webhooks_sent = self.webhooks_failed = 0
+        self.final_status: Counter[str] = Counter()
+        self.faults_injected: Counter[str] = Counter()
+
+    @staticmethod
+    def now() -> float:
+        return time.time()
+
+    # -- keys and credits -------------------------------------------------------------------------
+
+    def authenticate(self, key: str | None) -> str | None:
+        """The key's fingerprint, or None when it is missing or (with api_keys set) unknown."""
+        if not key:
+            return None
+        fp = fingerprint(key)
+        if self._allowed and fp not in self._allowed:
+            return None
+        return fp
+
+    def credits_of(self, fp: str) -> float | None:
+        return self.credits.get(fp, self.config.credits)
+
+    def set_credits(self, key: str, credits: float | None) -> None:
+        self.credits[fingerprint(key)] = credits
+
+    def set_faults(self, faults: dict[str, float]) -> None:
+        self.faults = check_faults(faults)
+
+    # -- faults -----------------------------------------------------------------------------------
+
+    def draw_fault(self, kinds: tuple[str, ...]) -> str | None:
+        """The first of ``kinds`` whose rate fires on this request, counted in faults_injected."""
+        for kind in kinds:
+            rate = self.faults.get(kind, 0.0)
+            if rate > 0 and self.rng.random() < rate:
+                self.faults_injected[kind] += 1
+                return kind
+        return None
+
+    def draw_outcome(self) -> str:
+        r = self.rng.random()
+        edge = 0.0
+        for kind in OUTCOME_FAULTS:
+            edge += self.faults.get(kind, 0.0)
+            if r < edge:
+                self.faults_injected[kind] += 1
+                return _OUTCOME_STATUS[kind]
+        return READY
+
+    # -- tasks ------------------------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> None:
+        """Retire every task whose ready time has passed: free its active slot, count its status."""
+        now = self.now() if now is None else now
+        while self._due and self._due[0][0] <= now:
+            _, task_id = heapq.heappop(self._due)
+            task = self.tasks.get(task_id)
+            if task is not None and not task.terminal:
+                self._retire(task)
+        # Rendered samples are held only while their URL is valid: memory stays bounded on long runs.
+        while self._expiring and self._expiring[0][0] <= now:
+            _, task_id = heapq.heappop(self._expiring)
+            if (task := self.tasks.get(task_id)) is not None:
+                task.sample = None
+
+    def _retire(self, task: TaskRecord) -> None:
+        task.terminal = True
+        self.final_status[task.outcome] += 1
+        if task.outcome != REQUEST_MODERATED:
+            counts = self.active[task.key_fp]
+            counts[task.endpoint] -= 1
+            counts["total"] -= 1
+
+    def admit(self, fp: str, endpoint: str) -> float:
+        """Check caps and credits for one more task; raise :class:`Rejected`, else charge and return cost."""
+        self.sweep()
+        counts = self.active.setdefault(fp, Counter())
+        cap = self.config.max_active.get(endpoint)
+        if cap is not None and counts[endpoint] >= cap:
+            self.rejected_429 += 1
+            raise Rejected(429, f"Too many active tasks for {endpoint}: the limit is {cap} per account")
+        if counts["total"] >= self.config.max_active_total:
+            self.rejected_429 += 1
+            raise Rejected(429, f"Too many active tasks: the limit is {self.config.max_active_total} per account")
+        cost = self.config.cost_for(endpoint)
+        balance = self.credits_of(fp)
+        if balance is not None:
+            if balance < cost:
+                self.rejected_402 += 1
+                raise Rejected(402, "Insufficient credits")
+            self.credits[fp] = balance - cost
+        return cost
+
+    def add(self, task: TaskRecord) -> None:
+        """Register an admitted task; it is active until ready_at unless moderated at once."""
+        self.tasks[task.id] = task
+        self.submits += 1
+        if task.outcome == REQUEST_MODERATED:
+            self._retire(task)
+            return
+        counts = self.active.setdefault(task.key_fp, Counter())
+        counts[task.endpoint] += 1
+        counts["total"] += 1
+        peak = self.peak.setdefault(task.key_fp, Counter())
+        for name in (task.endpoint, "total"):
+            peak[name] = max(peak[name], counts[name])
+        heapq.heappush(self._due, (task.ready_at, task.id))
+        heapq.heappush(self._expiring, (task.ready_at + self.config.sample_ttl_s, task.id))
+
+    def new_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def latency_s(self, endpoint: str) -> float:
+        return self.config.latency_for(endpoint).sample(self.rng) * self.config.time_scale
+
+    # -- delivery URLs ----------------------------------------------------------------------------
+
+    def sign(self, path: str, se: str) -> str:
+        return hmac.new(self.signing_key, f"{path}\n{se}".encode(), hashlib.sha256).hexdigest()
+
+    def sample_path(self, task: TaskRecord) -> tuple[str, str, str]:
+        """(path, se, sig) of the task's sample URL; it expires sample_ttl_s after ready_at."""
+        path = f"/delivery/results/{task.id}/sample.{task.extension}"
+        se = f"{task.ready_at + self.config.sample_ttl_s:.3f}"
+        return path, se, self.sign(path, se)
+
+    def sample_url(self, task: TaskRecord) -> str:
+        path, se, sig = self.sample_path(task)
+        return f"{task.scheme}://{task.poll_host}{path}?se={se}&sp=r&sr=b&sig={sig}"
+
+    # -- stats ------------------------------------------------------------------------------------
+
+    def stats(self, include_tasks: bool = True) -> dict[str, Any]:
+        self.sweep()
+        polls = [t.polls for t in self.tasks.values()]
+        out: dict[str, Any] = {
+            "submits": self.submits,
+            "rejected_429": self.rejected_429,
+            "rejected_402": self.rejected_402,
+            "polls": self.polls,
+            "polls_per_task_mean": round(sum(polls) / len(polls), 3) if polls else 0.0,
+            "polls_per_task_max": max(polls, default=0),
+            "downloads": self.downloads,
+            "active": {fp: dict(c) for fp, c in self.active.items()},
+            "peak_active": {fp: dict(c) for fp, c in self.peak.items()},
+            "final_status": dict(self.final_status),
+            "faults_injected": dict(self.faults_injected),
+            "webhooks_sent": self.webhooks_sent,
+            "webhooks_failed": self.webhooks_failed,
+            "credits": dict(self.credits),
+        }
+        if include_tasks:
+            now = self.now()
+            out["tasks"] = {
+                t.id: {
+                    "endpoint": t.endpoint,
+                    "key": t.key_fp,
+                    "submitted_at": t.submitted_at,
+                    "ready_at": t.ready_at,
+                    "status": t.status_at(now),
+                    "polls": t.polls,
+                    "downloads": t.downloads,
+                    "first_download_at": t.first_download_at,
+                }
+                for t in self.tasks.values()
+            }
+        return out

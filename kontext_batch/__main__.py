@@ -1,0 +1,3 @@
+from kontext_batch.cli import main
+
+main()

@@ -27,6 +27,8 @@ SWEEP_INTERVAL_S = 1.0
 
 
 def init_runtime(settings: Settings) -> Runtime:
+    # httpx logs every URL at INFO; sample URLs carry signatures, so keep them out of worker logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     global _runtime  # noqa: PLW0603 - one runtime per process is the point
     with _lock:
         if _runtime is None:

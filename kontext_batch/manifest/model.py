@@ -1,0 +1,188 @@
+"""One manifest row as a checked value: what to send, where its output goes, what to carry along.
+
+A :class:`ManifestRow` only exists for a row with no errors; it is small and JSON-able
+(:meth:`ManifestRow.to_json`) so a run can park 1,000,000 of them in Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from string import Formatter
+from types import MappingProxyType
+from typing import Any, Final
+
+from kontext_batch.api.models import (
+    ENDPOINT_COST_CREDITS,
+    INPUT_IMAGE_FIELDS,
+    MODEL_ENDPOINTS,
+    KontextRequest,
+    endpoint_for_model,
+)
+from kontext_batch.errors import RequestInvalid
+from kontext_batch.storage import check_object_name
+
+__all__ = [
+    "COLUMNS",
+    "EXTENSIONS",
+    "IMAGE_FIELDS",
+    "INPUTS_FOLDER",
+    "PARAM_FIELDS",
+    "ImageRef",
+    "ManifestRow",
+    "render_output_name",
+    "resolve_model",
+]
+
+IMAGE_FIELDS: Final = INPUT_IMAGE_FIELDS
+#: API parameters a row may set (``negative_prompt``, ``steps``, ``guidance_scale``: reseller only).
+PARAM_FIELDS: Final = (
+    "seed",
+    "aspect_ratio",
+    "output_format",
+    "safety_tolerance",
+    "prompt_upsampling",
+    "steps",
+    "guidance_scale",
+    "negative_prompt",
+)
+#: Every column with a meaning; any other column is an "extra", carried to the results.
+COLUMNS: Final = ("id", "prompt", *IMAGE_FIELDS, *PARAM_FIELDS, "model", "output_name")
+#: output_format -> file extension used for ``{ext}``.
+EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({"png": "png", "jpeg": "jpg", "webp": "webp"})
+#: Top-level folder of the output store that holds staged input images; no output may be named in it.
+INPUTS_FOLDER: Final = "_inputs"
+_PLACEHOLDER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def resolve_model(value: str) -> str:
+    """The endpoint a ``model`` cell names: ``pro``/``max``, a known endpoint, or any ``flux-*`` one.
+
+    Raises ValueError for anything else, so a typo (``prro``) fails validation instead of every submit.
+    """
+    v = value.strip().lower()
+    if v in MODEL_ENDPOINTS:
+        return MODEL_ENDPOINTS[v]
+    if v in ENDPOINT_COST_CREDITS or v in MODEL_ENDPOINTS.values() or v.startswith("flux-"):
+        try:
+            return endpoint_for_model(v)
+        except RequestInvalid:
+            pass
+    raise ValueError(f"unknown model {value.strip()!r}: use pro, max or an endpoint name such as flux-kontext-pro")
+
+
+def render_output_name(template: str, cells: Mapping[str, str], **named: str | int) -> str:
+    """Fill ``template``'s ``{placeholders}`` from ``named`` (id, row, model, ext) then ``cells``.
+
+    Only plain names are allowed (``{row:05d}``-style format specs too; no attribute or index
+    access). The result must pass :func:`~kontext_batch.storage.check_object_name` and stay out
+    of ``_inputs/``. Raises ValueError saying what is wrong.
+    """
+    try:
+        parts = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"bad template {template!r}: {exc} (write {{{{ or }}}} for a literal brace)") from None
+    out: list[str] = []
+    for literal, name, spec, conversion in parts:
+        out.append(literal)
+        if name is None:
+            continue
+        if not _PLACEHOLDER_RE.match(name) or conversion:
+            raise ValueError(f"bad placeholder {{{name}}} in {template!r}: use a plain column name")
+        if name in named:
+            value: object = named[name]
+        elif name in cells:
+            value = cells[name].strip()
+        else:
+            raise ValueError(f"unknown placeholder {{{name}}} in {template!r}: no such column")
+        try:
+            out.append(format(value, spec or ""))
+        except ValueError as exc:
+            raise ValueError(f"bad format {{{name}:{spec}}} in {template!r}: {exc}") from None
+    rendered = "".join(out)
+    check_object_name(rendered)
+    if rendered.split("/", 1)[0] == INPUTS_FOLDER:
+        raise ValueError(f"{rendered!r}: the {INPUTS_FOLDER}/ folder is reserved for staged input images")
+    return rendered
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One input image of a row: its column, and where it is (absolute path, or URL)."""
+
+    field: str
+    ref: str
+    is_local: bool
+
+
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """A valid row. ``params`` holds only the API parameters the row sets, already typed."""
+
+    row: int
+    id: str
+    endpoint: str
+    prompt: str
+    images: tuple[ImageRef, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    output_name: str = ""
+    output_format: str = "png"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Read-only views, so a row shared between threads cannot be changed under another.
+        object.__setattr__(self, "params", _frozen(self.params))
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS.get(self.output_format, self.output_format)
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact JSON-able dict (short keys; empty parts left out). Inverse: :meth:`from_json`."""
+        d: dict[str, Any] = {"r": self.row, "id": self.id, "e": self.endpoint, "p": self.prompt}
+        if self.images:
+            d["i"] = [[img.field, img.ref, int(img.is_local)] for img in self.images]
+        if self.params:
+            d["a"] = dict(self.params)
+        d["o"] = self.output_name
+        if self.output_format != "png":
+            d["f"] = self.output_format
+        if self.extra:
+            # A list of pairs keeps column order through any JSON library.
+            d["x"] = [[k, v] for k, v in self.extra.items()]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ManifestRow:
+        """Rebuild a row from :meth:`to_json`'s dict."""
+        return cls(
+            row=int(d["r"]),
+            id=str(d["id"]),
+            endpoint=str(d["e"]),
+            prompt=str(d["p"]),
+            images=tuple(ImageRef(str(f), str(r), bool(loc)) for f, r, loc in d.get("i", ())),
+            params=dict(d.get("a", {})),
+            output_name=str(d["o"]),
+            output_format=str(d.get("f", "png")),
+            extra={str(k): str(v) for k, v in d.get("x", ())},
+        )
+
+    def request(self, images: Sequence[str]) -> KontextRequest:
+        """The API request, with ``images[i]`` (base64 or an http(s) URL) for ``self.images[i]``.
+
+        ``output_format`` is always sent, so the API's output matches the name's extension even
+        where a provider's default differs. Raises RequestInvalid if a payload is refused.
+        """
+        if len(images) != len(self.images):
+            raise ValueError(f"row {self.row} has {len(self.images)} input image(s), got {len(images)}")
+        fields: dict[str, Any] = dict(self.params)
+        fields["output_format"] = self.output_format
+        for ref, payload in zip(self.images, images, strict=True):
+            fields[ref.field] = payload
+        return KontextRequest.build(prompt=self.prompt, **fields)

@@ -1,0 +1,182 @@
+"""Validate a whole manifest before a run: every row's fields, every input image, and the price.
+
+Streams like the reader: only errors are kept (the first ``max_errors``, plus a count), so a
+1,000,000-row manifest validates in bounded memory. Image checks run on a small thread pool (they
+are mostly I/O); each distinct image source is read and decoded once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TextIO
+
+from kontext_batch.api.models import ENDPOINT_COST_CREDITS
+from kontext_batch.errors import RowError
+from kontext_batch.manifest.images import (
+    ImageCache,
+    ImageInfo,
+    check_image,
+    describe_image_error,
+    resolve_image_ref,
+)
+from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef
+from kontext_batch.manifest.reader import RowOutcome, iter_manifest
+
+__all__ = [
+    "DEFAULT_COST_CREDITS",
+    "USD_PER_CREDIT",
+    "ValidationReport",
+    "cost_credits_for",
+    "render_report",
+    "validate_manifest",
+]
+
+DEFAULT_COST_CREDITS: Final = 4  # endpoints BFL's pricing does not list: the Kontext pro price
+USD_PER_CREDIT: Final = 0.01
+_WINDOW: Final = 256  # rows whose image checks may be in flight at once
+
+
+def cost_credits_for(endpoint: str) -> int:
+    """Credits one image on ``endpoint`` costs (an estimate for endpoints not in the price table)."""
+    return ENDPOINT_COST_CREDITS.get(endpoint, DEFAULT_COST_CREDITS)
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_manifest` found. Costs count valid rows only."""
+
+    path: str
+    rows_total: int = 0
+    rows_valid: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    errors_total: int = 0
+    endpoints: dict[str, int] = field(default_factory=dict)  # valid rows per endpoint
+    cost_credits: int = 0
+    images_checked: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.errors_total == 0 and self.rows_total > 0
+
+    @property
+    def rows_invalid(self) -> int:
+        return self.rows_total - self.rows_valid
+
+    @property
+    def cost_usd(self) -> float:
+        return round(self.cost_credits * USD_PER_CREDIT, 2)
+
+    @property
+    def estimated_endpoints(self) -> list[str]:
+        """Endpoints priced at the default because the price table does not list them."""
+        return sorted(e for e in self.endpoints if e not in ENDPOINT_COST_CREDITS)
+
+
+def _refs_of(outcome: RowOutcome, base_dir: Path) -> list[ImageRef]:
+    if outcome.value is not None:
+        return list(outcome.value.images)
+    # An invalid row still gets its images checked, so one pass reports everything.
+    refs: list[ImageRef] = []
+    for name in IMAGE_FIELDS:
+        value = outcome.raw.get(name, "").strip()
+        if value:
+            with contextlib.suppress(ValueError):  # already reported by the reader
+                refs.append(resolve_image_ref(value, name, base_dir))
+    return refs
+
+
+def validate_manifest(
+    path: str | Path,
+    *,
+    default_model: str = "pro",
+    check_images: bool = True,
+    fmt: str | None = None,
+    stdin: TextIO | None = None,
+    cache: ImageCache | None = None,
+    max_errors: int = 1000,
+    workers: int = 8,
+    timeout_s: float = 30.0,
+) -> ValidationReport:
+    """Check every row of the manifest at ``path`` (``-``: stdin) and price the valid ones.
+
+    Raises ManifestError for file-level problems (no rows, wrong delimiter, ...), as the reader does.
+    Pass the ``cache`` on to staging so it does not read the images again.
+    """
+    report = ValidationReport(path=str(path), images_checked=check_images)
+    cache = cache or ImageCache()
+    base_dir = Path.cwd() if str(path) == "-" else Path(path).resolve().parent
+    endpoints: Counter[str] = Counter()
+
+    def record(outcome: RowOutcome, refs: list[ImageRef], futures: list[Future[ImageInfo]]) -> None:
+        errors = list(outcome.errors)
+        for ref, fut in zip(refs, futures, strict=True):
+            exc = fut.exception()
+            if exc is not None:
+                errors.append(RowError(outcome.row, ref.field, describe_image_error(ref, exc)))
+        report.rows_total += 1
+        if errors:
+            report.errors_total += len(errors)
+            room = max_errors - len(report.errors)
+            report.errors.extend(errors[: max(room, 0)])
+        elif outcome.value is not None:
+            report.rows_valid += 1
+            endpoints[outcome.value.endpoint] += 1
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="validate") as pool:
+        pending: deque[tuple[RowOutcome, list[ImageRef], list[Future[ImageInfo]]]] = deque()
+        rows: Iterator[RowOutcome] = iter_manifest(path, default_model=default_model, fmt=fmt, stdin=stdin)
+        for outcome in rows:
+            refs = _refs_of(outcome, base_dir) if check_images else []
+            futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s) for ref in refs]
+            pending.append((outcome, refs, futures))
+            while len(pending) > _WINDOW or (pending and all(f.done() for f in pending[0][2])):
+                record(*pending.popleft())
+        while pending:
+            record(*pending.popleft())
+
+    report.endpoints = dict(sorted(endpoints.items()))
+    report.cost_credits = sum(n * cost_credits_for(e) for e, n in endpoints.items())
+    return report
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def render_report(report: ValidationReport) -> str:
+    """A human-readable account: errors grouped by row, then the price of the valid rows."""
+    lines: list[str] = []
+    head = f"{report.path}: {_plural(report.rows_total, 'row')}"
+    if report.rows_invalid:
+        head += f", {report.rows_valid:,} valid, {report.rows_invalid:,} with errors"
+    lines.append(head)
+    if not report.images_checked:
+        lines.append("(input images not checked)")
+    if report.errors:
+        lines.append("")
+        current: int | None = None
+        for err in report.errors:
+            if err.row != current:
+                current = err.row
+                lines.append("file:" if err.row == 0 else f"row {err.row}:")
+            lines.append(f"  {err.field}: {err.msg}")
+        hidden = report.errors_total - len(report.errors)
+        if hidden > 0:
+            lines.append(f"... and {hidden:,} more error(s) not shown")
+    lines.append("")
+    valid = "" if report.rows_invalid == 0 else "valid "
+    lines.append(
+        f"{report.rows_valid:,} {valid}row{'' if report.rows_valid == 1 else 's'}: "
+        f"{report.cost_credits:,} credits (${report.cost_usd:,.2f})"
+    )
+    if len(report.endpoints) > 1 or report.estimated_endpoints:
+        for endpoint, n in report.endpoints.items():
+            each = cost_credits_for(endpoint)
+            note = " (estimated: price not known)" if endpoint in report.estimated_endpoints else ""
+            lines.append(f"  {endpoint}: {_plural(n, 'row')} x {each} = {n * each:,} credits{note}")
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ from kontext_batch.api import (
 from kontext_batch.errors import (
     ApiValidationError,
     AuthError,
+    BadRequest,
     OutOfCredits,
     RateLimited,
     SampleExpired,
@@ -166,6 +167,19 @@ def test_the_server_422_carries_field_paths(client: KontextClient, body: dict[st
     assert field in [e.field for e in info.value.errors]
 
 
+def test_an_undecodable_input_image_is_a_400(client: KontextClient) -> None:
+    # The model accepts any non-empty string as an image (base64 or URL); the server decodes it.
+    with pytest.raises(BadRequest) as info:
+        client.submit("pro", KontextRequest.build(prompt="x", input_image="bm90IGFuIGltYWdl"))
+    assert info.value.status_code == 400
+
+
+def test_an_endpoint_the_server_lacks_is_refused(client: KontextClient) -> None:
+    with pytest.raises(BadRequest) as info:
+        client.submit("get_result", KontextRequest.build(prompt="x"))
+    assert info.value.status_code in (404, 405)
+
+
 def test_credits_run_out_with_402() -> None:
     with Emulator(fast_config(credits=10.0)) as emu, KontextClient(KEY, emu.base_url) as client:
         request = KontextRequest.build(prompt="x")
@@ -272,6 +286,13 @@ def test_reseller_end_to_end(reseller: ResellerClient, endpoint: str, credits: f
     image = Image.open(io.BytesIO(reseller.download(result.sample_url).content))
     assert image.format == "PNG"
     assert image.size == (1248, 832)
+
+
+def test_reseller_422_for_a_model_it_does_not_sell(reseller: ResellerClient) -> None:
+    # Endpoint names are data on our side; this reseller only sells the two Kontext models.
+    with pytest.raises(ApiValidationError) as info:
+        reseller.submit("flux-2-pro", KontextRequest.build(prompt="x"))
+    assert "model" in [e.field for e in info.value.errors]
 
 
 def test_reseller_wrong_key_is_an_auth_error(emu: Emulator) -> None:

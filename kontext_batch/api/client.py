@@ -195,9 +195,7 @@ def parse_bfl_poll(body: dict[str, Any], polling_url: str) -> PollResult:
             reasons = tuple(str(r) for r in found)
     sample_url = opt_str(result.get("sample"))
     if status is Status.READY and not sample_url:
-        raise ServerError(
-            f"GET {describe_url(polling_url)}: status Ready without result.sample", status_code=200
-        )
+        raise ServerError(f"GET {describe_url(polling_url)}: status Ready without result.sample", status_code=200)
     task_id = body.get("id")
     return PollResult(
         id=str(task_id) if isinstance(task_id, str | int) and task_id != "" else _query_id(polling_url),

@@ -177,9 +177,7 @@ def parse_reseller_poll(body: dict[str, Any], polling_url: str) -> PollResult:
         raise ServerError(f"GET {describe_url(polling_url)}: completed without an image URL", status_code=200)
     task_id = body.get("id")
     return PollResult(
-        id=str(task_id)
-        if isinstance(task_id, str | int) and task_id != ""
-        else polling_url.rsplit("/", 1)[-1],
+        id=str(task_id) if isinstance(task_id, str | int) and task_id != "" else polling_url.rsplit("/", 1)[-1],
         status=status,
         raw_status=raw_status,
         progress=_progress(body.get("progress")),

@@ -213,7 +213,7 @@ class EmulatorState:
     def admit(self, fp: str, endpoint: str) -> float:
         """Check caps and credits for one more task; raise :class:`Rejected`, else charge and return cost."""
         self.sweep()
-        counts = self.active.setdefault(fp, Counter())
+        counts = self.active.setdefault(fp, Counter(total=0))
         cap = self.config.max_active.get(endpoint)
         if cap is not None and counts[endpoint] >= cap:
             self.rejected_429 += 1
@@ -237,10 +237,10 @@ class EmulatorState:
         if task.outcome == REQUEST_MODERATED:
             self._retire(task)
             return
-        counts = self.active.setdefault(task.key_fp, Counter())
+        counts = self.active.setdefault(task.key_fp, Counter(total=0))
         counts[task.endpoint] += 1
         counts["total"] += 1
-        peak = self.peak.setdefault(task.key_fp, Counter())
+        peak = self.peak.setdefault(task.key_fp, Counter(total=0))
         for name in (task.endpoint, "total"):
             peak[name] = max(peak[name], counts[name])
         heapq.heappush(self._due, (task.ready_at, task.id))

@@ -11,6 +11,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -255,6 +256,25 @@ def test_retries_ride_out_injected_faults() -> None:
         injected = emu.stats()["faults_injected"]
     assert sum(injected.values()) > 0, "the faults really fired"
     assert waits, "and the policy really retried"
+
+
+def test_one_client_shared_by_many_threads() -> None:
+    """The pipeline shares one client per worker process across its thread pool."""
+
+    def one_row(n: int) -> tuple[str, int]:
+        task = shared.submit("pro", KontextRequest.build(prompt=f"row {n}", seed=n))
+        result = wait_terminal(shared, task.polling_url)
+        assert result.sample_url is not None
+        return task.id, len(shared.download(result.sample_url).content)
+
+    with Emulator(fast_config()) as emu, KontextClient(KEY, emu.base_url) as shared:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            rows = list(pool.map(one_row, range(20)))
+        stats = emu.stats()
+    assert len({task_id for task_id, _ in rows}) == 20
+    assert all(size > 0 for _, size in rows)
+    assert stats["submits"] == 20
+    assert stats["final_status"] == {"Ready": 20}
 
 
 # -- reseller dialect -----------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tests.emulator_fixtures import KEY, OTHER_KEY, emu, fast_config, http, submit
 
 from kontext_batch.emulator import Emulator, EmulatorConfig
+from tests.emulator_fixtures import KEY, OTHER_KEY, emu, fast_config, http, submit
 
 __all__ = ["emu", "http"]  # fixtures used by name
 

@@ -19,20 +19,7 @@ from kontext_batch.storage import (
     open_store,
     read_url,
 )
-
-try:  # the lead's conftest may make tests a package
-    from tests.s3_server import TEST_CREDENTIALS, closed_port_url, create_bucket, http_server, s3_server, s3_url
-except ImportError:  # pragma: no cover - plain rootdir layout
-    from s3_server import (  # type: ignore[no-redef]
-        TEST_CREDENTIALS,
-        closed_port_url,
-        create_bucket,
-        http_server,
-        s3_server,
-        s3_url,
-    )
-
-__all__ = ["http_server", "s3_server", "s3_url"]  # fixtures used by name below
+from tests.s3_server import TEST_CREDENTIALS, closed_port_url, create_bucket
 
 BACKENDS = ["local", "memory", "s3"]
 

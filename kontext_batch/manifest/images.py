@@ -178,9 +178,9 @@ def normalise_image(data: bytes) -> tuple[bytes, str]:
     """
     im = _open(data)
     fmt = "JPEG" if im.format == "MPO" else (im.format or "")
+    sixteen = _is_16bit(im)  # before getexif(): reading a PNG's EXIF decodes it and drops the tile
     orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     animated = bool(getattr(im, "is_animated", False))
-    sixteen = _is_16bit(im)
     if fmt in _KEEP_MODES and im.mode in _KEEP_MODES[fmt] and orientation in (0, 1) and not animated and not sixteen:
         return data, _EXT[fmt]
     _load(im)
@@ -290,12 +290,11 @@ def check_image(ref: ImageRef, cache: ImageCache, *, timeout_s: float = 30.0) ->
 
 
 def describe_image_error(ref: ImageRef, exc: BaseException) -> str:
-    """A one-line message for a row error about ``ref``."""
-    where = ref.ref
+    """A one-line message for a row error about ``ref`` (storage errors already name their URL)."""
     if isinstance(exc, FileNotFoundError):
-        return f"file not found: {where}" if ref.is_local else f"not found (404): {where}"
+        return f"file not found: {ref.ref}" if ref.is_local else f"not found: {ref.ref}"
     if isinstance(exc, InvalidImage):
-        return f"{exc} ({where})"
+        return f"{ref.ref}: {exc}"
     if isinstance(exc, RetryableError):
-        return f"cannot fetch {where}: {exc}"
-    return f"cannot read {where}: {exc}"
+        return f"unreachable: {exc}"
+    return f"cannot read: {exc}"

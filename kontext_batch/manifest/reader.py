@@ -175,12 +175,14 @@ def _build_row(row: int, raw: dict[str, str], ctx: _Context) -> RowOutcome:
     extra = {k: v for k, v in raw.items() if k not in COLUMNS}
 
     row_id = cells.get("id") or str(row)
+    id_ok = False
     if len(row_id) > ID_MAX_CHARS or _CONTROL_RE.search(row_id):
         errors.append(RowError(row, "id", f"must be at most {ID_MAX_CHARS} printable characters"))
     elif row_id in ctx.ids:
         errors.append(RowError(row, "id", f"duplicate id {row_id!r}: row {ctx.ids[row_id]} has it too"))
     else:
         ctx.ids[row_id] = row
+        id_ok = True
 
     try:
         endpoint = resolve_model(cells.get("model") or ctx.default_model)
@@ -232,7 +234,9 @@ def _build_row(row: int, raw: dict[str, str], ctx: _Context) -> RowOutcome:
         errors.append(RowError(row, "output_name", str(exc)))
     else:
         earlier = ctx.names.get(output_name)
-        if earlier is not None:
+        if earlier is not None and not id_ok:
+            pass  # a duplicate id already explains it ({id} is in most names)
+        elif earlier is not None:
             errors.append(RowError(row, "output_name", f"{output_name!r} is also the output of row {earlier}"))
         else:
             ctx.names[output_name] = row

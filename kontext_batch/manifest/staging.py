@@ -38,6 +38,7 @@ from kontext_batch.storage import ObjectStore, ObjectTooLarge, read_url
 __all__ = [
     "CONTENT_TYPES",
     "PayloadCache",
+    "StageCache",
     "StagedImage",
     "load_image_payload",
     "stage_image",
@@ -45,14 +46,17 @@ __all__ = [
 ]
 
 CONTENT_TYPES: Final = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+#: The cache :func:`stage_image` takes: the validator's :class:`~.images.ImageCache` (pass the same one
+#: to both, and staging reuses what validation read).
+StageCache = ImageCache
 
 
 @dataclass(frozen=True)
 class StagedImage:
-    """Where a worker finds one input image; ``sha256`` (hex) when its bytes were seen, else None."""
+    """Where a worker finds one input image; ``sha256`` (hex) when its bytes were seen, else ``""``."""
 
     uri: str
-    sha256: str | None
+    sha256: str
 
 
 def _read_image(ref: ImageRef, timeout_s: float) -> bytes:
@@ -70,7 +74,7 @@ def stage_image(ref: ImageRef, store: ObjectStore, cache: ImageCache, *, timeout
     """
     if not ref.is_local:
         info = cache.peek(("info", *source_key(ref)))
-        return StagedImage(ref.ref, info.sha256 if isinstance(info, ImageInfo) else None)
+        return StagedImage(ref.ref, info.sha256 if isinstance(info, ImageInfo) else "")
 
     def compute() -> StagedImage:
         check_image(ref, cache, timeout_s=timeout_s)  # cached when the validator saw it

@@ -55,7 +55,7 @@ class ValidationReport:
     rows_valid: int = 0
     errors: list[RowError] = field(default_factory=list)
     errors_total: int = 0
-    endpoints: dict[str, int] = field(default_factory=dict)  # valid rows per endpoint
+    per_endpoint: dict[str, int] = field(default_factory=dict)  # valid rows per endpoint
     cost_credits: int = 0
     images_checked: bool = False
 
@@ -74,7 +74,7 @@ class ValidationReport:
     @property
     def estimated_endpoints(self) -> list[str]:
         """Endpoints priced at the default because the price table does not list them."""
-        return sorted(e for e in self.endpoints if e not in ENDPOINT_COST_CREDITS)
+        return sorted(e for e in self.per_endpoint if e not in ENDPOINT_COST_CREDITS)
 
 
 def _refs_of(outcome: RowOutcome, base_dir: Path) -> list[ImageRef]:
@@ -139,7 +139,7 @@ def validate_manifest(
         while pending:
             record(*pending.popleft())
 
-    report.endpoints = dict(sorted(endpoints.items()))
+    report.per_endpoint = dict(sorted(endpoints.items()))
     report.cost_credits = sum(n * cost_credits_for(e) for e, n in endpoints.items())
     return report
 
@@ -174,8 +174,8 @@ def render_report(report: ValidationReport) -> str:
         f"{report.rows_valid:,} {valid}row{'' if report.rows_valid == 1 else 's'}: "
         f"{report.cost_credits:,} credits (${report.cost_usd:,.2f})"
     )
-    if len(report.endpoints) > 1 or report.estimated_endpoints:
-        for endpoint, n in report.endpoints.items():
+    if len(report.per_endpoint) > 1 or report.estimated_endpoints:
+        for endpoint, n in report.per_endpoint.items():
             each = cost_credits_for(endpoint)
             note = " (estimated: price not known)" if endpoint in report.estimated_endpoints else ""
             lines.append(f"  {endpoint}: {_plural(n, 'row')} x {each} = {n * each:,} credits{note}")

@@ -7,7 +7,7 @@ duplicate column names) raise :class:`~kontext_batch.errors.ManifestError` with 
 ``row`` is 0 and ``field`` is ``<file>``.
 
 Memory: one row at a time, plus the set of ids and output names seen (to report duplicates),
-about 150 bytes per row.
+about 200 bytes per row (~215 MB for 1,000,000 rows).
 """
 
 from __future__ import annotations

@@ -12,13 +12,13 @@ import base64
 import io
 import json
 import logging
-import random
 import time
 from typing import Any
 
 from PIL import Image
 
 from kontext_batch.api.models import KontextRequest, PollResult, Status
+from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import (
     AuthError,
     InvalidImage,
@@ -49,11 +49,9 @@ def dispatch(rt: Runtime, gate: Gate) -> int:
     return len(grants)
 
 
-def backoff_s(rt: Runtime, attempt: int, retry_after_s: float | None = None) -> float:
-    s = rt.settings
-    base = min(s.retry_max_s, s.retry_base_s * 2 ** max(0, attempt - 1))
-    wait = base * (0.5 + random.random() * 0.5)  # jitter spreads a burst of retries apart
-    return float(min(s.retry_max_s, max(wait, retry_after_s or 0.0)))
+def backoff_s(rt: Runtime, attempt: int, error: BaseException | None = None) -> float:
+    """The client's retry policy, applied as a countdown so no worker thread sleeps."""
+    return RetryPolicy.from_settings(rt.settings).wait_s(attempt, error)
 
 
 def _load_image(uri: str) -> str:
@@ -146,7 +144,7 @@ def submit_job(rt: Runtime, ref: str, token: int) -> None:
             _end_active(rt, ref, job)
             finish(rt, ref, "failed", job, error=f"submit failed after {attempts} attempts: {exc}")
             return
-        delay = backoff_s(rt, attempts, exc.retry_after_s)
+        delay = backoff_s(rt, attempts, exc)
         rt.gate.update(ref, state="granted", last_error=str(exc))
         rt.scheduler.submit(ref, token + 1, countdown_s=delay)
         return
@@ -191,7 +189,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
             finish(rt, ref, "failed", job, error=f"polling failed {errors} times: {exc}")
             return
         rt.gate.update(ref, poll_errors=errors, last_error=str(exc))
-        rt.scheduler.poll(ref, token + 1, countdown_s=backoff_s(rt, errors, exc.retry_after_s))
+        rt.scheduler.poll(ref, token + 1, countdown_s=backoff_s(rt, errors, exc))
         return
     except PermanentError as exc:
         _end_active(rt, ref, job)
@@ -216,7 +214,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         finish(rt, ref, "failed", job, error=res.reason)
 
 
-def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:  # noqa: PLR0917
+def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
     run_id, _ = split_job_ref(ref)
     if not res.sample_url:
         finish(rt, ref, "failed", job, error="Ready without a sample URL")
@@ -232,7 +230,7 @@ def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str]
             content_type="application/json",
         )
     except SampleExpired as exc:
-        if rt.settings.resubmit_expired:
+        if rt.settings.resubmit_expired and int(job.get("attempts", 0)) < rt.settings.max_attempts:
             _resubmit_expired(rt, ref, spec, res)
             return
         finish(rt, ref, "failed", job, error=f"sample URL expired before download: {exc}", seed=res.seed)

@@ -19,6 +19,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from kontext_batch.settings import Settings
+
 __all__ = ["PollPlanner"]
 
 
@@ -31,6 +33,10 @@ class PollPlanner:
     window: int = 256
     _seen: dict[str, deque[float]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PollPlanner:
+        return cls(first_s=settings.poll_first_s, min_s=settings.poll_min_s, max_s=settings.poll_max_s)
 
     def observe(self, endpoint: str, duration_s: float) -> None:
         if duration_s <= 0:

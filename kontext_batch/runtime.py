@@ -70,7 +70,7 @@ class Runtime:
             redis=connect_redis(s.effective_redis_url),
             scheduler=scheduler,
             provider=provider or make_provider(s),
-            planner=PollPlanner(first_s=s.poll_first_s, min_s=s.poll_min_s, max_s=s.poll_max_s),
+            planner=PollPlanner.from_settings(s),
         )
 
     def gate_for(self, endpoint: str) -> Gate:

@@ -1,0 +1,96 @@
+"""In-process pipeline runs for tests: the real pipeline, Redis and emulator, with steps run inline.
+
+:class:`InlineScheduler` is our own ``Scheduler`` seam (like dramatiq's stub broker): it runs each
+step in this process, in due order, so a test can deliver a message twice or delay a poll.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kontext_batch.api.provider import make_provider
+from kontext_batch.jobspec import JobSpec
+from kontext_batch.keys import job_ref
+from kontext_batch.pipeline import dispatch, poll_job, submit_job
+from kontext_batch.polling import PollPlanner
+from kontext_batch.runtime import Runtime, connect_redis
+from kontext_batch.settings import Settings
+
+
+@dataclass
+class InlineScheduler:
+    duplicate: bool = False
+    extra_poll_delay: Callable[[str, int], float] = lambda ref, n: 0.0
+    queue: list[tuple[float, int, str, str, int]] = field(default_factory=list)
+    sent: list[tuple[str, str, int]] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _polls: dict[str, int] = field(default_factory=dict)
+
+    def _push(self, kind: str, ref: str, token: int, countdown_s: float) -> None:
+        self.sent.append((kind, ref, token))
+        for _ in range(2 if self.duplicate else 1):
+            heapq.heappush(self.queue, (time.monotonic() + countdown_s, next(self._seq), kind, ref, token))
+
+    def submit(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None:
+        self._push("submit", ref, token, countdown_s)
+
+    def poll(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None:
+        n = self._polls.get(ref, 0)
+        self._polls[ref] = n + 1
+        self._push("poll", ref, token, countdown_s + self.extra_poll_delay(ref, n))
+
+    def run(self, rt: Runtime, *, timeout_s: float = 60) -> int:
+        """Run steps until none is left. Returns how many ran."""
+        deadline = time.monotonic() + timeout_s
+        ran = 0
+        while self.queue:
+            due, _, kind, ref, token = heapq.heappop(self.queue)
+            if time.monotonic() > deadline:
+                raise TimeoutError("inline pipeline did not finish")
+            time.sleep(max(0.0, due - time.monotonic()))
+            (submit_job if kind == "submit" else poll_job)(rt, ref, token)
+            ran += 1
+        return ran
+
+
+def inline_runtime(settings: Settings, scheduler: InlineScheduler) -> Runtime:
+    return Runtime(
+        settings=settings,
+        redis=connect_redis(settings.effective_redis_url),
+        scheduler=scheduler,
+        provider=make_provider(settings),
+        planner=PollPlanner.from_settings(settings),
+    )
+
+
+def start_specs(rt: Runtime, run_id: str, output: str, specs: list[JobSpec]) -> None:
+    """Register a run of ready-made specs and queue them, as enqueue.start_run would."""
+    rt.runs.register(
+        run_id, {"id": run_id, "output": output, "total": len(specs), "status": "running", "extra_columns": []}
+    )
+    rt.runs.put_rows(run_id, [(s.row, s.to_json()) for s in specs])
+    for endpoint in {s.endpoint for s in specs}:
+        gate = rt.gate_for(endpoint)
+        rt.gate.enqueue(gate, [job_ref(run_id, s.row) for s in specs if s.endpoint == endpoint])
+        dispatch(rt, gate)
+
+
+def text_specs(n: int, endpoint: str = "flux-kontext-pro", **params: object) -> list[JobSpec]:
+    return [
+        JobSpec(
+            row=i,
+            id=f"r{i}",
+            endpoint=endpoint,
+            prompt=f"a studio photo of product {i}",
+            params={"seed": i, **params},
+            images=[],
+            digests=[],
+            output_name=f"out/{i}.png",
+            output_format="png",
+        )
+        for i in range(1, n + 1)
+    ]

@@ -1,0 +1,199 @@
+"""The pipeline's steps against real Redis and a real emulator, run inline (no Celery)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kontext_batch.control import cancel_run, retry_run
+from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.runtime import Runtime
+from kontext_batch.secret import Secret
+from kontext_batch.settings import Settings
+from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
+
+KEY = "pipeline-test-key"
+
+
+def fast(**kw: object) -> EmulatorConfig:
+    base: dict[str, object] = {"latency": {"*": LatencySpec.fixed(0.2)}, "time_scale": 1.0, "seed": 7}
+    base.update(kw)
+    return EmulatorConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with Emulator(fast()) as e:
+        yield e
+
+
+def settings(redis_url: str, emu: Emulator, **kw: object) -> Settings:
+    base: dict[str, object] = {
+        "api_key": Secret(KEY),
+        "api_base": emu.base_url,
+        "redis_url": redis_url,
+        "poll_first_s": 0.1,
+        "poll_min_s": 0.05,
+        "retry_base_s": 0.01,
+        "retry_max_s": 0.05,
+        "http_timeout_s": 5.0,
+    }
+    base.update(kw)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _close_runtimes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    made: list[Runtime] = []
+    real = inline_runtime
+
+    def tracking(*a: object, **kw: object) -> Runtime:
+        rt = real(*a, **kw)  # type: ignore[arg-type]
+        made.append(rt)
+        return rt
+
+    monkeypatch.setitem(globals(), "inline_runtime", tracking)
+    yield
+    for rt in made:
+        rt.close()
+
+
+def results_csv(rt: Runtime, run_id: str, out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+
+
+def test_every_row_is_stored_with_a_sidecar_and_one_result(redis_url: str, emu: Emulator, tmp_path: Path) -> None:
+    sched = InlineScheduler()
+    rt = inline_runtime(settings(redis_url, emu), sched)
+    start_specs(rt, "r1", str(tmp_path), text_specs(30))
+    sched.run(rt)
+    rows = results_csv(rt, "r1", tmp_path)
+    assert [r["row"] for r in rows] == [str(i) for i in range(1, 31)]
+    assert {r["status"] for r in rows} == {"succeeded"}
+    for r in rows:
+        with Image.open(tmp_path / "out" / f"{r['row']}.png") as im:
+            assert im.size == (1024, 1024)
+        assert (tmp_path / "out" / f"{r['row']}.png.json").exists()
+        assert r["seed"] == r["row"]
+        assert r["bfl_task_id"]
+    assert rt.gate.active(rt.settings.api_key.fingerprint) == 0
+    assert emu.stats()["peak_active"][rt.settings.api_key.fingerprint]["total"] <= 24
+
+
+def test_a_message_delivered_twice_submits_downloads_and_records_once(
+    redis_url: str, emu: Emulator, tmp_path: Path
+) -> None:
+    sched = InlineScheduler(duplicate=True)
+    rt = inline_runtime(settings(redis_url, emu), sched)
+    start_specs(rt, "dup", str(tmp_path), text_specs(5))
+    sched.run(rt)
+    stats = emu.stats()
+    assert stats["submits"] == 5
+    assert stats["downloads"] == 5
+    info = rt.runs.info("dup")
+    assert info.counts == {"succeeded": 5}
+    assert info.ndone == 5
+
+
+def test_cancel_records_waiting_rows_and_lets_submitted_ones_finish(
+    redis_url: str, emu: Emulator, tmp_path: Path
+) -> None:
+    sched = InlineScheduler()
+    rt = inline_runtime(settings(redis_url, emu), sched)
+    start_specs(rt, "c", str(tmp_path), text_specs(20, endpoint="flux-kontext-max"))  # 6 granted, 14 waiting
+    assert cancel_run(rt, "c") == 14
+    sched.run(rt)
+    info = rt.runs.info("c")
+    assert info.counts == {"cancelled": 20}  # granted-but-unsubmitted rows see the flag too
+    assert info.status == "cancelled"
+    assert rt.gate.active(rt.settings.api_key.fingerprint) == 0
+    assert emu.stats()["submits"] == 0
+
+
+def test_out_of_credits_stops_the_run_and_retry_completes_it(redis_url: str, tmp_path: Path) -> None:
+    with Emulator(fast(credits=4 * 10)) as emu:
+        sched = InlineScheduler()
+        rt = inline_runtime(settings(redis_url, emu), sched)
+        start_specs(rt, "402", str(tmp_path), text_specs(30))
+        sched.run(rt)
+        info = rt.runs.info("402")
+        assert info.counts == {"succeeded": 10, "failed": 20}
+        assert info.meta["stopped"] == "out_of_credits"
+        assert emu.stats()["rejected_402"] >= 1
+        emu.set_credits(KEY, 1000)
+        assert retry_run(rt, "402", ["failed"]) == 20
+        sched.run(rt)
+        info = rt.runs.info("402")
+        assert info.counts == {"succeeded": 30}
+        assert "stopped" not in info.meta
+        rows = results_csv(rt, "402", tmp_path)
+        assert len(rows) == 30
+        assert {r["status"] for r in rows} == {"succeeded"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "reason"),
+    [
+        ("request-moderated", "moderated", "Request Moderated"),
+        ("content-moderated", "moderated", "Content Moderated"),
+        ("error", "failed", "Error"),
+    ],
+)
+def test_terminal_outcomes_are_recorded_with_their_reason(
+    redis_url: str, tmp_path: Path, fault: str, status: str, reason: str
+) -> None:
+    with Emulator(fast(faults={fault: 1.0})) as emu:
+        sched = InlineScheduler()
+        rt = inline_runtime(settings(redis_url, emu), sched)
+        start_specs(rt, "t", str(tmp_path), text_specs(3))
+        sched.run(rt)
+        rows = results_csv(rt, "t", tmp_path)
+        assert {r["status"] for r in rows} == {status}
+        assert all(r["error"].startswith(reason) for r in rows)
+        assert emu.stats()["submits"] == 3  # never retried
+        assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_transient_faults_are_retried_within_bounds(redis_url: str, tmp_path: Path) -> None:
+    with Emulator(fast(faults={"500": 0.2, "503": 0.1, "429": 0.1})) as emu:
+        sched = InlineScheduler()
+        rt = inline_runtime(settings(redis_url, emu), sched)
+        start_specs(rt, "f", str(tmp_path), text_specs(30))
+        sched.run(rt)
+        assert rt.runs.info("f").counts == {"succeeded": 30}
+        stats = emu.stats()
+        assert stats["submits"] - stats["rejected_429"] - 30 <= sum(stats["faults_injected"].values())
+
+
+def test_expired_sample_fails_with_a_clear_reason(redis_url: str, tmp_path: Path) -> None:
+    # Sample URLs live 600 s * time_scale = 0.3 s; the first poll comes 0.6 s after Ready.
+    cfg = fast(time_scale=0.0005, latency={"*": LatencySpec.fixed(200)})
+    with Emulator(cfg) as emu:
+        sched = InlineScheduler(extra_poll_delay=lambda ref, n: 0.6)
+        rt = inline_runtime(settings(redis_url, emu), sched)
+        start_specs(rt, "x", str(tmp_path), text_specs(2))
+        sched.run(rt)
+        rows = results_csv(rt, "x", tmp_path)
+        assert {r["status"] for r in rows} == {"failed"}
+        assert all("expired" in r["error"] for r in rows)
+
+
+def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(redis_url: str, tmp_path: Path) -> None:
+    cfg = fast(time_scale=0.0005, latency={"*": LatencySpec.fixed(200)})
+    with Emulator(cfg) as emu:
+        # Only the first poll of each row is late; the resubmitted job is fetched in time.
+        sched = InlineScheduler(extra_poll_delay=lambda ref, n: 0.6 if n == 0 else 0.0)
+        # poll_max_s keeps the late first poll from teaching the planner to wait past the URL's life.
+        rt = inline_runtime(settings(redis_url, emu, resubmit_expired=True, poll_max_s=0.1), sched)
+        start_specs(rt, "y", str(tmp_path), text_specs(2))
+        sched.run(rt)
+        rows = results_csv(rt, "y", tmp_path)
+        assert {r["status"] for r in rows} == {"succeeded"}
+        assert [r["attempts"] for r in rows] == ["2", "2"]
+        assert [r["seed"] for r in rows] == ["1", "2"]
+        assert emu.stats()["submits"] == 4

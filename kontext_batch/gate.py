@@ -222,12 +222,9 @@ class SlotGate:
     def claim_expired(self, *, limit: int = 100) -> list[StaleJob]:
         """Jobs past their watch deadline, each with a fresh token (old messages become stale)."""
         now = self.now_ms()
-        flat = self._claim_expired(
-            keys=[self.keys.watch], args=[now, now + self.lease_ms, self.keys.job_prefix, limit]
-        )
+        flat = self._claim_expired(keys=[self.keys.watch], args=[now, now + self.lease_ms, self.keys.job_prefix, limit])
         return [
-            StaleJob(_s(flat[i]), int(flat[i + 1]), _s(flat[i + 2]), _s(flat[i + 3]))
-            for i in range(0, len(flat), 4)
+            StaleJob(_s(flat[i]), int(flat[i + 1]), _s(flat[i + 2]), _s(flat[i + 3])) for i in range(0, len(flat), 4)
         ]
 
     def known_gates(self) -> list[tuple[str, str]]:

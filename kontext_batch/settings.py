@@ -62,9 +62,7 @@ def _parse_caps(value: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in value.split(","))):
         name, sep, num = part.partition("=")
         if not sep or not num.strip().isdigit() or int(num) < 1:
-            raise ConfigError(
-                f"KONTEXT_MAX_ACTIVE_MODELS entries look like 'flux-kontext-max=6', got {part!r}"
-            )
+            raise ConfigError(f"KONTEXT_MAX_ACTIVE_MODELS entries look like 'flux-kontext-max=6', got {part!r}")
         caps[name.strip()] = int(num)
     return caps
 

@@ -155,9 +155,7 @@ class KontextRequest(BaseModel):
 
     @property
     def input_images(self) -> list[str]:
-        return [
-            v for v in (self.input_image, self.input_image_2, self.input_image_3, self.input_image_4) if v
-        ]
+        return [v for v in (self.input_image, self.input_image_2, self.input_image_3, self.input_image_4) if v]
 
     def bfl_body(self) -> dict[str, Any]:
         """The JSON body for BFL's endpoints: only fields that are set; the secret revealed here only."""

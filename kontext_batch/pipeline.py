@@ -112,7 +112,13 @@ def _end_active(rt: Runtime, ref: str, job: dict[str, str]) -> None:
         dispatch(rt, rt.gate_by_id(gate_id))
 
 
+def _count_execution(rt: Runtime, ref: str) -> None:
+    # Every delivered message counts, stale no-ops too: the benchmark's "task executions per job".
+    rt.redis.hincrby(rt.keys.run(split_job_ref(ref)[0]), "task_executions", 1)
+
+
 def submit_job(rt: Runtime, ref: str, token: int) -> None:
+    _count_execution(rt, ref)
     job = rt.gate.claim(ref, token)
     if job is None:
         return
@@ -175,6 +181,7 @@ def _run_stop_reason(meta: dict[str, str]) -> str | None:
 
 
 def poll_job(rt: Runtime, ref: str, token: int) -> None:
+    _count_execution(rt, ref)
     job = rt.gate.claim(ref, token)
     if job is None:
         return

@@ -301,3 +301,12 @@ def test_read_url_refused_connection_is_retryable() -> None:
 def test_read_url_refuses_what_it_cannot_read(url: str) -> None:
     with pytest.raises(StorageError):
         read_url(url)
+
+
+def test_gcs_and_azure_urls_open_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    gs = open_store("gs://bucket/runs/")
+    assert gs.url == "gs://bucket/runs"
+    assert gs.uri("a/b.png") == "gs://bucket/runs/a/b.png"
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    az = open_store("az://container/out")
+    assert az.uri("x.png") == "az://container/out/x.png"

@@ -44,10 +44,10 @@ HANG_GUARD_S = 30.0
 
 
 def fast_config(**overrides: Any) -> EmulatorConfig:
-    """Tasks take 0.3 s (6 s * 0.05); a sample URL lives 30 s."""
+    """Tasks take 0.1 s (2 s * 0.05); a sample URL lives 30 s."""
     base: dict[str, Any] = {
         "api_keys": (KEY,),
-        "latency": {"*": LatencySpec.fixed(6.0)},
+        "latency": {"*": LatencySpec.fixed(2.0)},
         "time_scale": 0.05,
         "seed": 7,
     }

@@ -372,6 +372,20 @@ def test_a_tampered_sample_url_is_403(emu: Emulator, http: httpx.Client) -> None
         assert http.get(urlunsplit(bad)).status_code == 403
 
 
+def test_past_the_sample_budget_the_oldest_downloaded_sample_is_dropped(http: httpx.Client) -> None:
+    with Emulator(fast_config(sample_cache_mb=0.001)) as emu:
+        first = run_task(http, emu.base_url, {"prompt": "a"})["result"]["sample"]
+        assert http.get(first).status_code == 200
+        second = run_task(http, emu.base_url, {"prompt": "b"})["result"]["sample"]
+        assert http.get(second).status_code == 200
+        gone = http.get(first)
+        assert gone.status_code == 404
+        assert "BlobNotFound" in gone.text
+        stats = emu.stats(tasks=False)
+    assert stats["samples_evicted"] == 1
+    assert stats["samples_held_bytes"] > 0
+
+
 def test_stats_account_for_tasks_polls_and_downloads_without_the_key(http: httpx.Client) -> None:
     with Emulator(fast_config()) as emu:
         submitted = submit(http, emu.base_url, {"prompt": "x"}).json()

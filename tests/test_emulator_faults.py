@@ -124,16 +124,16 @@ def test_request_moderation_is_immediate_and_takes_no_slot(emu: Emulator, http: 
     [("content-moderated", "Content Moderated", "Moderation Reasons"), ("error", "Error", "message")],
 )
 def test_outcome_faults_turn_terminal_at_ready_time(
-    emu: Emulator, http: httpx.Client, kind: str, status: str, detail_key: str
+    http: httpx.Client, kind: str, status: str, detail_key: str
 ) -> None:
-    emu.set_faults({kind: 1.0})
-    body = submit(http, emu.base_url, {"prompt": "x"}).json()
-    assert http.get(body["polling_url"]).json()["status"] == "Pending"
-    final = wait_terminal(http, body["polling_url"])
+    with Emulator(fast_config(faults={kind: 1.0}, time_scale=0.5)) as emu:  # tasks take 1 s
+        body = submit(http, emu.base_url, {"prompt": "x"}).json()
+        assert http.get(body["polling_url"]).json()["status"] == "Pending"
+        final = wait_terminal(http, body["polling_url"])
+        stats = emu.stats()
     assert final["status"] == status
     assert final["result"] is None
     assert final["details"][detail_key]
-    stats = emu.stats()
     assert stats["final_status"] == {status: 1}
     assert stats["faults_injected"] == {kind: 1}
 

@@ -128,6 +128,8 @@ class EmulatorConfig:
     webhook_form: Literal["bfl", "alt"] = "bfl"
     timeout_fault_s: float = 40.0
     costs: dict[str, float] = field(default_factory=_default_costs)
+    #: Rendered samples held in memory at most (MiB); the oldest, downloaded first, are dropped past it.
+    sample_cache_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import httpx
@@ -62,6 +63,7 @@ class Runtime:
         self.state = EmulatorState(config)
         self._http: httpx.AsyncClient | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._check_pool: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
 
@@ -69,14 +71,17 @@ class Runtime:
         self.stopping = asyncio.Event()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=True)
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="emulator-render")
+        # Input checks get their own threads: a submit must not queue behind a burst of renders.
+        self._check_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-check")
 
     async def stop(self) -> None:
         self.stopping.set()
         await self.cancel_background()
         if self._http is not None:
             await self._http.aclose()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._check_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     async def cancel_background(self) -> None:
         for t in list(self._background):
@@ -117,11 +122,19 @@ class Runtime:
                 else:
                     data = images.decode_base64_image(value)
                 loop = asyncio.get_running_loop()
-                size = await loop.run_in_executor(self._pool, images.check_image, data)
+                size = await loop.run_in_executor(self._check_pool, images.check_image, data)
             except InputImageError as exc:
                 raise InputImageError(f"{name}: {exc}") from None
             out.append((data, size))
         return out
+
+    def _rendered(self, task: TaskRecord, fut: asyncio.Future[bytes]) -> None:
+        if fut.cancelled():
+            return
+        if (exc := fut.exception()) is not None:
+            log.error("emulator: rendering the sample of %s failed: %r", task.id, exc)
+            return
+        self.state.hold_sample(task, len(fut.result()))
 
     async def submit(
         self,
@@ -172,14 +185,9 @@ class Runtime:
             spec = RenderSpec(params.prompt, seed, size[0], size[1], params.output_format, [d for d, _ in inputs])
             loop = asyncio.get_running_loop()
             task.sample = loop.run_in_executor(self._pool, images.render, spec)
-            task.sample.add_done_callback(_log_render_failure)
+            task.sample.add_done_callback(partial(self._rendered, task))
         if params.webhook_url:
             job = asyncio.create_task(deliver_webhook(self, task))
             self._background.add(job)
             job.add_done_callback(self._background.discard)
         return task
-
-
-def _log_render_failure(fut: asyncio.Future[bytes]) -> None:
-    if not fut.cancelled() and (exc := fut.exception()) is not None:
-        log.error("emulator: rendering a sample failed: %r", exc)

@@ -133,6 +133,9 @@ class EmulatorState:
         self.tasks: dict[str, TaskRecord] = {}
         self._due: list[tuple[float, str]] = []
         self._expiring: list[tuple[float, str]] = []
+        self._held: dict[str, int] = {}  # task id -> bytes of its rendered sample, oldest first
+        self._held_bytes = 0
+        self.samples_evicted = 0
         self.active: dict[str, Counter[str]] = _nested_counts()
         self.peak: dict[str, Counter[str]] = _nested_counts()
         self.credits: dict[str, float | None] = {}
@@ -200,7 +203,7 @@ class EmulatorState:
         while self._expiring and self._expiring[0][0] <= now:
             _, task_id = heapq.heappop(self._expiring)
             if (task := self.tasks.get(task_id)) is not None:
-                task.sample = None
+                self._drop_sample(task)
 
     def _retire(self, task: TaskRecord) -> None:
         task.terminal = True
@@ -246,6 +249,25 @@ class EmulatorState:
         heapq.heappush(self._due, (task.ready_at, task.id))
         heapq.heappush(self._expiring, (task.ready_at + self.config.sample_ttl_s, task.id))
 
+    def hold_sample(self, task: TaskRecord, size: int) -> None:
+        """Account a rendered sample; past ``sample_cache_mb``, drop the oldest (downloaded ones first).
+
+        A dropped sample answers 404 BlobNotFound, as a deleted blob does; ``samples_evicted`` counts them.
+        """
+        if task.sample is None or self.tasks.get(task.id) is not task:
+            return
+        self._held[task.id] = size
+        self._held_bytes += size
+        budget = self.config.sample_cache_mb * 1024 * 1024
+        while self._held_bytes > budget and len(self._held) > 1:
+            victim_id = next((i for i in self._held if self.tasks[i].downloads > 0), next(iter(self._held)))
+            self._drop_sample(self.tasks[victim_id])
+            self.samples_evicted += 1
+
+    def _drop_sample(self, task: TaskRecord) -> None:
+        task.sample = None
+        self._held_bytes -= self._held.pop(task.id, 0)
+
     def new_id(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
@@ -286,6 +308,8 @@ class EmulatorState:
             "faults_injected": dict(self.faults_injected),
             "webhooks_sent": self.webhooks_sent,
             "webhooks_failed": self.webhooks_failed,
+            "samples_held_bytes": self._held_bytes,
+            "samples_evicted": self.samples_evicted,
             "credits": dict(self.credits),
         }
         if include_tasks:

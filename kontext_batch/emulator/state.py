@@ -101,7 +101,8 @@ class TaskRecord:
 
     @property
     def extension(self) -> str:
-        return "jpg" if self.output_format == "jpeg" else self.output_format
+        # BFL's delivery URLs end in sample.jpeg / .png / .webp: the output_format verbatim.
+        return self.output_format
 
     def details(self) -> dict[str, Any] | None:
         if self.outcome == REQUEST_MODERATED:
@@ -287,7 +288,8 @@ class EmulatorState:
 
     def sample_url(self, task: TaskRecord) -> str:
         path, se, sig = self.sample_path(task)
-        return f"{task.scheme}://{task.poll_host}{path}?se={se}&sp=r&sr=b&sig={sig}"
+        query = f"se={se}&sp=r&sv=2024-11-04&sr=b&rsct=image/{task.output_format}&sig={sig}"
+        return f"{task.scheme}://{task.poll_host}{path}?{query}"
 
     # -- stats ------------------------------------------------------------------------------------
 

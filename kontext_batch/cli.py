@@ -90,10 +90,24 @@ def validate(manifest: str, model: str, no_images: bool, as_json: bool) -> None:
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "rows_total": report.rows_total,
+                    "rows_valid": report.rows_valid,
+                    "errors_total": report.errors_total,
+                    "errors": [{"row": e.row, "field": e.field, "message": e.msg} for e in report.errors],
+                    "per_endpoint": report.per_endpoint,
+                    "cost_credits": report.cost_credits,
+                    "cost_usd": report.cost_usd,
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(render_report(report))
-    sys.exit(0 if not report.errors else 1)
+    sys.exit(0 if report.ok else 1)
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from kontext_batch.errors import ManifestError, RowError
+from kontext_batch.errors import ManifestError
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
 from kontext_batch.manifest.reader import iter_manifest
@@ -85,11 +85,10 @@ def start_run(
     force: bool = False,
 ) -> EnqueueReport:
     """Validate, register and queue ``manifest``. Raises ManifestError (nothing queued) on bad rows."""
-    report = validate_manifest(manifest, default_model=default_model)
+    cache = StageCache()  # validation reads each image once; staging reuses what it learnt
+    report = validate_manifest(manifest, default_model=default_model, cache=cache)
     if report.errors and not skip_invalid:
         raise ManifestError(report.errors)
-    if report.rows_total == 0:
-        raise ManifestError([RowError(0, "<file>", "the manifest has no rows")])
     store = rt.store(output)
     run_id = new_run_id()
     rt.runs.register(
@@ -108,7 +107,6 @@ def start_run(
     )
     out = EnqueueReport(run_id=run_id, total=report.rows_total, validation=report)
     existing = set() if force else _existing_outputs(store)
-    cache = StageCache()
     extra_cols: dict[str, None] = {}
     waiting: dict[str, list[str]] = {}
     specs: list[tuple[int, dict[str, Any]]] = []

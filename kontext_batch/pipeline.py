@@ -8,7 +8,6 @@ Every step starts by claiming the job's fencing token, so a duplicate or stale m
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
@@ -31,10 +30,10 @@ from kontext_batch.errors import (
 from kontext_batch.gate import Gate, StaleJob
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import split_job_ref
+from kontext_batch.manifest.staging import load_image_payload
 from kontext_batch.results import RESULTS_NAME, render_results
 from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
-from kontext_batch.storage import read_url
 
 __all__ = ["dispatch", "finalize", "finish", "poll_job", "redrive", "submit_job", "sweep"]
 
@@ -54,18 +53,14 @@ def backoff_s(rt: Runtime, attempt: int, error: BaseException | None = None) -> 
     return RetryPolicy.from_settings(rt.settings).wait_s(attempt, error)
 
 
-def _load_image(uri: str) -> str:
-    """What the API takes for one input: a URL it fetches itself, or our staged bytes as base64."""
-    if uri.startswith(("http://", "https://")):
-        return uri
-    return base64.b64encode(read_url(uri)).decode()
-
-
-def build_request(spec: JobSpec) -> KontextRequest:
+def build_request(rt: Runtime, spec: JobSpec) -> KontextRequest:
+    """The API request for a row: http(s) inputs as URLs the API fetches, anything else as base64."""
     fields: dict[str, Any] = dict(spec.params)
+    # Always explicit: providers differ in their default, and the output name's extension must match.
+    fields["output_format"] = spec.output_format
     names = ("input_image", "input_image_2", "input_image_3", "input_image_4")
     for name, uri in zip(names, spec.images, strict=False):
-        fields[name] = _load_image(uri)
+        fields[name] = load_image_payload(uri, cache=rt.payloads)
     return KontextRequest.build(prompt=spec.prompt, **fields)
 
 
@@ -134,7 +129,7 @@ def submit_job(rt: Runtime, ref: str, token: int) -> None:
     rt.gate.update(ref, state="submitting", attempts=attempts)
     job["attempts"] = str(attempts)
     try:
-        task = rt.provider.submit(spec.endpoint, build_request(spec))
+        task = rt.provider.submit(spec.endpoint, build_request(rt, spec))
     except OutOfCredits as exc:
         rt.runs.update(run_id, stopped="out_of_credits", stopped_reason=f"out of credits (402): {exc}")
         _end_active(rt, ref, job)

@@ -19,6 +19,7 @@ from redis.retry import Retry
 from kontext_batch.api.provider import KontextProvider, make_provider
 from kontext_batch.gate import Gate, SlotGate
 from kontext_batch.keys import Keys
+from kontext_batch.manifest.staging import PayloadCache
 from kontext_batch.polling import PollPlanner
 from kontext_batch.runs import RunStore
 from kontext_batch.settings import Settings
@@ -55,6 +56,7 @@ class Runtime:
     provider: KontextProvider
     keys: Keys = field(default_factory=Keys)
     planner: PollPlanner = field(default_factory=PollPlanner)
+    payloads: PayloadCache = field(default_factory=PayloadCache)
     _stores: dict[str, ObjectStore] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -1,0 +1,98 @@
+"""The whole system for end-to-end tests: emulator over HTTP, real worker processes, the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.local import WorkerPool
+from kontext_batch.secret import Secret
+from kontext_batch.settings import Settings
+
+E2E_KEY = "e2e-secret-key-7f3a9c1d"
+
+
+@dataclass
+class System:
+    emu: Emulator
+    settings: Settings
+    workers: WorkerPool
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+        env.update(self.settings.to_env())
+        return env
+
+    def cli(self, *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kontext_batch", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+
+@contextmanager
+def running_system(
+    redis_url: str,
+    *,
+    emulator: EmulatorConfig | None = None,
+    workers: int = 2,
+    log_dir: Path | None = None,
+    **settings: object,
+) -> Iterator[System]:
+    cfg = emulator or EmulatorConfig(latency={"*": LatencySpec.fixed(0.3)}, api_keys=(E2E_KEY,), seed=11)
+    with Emulator(cfg) as emu:
+        base: dict[str, object] = {
+            "api_key": Secret(E2E_KEY),
+            "api_base": emu.base_url,
+            "redis_url": redis_url,
+            "poll_first_s": 0.2,
+            "poll_min_s": 0.05,
+            "retry_base_s": 0.05,
+            "retry_max_s": 0.5,
+            "http_timeout_s": 5.0,
+            "lease_s": 20.0,
+        }
+        base.update(settings)
+        s = Settings(**base)  # type: ignore[arg-type]
+        with WorkerPool(s, n=workers, concurrency=16, loglevel="INFO", log_dir=log_dir) as pool:
+            yield System(emu, s, pool)
+
+
+def product_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (640, 480)) -> Path:
+    """A small product-like photo: a coloured object with a shadow on a tinted background."""
+    im = Image.new("RGB", size, (236, 230, 222))
+    d = ImageDraw.Draw(im)
+    w, h = size
+    d.ellipse((w * 0.2, h * 0.72, w * 0.8, h * 0.86), fill=(200, 194, 186))
+    d.rounded_rectangle((w * 0.3, h * 0.25, w * 0.7, h * 0.78), radius=30, fill=colour)
+    d.ellipse((w * 0.4, h * 0.15, w * 0.6, h * 0.32), fill=tuple(max(0, c - 40) for c in colour))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, quality=90)
+    return path
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[dict[str, object]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(header))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return path
+
+
+def read_results(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode())))

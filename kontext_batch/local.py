@@ -30,7 +30,15 @@ from kontext_batch.settings import Settings
 __all__ = ["WorkerPool", "demo_command", "embedded_redis", "free_port", "redis_server_binary", "run_local"]
 
 EMULATOR_KEY = "emulator-key"
-DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "examples" / "catalogue.csv"
+DEMO_MANIFEST = Path("manifests") / "examples" / "catalogue.csv"
+
+
+def demo_manifest() -> Path:
+    """The bundled example: beside the source tree (editable install), else under the current folder."""
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (base / DEMO_MANIFEST).exists():
+            return base / DEMO_MANIFEST
+    raise click.ClickException(f"demo manifest {DEMO_MANIFEST} not found beside the package or in {Path.cwd()}")
 
 
 def free_port() -> int:
@@ -286,8 +294,7 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
 
     s = Settings.from_env({k: v for k, v in os.environ.items() if k != "KONTEXT_API_BASE"})
     s = s.with_(redis_url=None)
-    if not DEMO_MANIFEST.exists():
-        raise click.ClickException(f"demo manifest not found at {DEMO_MANIFEST}")
+    manifest = demo_manifest()
     with (
         _interrupts(),
         local_stack(s, emulator=True, workers=n_workers, emulator_options={"time_scale": time_scale}) as s2,

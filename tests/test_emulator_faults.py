@@ -7,12 +7,13 @@ submit, and the stats count the injection.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from kontext_batch.emulator import Emulator
+from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from tests.emulator_fixtures import KEY, fast_config, http, submit, wait_terminal
 
 __all__ = ["http"]  # fixtures used by name
@@ -151,3 +152,24 @@ def test_bad_fault_settings_are_refused(emu: Emulator, faults: dict[str, float])
     with pytest.raises(httpx.HTTPStatusError) as info:
         emu.set_faults(faults)
     assert info.value.response.status_code in (400, 422)
+
+
+@pytest.mark.parametrize(
+    ("marker", "status"),
+    [
+        ("request-moderated", "Request Moderated"),
+        ("content-moderated", "Content Moderated"),
+        ("error", "Error"),
+    ],
+)
+def test_prompt_markers_pin_a_rows_outcome(marker: str, status: str) -> None:
+    with Emulator(EmulatorConfig(latency={"*": LatencySpec.fixed(0.05)})) as emu, httpx.Client() as c:
+        sub = c.post(
+            f"{emu.base_url}/v1/flux-kontext-pro",
+            headers={"x-key": "k"},
+            json={"prompt": f"[emulator:{marker}] a red shoe"},
+        ).json()
+        plain = c.post(f"{emu.base_url}/v1/flux-kontext-pro", headers={"x-key": "k"}, json={"prompt": "a red shoe"})
+        time.sleep(0.2)
+        assert c.get(sub["polling_url"]).json()["status"] == status
+        assert c.get(plain.json()["polling_url"]).json()["status"] == "Ready"

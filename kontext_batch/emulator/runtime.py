@@ -153,7 +153,7 @@ class Runtime:
         # From here to state.add nothing awaits: the cap/credit check and the new task are one step.
         state = self.state
         cost = state.admit(key_fp, endpoint)
-        outcome = state.draw_outcome()
+        outcome = state.draw_outcome(params.prompt)
         now = state.now()
         latency = 0.0 if outcome == REQUEST_MODERATED else state.latency_s(endpoint)
         seed = params.seed if params.seed is not None else state.rng.getrandbits(32)

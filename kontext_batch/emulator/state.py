@@ -180,7 +180,15 @@ class EmulatorState:
                 return kind
         return None
 
-    def draw_outcome(self) -> str:
+    def draw_outcome(self, prompt: str = "") -> str:
+        """The task's fate: forced by a marker in the prompt, else drawn at the configured rates.
+
+        Markers (``[emulator:request-moderated]``, ``[emulator:content-moderated]``,
+        ``[emulator:error]``) let a pipeline's own CI pin one row's outcome without random faults.
+        """
+        for kind, status in _OUTCOME_STATUS.items():
+            if f"[emulator:{kind}]" in prompt:
+                return status
         r = self.rng.random()
         edge = 0.0
         for kind in OUTCOME_FAULTS:

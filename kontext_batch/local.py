@@ -302,7 +302,7 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
         code = submit_and_follow(
             None,
             s2,
-            str(DEMO_MANIFEST),
+            str(manifest),
             output=output,
             model="pro",
             skip_invalid=False,

@@ -129,7 +129,9 @@ def submit_job(rt: Runtime, ref: str, token: int) -> None:
     rt.gate.update(ref, state="submitting", attempts=attempts)
     job["attempts"] = str(attempts)
     try:
-        task = rt.provider.submit(spec.endpoint, build_request(rt, spec))
+        request = build_request(rt, spec)
+        rt.submit_rate.acquire()
+        task = rt.provider.submit(spec.endpoint, request)
     except OutOfCredits as exc:
         rt.runs.update(run_id, stopped="out_of_credits", stopped_reason=f"out of credits (402): {exc}")
         _end_active(rt, ref, job)

@@ -21,6 +21,7 @@ from kontext_batch.gate import Gate, SlotGate
 from kontext_batch.keys import Keys
 from kontext_batch.manifest.staging import PayloadCache
 from kontext_batch.polling import PollPlanner
+from kontext_batch.ratelimit import SubmitRateLimiter
 from kontext_batch.runs import RunStore
 from kontext_batch.settings import Settings
 from kontext_batch.storage import ObjectStore, open_store
@@ -63,6 +64,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.gate = SlotGate(self.redis, self.keys, lease_s=self.settings.lease_s)
         self.runs = RunStore(self.redis, self.keys)
+        self.submit_rate = SubmitRateLimiter(self.redis, self.keys.submit_rate, self.settings.submits_per_s)
 
     @classmethod
     def create(cls, settings: Settings, scheduler: Scheduler, *, provider: KontextProvider | None = None) -> Runtime:

@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -159,52 +160,30 @@ def run(
 ) -> None:
     """Validate MANIFEST, register a run, and queue every row for the workers."""
     s = _settings(ctx)
+    req = RunRequest(manifest, output, model, skip_invalid, force, wait, max_failures, as_json)
     if local or emulator:
         from kontext_batch.local import run_local  # noqa: PLC0415
 
-        code = run_local(
-            s,
-            manifest,
-            output=output,
-            model=model,
-            skip_invalid=skip_invalid,
-            force=force,
-            emulator=emulator,
-            workers=n_workers,
-            max_failures=max_failures,
-            as_json=as_json,
-        )
-        sys.exit(code)
+        sys.exit(run_local(s, req, emulator=emulator, workers=n_workers))
     _need_key(s)
-    sys.exit(
-        submit_and_follow(
-            ctx,
-            s,
-            manifest,
-            output=output,
-            model=model,
-            skip_invalid=skip_invalid,
-            force=force,
-            wait=wait,
-            max_failures=max_failures,
-            as_json=as_json,
-        )
-    )
+    sys.exit(submit_and_follow(s, req))
 
 
-def submit_and_follow(
-    ctx: click.Context | None,
-    s: Settings,
-    manifest: str,
-    *,
-    output: str,
-    model: str,
-    skip_invalid: bool,
-    force: bool,
-    wait: bool,
-    max_failures: float,
-    as_json: bool,
-) -> int:
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``run`` was asked to do, handed as one value to ``--local`` and ``demo`` too."""
+
+    manifest: str
+    output: str
+    model: str = "pro"
+    skip_invalid: bool = False
+    force: bool = False
+    wait: bool = False
+    max_failures: float = 0
+    as_json: bool = False
+
+
+def submit_and_follow(s: Settings, req: RunRequest) -> int:
     """Queue a run (and follow it with ``wait``). Returns the exit code. Used by ``run`` and ``--local``."""
     from kontext_batch.enqueue import spooled_manifest, start_run  # noqa: PLC0415
     from kontext_batch.manifest.validate import render_report  # noqa: PLC0415
@@ -213,8 +192,10 @@ def submit_and_follow(
 
     rt = Runtime.create(s, CelerySchedule(configure(s)))
     try:
-        with spooled_manifest(manifest) as path:
-            rep = start_run(rt, path, output=output, default_model=model, skip_invalid=skip_invalid, force=force)
+        with spooled_manifest(req.manifest) as path:
+            rep = start_run(
+                rt, path, output=req.output, default_model=req.model, skip_invalid=req.skip_invalid, force=req.force
+            )
     except ManifestError as exc:
         click.echo(f"error: {len(exc.errors)} invalid row(s); nothing was queued.", err=True)
         for e in exc.errors[:50]:
@@ -225,11 +206,11 @@ def submit_and_follow(
     except KontextBatchError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
-    if rep.validation is not None and not as_json:
+    if rep.validation is not None and not req.as_json:
         click.echo(render_report(rep.validation).splitlines()[-1], err=True)
     click.echo(
         rep.run_id
-        if not as_json
+        if not req.as_json
         else json.dumps(
             {
                 "run_id": rep.run_id,
@@ -240,9 +221,9 @@ def submit_and_follow(
             }
         )
     )
-    if not wait:
+    if not req.wait:
         return 0
-    return follow(rt, rep.run_id, max_failures=max_failures, as_json=as_json)
+    return follow(rt, rep.run_id, max_failures=req.max_failures, as_json=req.as_json)
 
 
 def follow(rt: Any, run_id: str, *, max_failures: float = 0, as_json: bool = False, interval_s: float = 1.0) -> int:

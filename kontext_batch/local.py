@@ -17,15 +17,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from kontext_batch.errors import ConfigError
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
+
+if TYPE_CHECKING:
+    from kontext_batch.cli import RunRequest
 
 __all__ = ["WorkerPool", "demo_command", "embedded_redis", "free_port", "redis_server_binary", "run_local"]
 
@@ -217,7 +220,7 @@ def local_stack(
             from kontext_batch.emulator import Emulator, EmulatorConfig  # noqa: PLC0415
 
             emu = stack.enter_context(Emulator(EmulatorConfig(**(emulator_options or {}))))
-            s = s.with_(api_base=emu.base_url, api_key=s.api_key if s.api_key else _secret(EMULATOR_KEY))
+            s = s.with_(api_base=emu.base_url, api_key=s.api_key if s.api_key else Secret(EMULATOR_KEY))
             click.echo(f"started Kontext emulator at {emu.base_url}", err=True)
         if not s.api_key:
             raise click.UsageError("KONTEXT_API_KEY is not set (add --emulator to run offline)")
@@ -226,39 +229,12 @@ def local_stack(
         yield s
 
 
-def _secret(value: str) -> Secret:
-    return Secret(value)
-
-
-def run_local(
-    settings: Settings,
-    manifest: str,
-    *,
-    output: str,
-    model: str,
-    skip_invalid: bool,
-    force: bool,
-    emulator: bool,
-    workers: int,
-    max_failures: float,
-    as_json: bool,
-) -> int:
+def run_local(settings: Settings, req: RunRequest, *, emulator: bool, workers: int) -> int:
     """``run --local``: the whole system on this machine for one run, then stop it all."""
     from kontext_batch.cli import submit_and_follow  # noqa: PLC0415
 
     with _interrupts(), local_stack(settings, emulator=emulator, workers=workers) as s:
-        return submit_and_follow(
-            None,
-            s,
-            manifest,
-            output=output,
-            model=model,
-            skip_invalid=skip_invalid,
-            force=force,
-            wait=True,
-            max_failures=max_failures,
-            as_json=as_json,
-        )
+        return submit_and_follow(s, replace(req, wait=True))
 
 
 @contextlib.contextmanager
@@ -290,7 +266,7 @@ def _interrupts() -> Iterator[None]:
 )
 def demo_command(output: str, n_workers: int, time_scale: float) -> None:
     """Run the bundled catalogue manifest through the whole system, offline, and show where it went."""
-    from kontext_batch.cli import submit_and_follow  # noqa: PLC0415
+    from kontext_batch.cli import RunRequest, submit_and_follow  # noqa: PLC0415
 
     s = Settings.from_env({k: v for k, v in os.environ.items() if k != "KONTEXT_API_BASE"})
     s = s.with_(redis_url=None)
@@ -299,17 +275,6 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
         _interrupts(),
         local_stack(s, emulator=True, workers=n_workers, emulator_options={"time_scale": time_scale}) as s2,
     ):
-        code = submit_and_follow(
-            None,
-            s2,
-            str(manifest),
-            output=output,
-            model="pro",
-            skip_invalid=False,
-            force=True,
-            wait=True,
-            max_failures=1.0,
-            as_json=False,
-        )
+        code = submit_and_follow(s2, RunRequest(str(manifest), output, force=True, wait=True, max_failures=1.0))
     click.echo(f"demo finished: open {Path(output).resolve()}/results.csv", err=True)
     sys.exit(0 if code in (0, 1) else code)

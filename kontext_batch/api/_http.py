@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -51,7 +51,13 @@ from kontext_batch.errors import (
 )
 from kontext_batch.secret import Secret
 
+if TYPE_CHECKING:
+    from kontext_batch.api.retry import RetryPolicy
+
+T = TypeVar("T")
+
 __all__ = [
+    "ClientBase",
     "HttpCore",
     "describe_url",
     "opt_float",
@@ -307,3 +313,44 @@ def _field_errors(detail: object, scrub: Callable[[str], str]) -> list[FieldErro
     if not errors:
         errors.append(FieldError(("body",), scrub(_detail_text(detail) or "rejected by the API")))
     return errors
+
+
+class ClientBase:
+    """What both providers share: one pooled HTTP core, the retry policy, lifecycle, a safe repr."""
+
+    name: str = ""
+
+    def __init__(
+        self,
+        api_key: Secret | str,
+        base_url: str,
+        *,
+        timeout_s: float,
+        retry: RetryPolicy | None,
+        transport: httpx.BaseTransport | None,
+        http: httpx.Client | None,
+    ) -> None:
+        self.base_url = base_url
+        self.retry = retry
+        self._core = HttpCore(
+            api_key if isinstance(api_key, Secret) else Secret(api_key),
+            timeout_s=timeout_s,
+            transport=transport,
+            http=http,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, key={self._core.key.fingerprint})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (an injected ``http`` client is left to its owner)."""
+        self._core.close()
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        return self.retry.call(fn) if self.retry is not None else fn()

@@ -15,13 +15,12 @@ errors only; without one, each call is a single attempt.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from kontext_batch.api._http import HttpCore, describe_url, opt_float, opt_int, opt_str
+from kontext_batch.api._http import ClientBase, describe_url, opt_float, opt_int, opt_str
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import FieldError, RequestInvalid, ServerError
@@ -30,14 +29,12 @@ from kontext_batch.settings import resolve_api_base
 
 __all__ = ["KontextClient", "parse_bfl_poll", "parse_bfl_submit"]
 
-T = TypeVar("T")
-
 #: Request fields of the reseller dialect that BFL's API does not have.
 _RESELLER_ONLY: Final = ("steps", "guidance_scale", "negative_prompt")
 _MODERATION_KEY: Final = "Moderation Reasons"
 
 
-class KontextClient:
+class KontextClient(ClientBase):
     """A thread-safe client for BFL's API; create one per worker process and share it.
 
     ``api_key`` may be a str or a :class:`Secret`; it is kept as a Secret and only ever revealed
@@ -56,27 +53,9 @@ class KontextClient:
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
     ) -> None:
-        self.base_url = resolve_api_base(base_url)
-        self.retry = retry
-        self._core = HttpCore(
-            api_key if isinstance(api_key, Secret) else Secret(api_key),
-            timeout_s=timeout_s,
-            transport=transport,
-            http=http,
+        super().__init__(
+            api_key, resolve_api_base(base_url), timeout_s=timeout_s, retry=retry, transport=transport, http=http
         )
-
-    def __repr__(self) -> str:
-        return f"KontextClient(base_url={self.base_url!r}, key={self._core.key.fingerprint})"
-
-    def __enter__(self) -> KontextClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the pooled connections (an injected ``http`` client is left to its owner)."""
-        self._core.close()
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -112,9 +91,6 @@ class KontextClient:
         return self._run(self._credits_once)
 
     # -- single attempts ------------------------------------------------------------------------
-
-    def _run(self, fn: Callable[[], T]) -> T:
-        return self.retry.call(fn) if self.retry is not None else fn()
 
     def _headers(self) -> dict[str, str]:
         return {"x-key": self._core.key.reveal(), "accept": "application/json"}

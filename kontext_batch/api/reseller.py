@@ -21,21 +21,18 @@ webhook; both are refused with RequestInvalid rather than silently changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import httpx
 
-from kontext_batch.api._http import HttpCore, describe_url, opt_float, opt_int, opt_str
+from kontext_batch.api._http import ClientBase, describe_url, opt_float, opt_int, opt_str
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import ConfigError, FieldError, RequestInvalid, ServerError
 from kontext_batch.secret import Secret
 
 __all__ = ["ResellerClient", "parse_reseller_poll", "reseller_body", "reseller_model"]
-
-T = TypeVar("T")
 
 _STATUS: Final[dict[str, Status]] = {
     "pending": Status.PENDING,
@@ -69,7 +66,7 @@ def reseller_body(endpoint: str, request: KontextRequest) -> dict[str, Any]:
     return body
 
 
-class ResellerClient:
+class ResellerClient(ClientBase):
     """A thread-safe client for the reseller dialect (same interface as KontextClient).
 
     ``base_url`` is the reseller's API root, e.g. ``https://reseller.example/v1``; tasks live under
@@ -91,26 +88,7 @@ class ResellerClient:
         base = base_url.strip().rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise ConfigError(f"the reseller base URL must be an http(s) URL, got {base_url!r}")
-        self.base_url = base
-        self.retry = retry
-        self._core = HttpCore(
-            api_key if isinstance(api_key, Secret) else Secret(api_key),
-            timeout_s=timeout_s,
-            transport=transport,
-            http=http,
-        )
-
-    def __repr__(self) -> str:
-        return f"ResellerClient(base_url={self.base_url!r}, key={self._core.key.fingerprint})"
-
-    def __enter__(self) -> ResellerClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._core.close()
+        super().__init__(api_key, base, timeout_s=timeout_s, retry=retry, transport=transport, http=http)
 
     def submit(self, endpoint: str, request: KontextRequest) -> Task:
         """Create a task; like BFL's submit, retries may create a duplicate after a read timeout."""
@@ -124,9 +102,6 @@ class ResellerClient:
         return self._run(lambda: self._core.download(sample_url))
 
     # -- single attempts ------------------------------------------------------------------------
-
-    def _run(self, fn: Callable[[], T]) -> T:
-        return self.retry.call(fn) if self.retry is not None else fn()
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._core.key.reveal()}", "accept": "application/json"}

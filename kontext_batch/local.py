@@ -133,8 +133,7 @@ class WorkerPool:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start_one(self) -> subprocess.Popen[bytes]:
-        i = len(self.procs)
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
         out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +157,10 @@ class WorkerPool:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return proc
+
+    def start_one(self) -> subprocess.Popen[bytes]:
+        proc = self._spawn(len(self.procs))
         self.procs.append(proc)
         return proc
 
@@ -173,11 +176,9 @@ class WorkerPool:
         self.procs[i].wait(10)
 
     def restart(self, i: int) -> None:
+        """Kill worker ``i`` (if alive) and start a fresh one in its place; its log is appended to."""
         self.kill(i)
-        old = self.procs[i]
-        self.procs[i] = self.start_one()
-        self.procs.pop()  # start_one appended it; it replaces slot i
-        del old
+        self.procs[i] = self._spawn(i)
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.procs)

@@ -78,9 +78,6 @@ class RunInfo:
     def finished(self) -> bool:
         return self.status in ("finished", "cancelled") and "finished_at" in self.meta
 
-    def flag(self, name: str) -> str | None:
-        return self.meta.get(name) or None
-
 
 class RunStore:
     """Reads and writes one Redis namespace's runs. Thread-safe (redis-py pools connections)."""

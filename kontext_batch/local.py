@@ -139,7 +139,7 @@ class WorkerPool:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -157,7 +157,6 @@ class WorkerPool:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        return proc
 
     def start_one(self) -> subprocess.Popen[bytes]:
         proc = self._spawn(len(self.procs))

@@ -7,6 +7,7 @@ problems answer 403 with a string detail, before the body is looked at.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +16,25 @@ import pytest
 import yaml
 
 from kontext_batch.emulator import Emulator, EmulatorConfig
+from tests.conftest import unavailable
 from tests.emulator_fixtures import KEY, OTHER_KEY, emu, fast_config, http, submit
 
 __all__ = ["emu", "http"]  # fixtures used by name
 
-SPEC_PATH = Path("/work/shared/reference/bfl-openapi-kontext-max.yaml")
-if not SPEC_PATH.exists():  # the reference copy lives outside the repo on the build machine
-    SPEC_PATH = Path(__file__).parent / "data" / "bfl-openapi-kontext-max.yaml"
+# BFL's published OpenAPI lives in shared/reference beside the checkout (not copied into the repo).
+SPEC_NAME = "bfl-openapi-kontext-max.yaml"
+SPEC_CANDIDATES = [
+    Path(os.environ["KONTEXT_REFERENCE_DIR"]) / SPEC_NAME if os.environ.get("KONTEXT_REFERENCE_DIR") else None,
+    Path(__file__).resolve().parents[2] / "shared" / "reference" / SPEC_NAME,
+    Path(__file__).resolve().parents[1] / "shared" / "reference" / SPEC_NAME,
+]
+SPEC_PATH = next((p for p in SPEC_CANDIDATES if p is not None and p.exists()), Path(SPEC_NAME))
 
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
     if not SPEC_PATH.exists():
-        pytest.skip(f"BFL OpenAPI file not found at {SPEC_PATH}")
+        unavailable(f"BFL OpenAPI file {SPEC_NAME} not found in shared/reference beside the checkout")
     loaded: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
     return loaded
 

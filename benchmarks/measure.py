@@ -1,0 +1,453 @@
+"""Run one piece of the benchmark and return its figures: a system scenario, a baseline, the enqueue CLI.
+
+Every run gets a fresh in-process emulator (port 0), so its ``/_emulator/stats`` cover that run only.
+System runs also get fresh worker processes (``local.WorkerPool``: each process learns latencies
+from scratch, as after a deploy) and their own API key on the shared embedded Redis, so their slot
+gates, wait lists and counters are their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.manifest_gen import write_manifest
+from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.enqueue import start_run
+from kontext_batch.local import WorkerPool, embedded_redis
+from kontext_batch.runtime import Runtime
+from kontext_batch.secret import Secret
+from kontext_batch.settings import Settings
+from workers.app import CelerySchedule, configure
+
+__all__ = [
+    "BaselineFigures",
+    "EnqueueFigures",
+    "Scenario",
+    "SystemFigures",
+    "pct",
+    "run_baseline",
+    "run_enqueue",
+    "run_system",
+]
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MAX_CAP = 6  # BFL's cap for flux-kontext-max: the emulator's and Settings' default too
+EMULATOR_SEED = 6
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """N rows of one model against an emulator with one latency law and one cap."""
+
+    name: str
+    n: int
+    model: str  # "pro" or "max"
+    cap_total: int  # active tasks per key, all models: Settings.max_active and the emulator's max_active_total
+    latency: LatencySpec
+    time_scale: float = 1.0
+    scale_poll_knobs: bool = False  # poll_first/min/max_s times time_scale: the same run, only faster
+
+    @property
+    def cap(self) -> int:
+        """The cap that binds this scenario's rows."""
+        return min(MAX_CAP, self.cap_total) if self.model == "max" else self.cap_total
+
+    def emulator_config(self) -> EmulatorConfig:
+        return EmulatorConfig(
+            latency={"*": self.latency},
+            time_scale=self.time_scale,
+            max_active={"flux-kontext-max": MAX_CAP},
+            max_active_total=self.cap_total,
+            seed=EMULATOR_SEED,
+        )
+
+    def settings_changes(self) -> dict[str, Any]:
+        """The Settings this scenario sets away from the defaults (reported beside the figures)."""
+        d = Settings()
+        out: dict[str, Any] = {"max_active": self.cap_total} if self.cap_total != d.max_active else {}
+        if self.scale_poll_knobs:
+            out.update(
+                poll_first_s=round(d.poll_first_s * self.time_scale, 4),
+                poll_min_s=round(d.poll_min_s * self.time_scale, 4),
+                poll_max_s=round(d.poll_max_s * self.time_scale, 4),
+            )
+        return out
+
+    def describe(self) -> str:
+        lat = self.latency
+        if lat.kind == "fixed":
+            ltxt = f"L={lat.median * self.time_scale:g}s"
+        else:
+            ltxt = f"L~logn({lat.median:g}s,{lat.sigma:g})x{self.time_scale:g}"
+        return f"{self.model} C={self.cap} {ltxt} N={self.n}"
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))]
+
+
+# -- CPU accounting (Linux /proc; zeros elsewhere) ----------------------------------------------------
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine so far."""
+    try:
+        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
+def process_cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of these processes so far."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (float(parts[11]) + float(parts[12])) / tick
+    return total
+
+
+def redis_pid(url: str) -> int | None:
+    """The pid of the redis-server serving ``url``, found by its process title."""
+    port = url.rsplit(":", 1)[1].split("/", 1)[0]
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            # redis-server retitles itself "redis-server 127.0.0.1:PORT".
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            if b"redis-server" in title and (b":" + port.encode()) in title:
+                return int(proc.name)
+    return None
+
+
+@dataclass
+class CpuMeter:
+    """CPU used between start() and stop(): the machine, the workers, this process (the emulator), Redis."""
+
+    worker_pids: list[int]
+    redis_pids: list[int]
+    busy: float = 0.0
+    workers_s: float = 0.0
+    emulator_s: float = 0.0
+    redis_s: float = 0.0
+    _start: tuple[tuple[float, float], float, float, float] | None = None
+
+    def start(self) -> None:
+        self._start = (
+            machine_cpu(),
+            process_cpu_s(self.worker_pids),
+            time.process_time(),
+            process_cpu_s(self.redis_pids),
+        )
+
+    def stop(self) -> None:
+        assert self._start is not None
+        (b0, t0), w0, e0, r0 = self._start
+        b1, t1 = machine_cpu()
+        self.busy = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        self.workers_s = process_cpu_s(self.worker_pids) - w0
+        self.emulator_s = time.process_time() - e0
+        self.redis_s = process_cpu_s(self.redis_pids) - r0
+
+
+# -- system runs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SystemFigures:
+    """One scenario through the whole system. Times in seconds; see README for each definition."""
+
+    scenario: str
+    describe: str
+    n: int
+    cap: int
+    succeeded: int
+    mean_latency_s: float  # the emulator's drawn task latencies
+    ideal_s: float  # sum of latencies / cap: no client can finish sooner
+    system_wall_s: float  # start_run called -> run marked finished (results.csv written)
+    api_wall_s: float  # first submit at the emulator -> last output stored (sidecar stored_at)
+    enqueue_s: float
+    polls_per_job: float
+    polls_max: int
+    executions_per_job: float
+    ready_to_stored_p50_s: float
+    ready_to_stored_p95_s: float
+    ready_to_stored_max_s: float
+    rejected_429: int
+    peak_active: int
+    cpu_busy: float  # fraction of the whole machine's CPU busy during the run (every process)
+    cpu_ms_per_job: dict[str, float] = field(default_factory=dict)  # workers / emulator / redis
+    settings_changed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def util_api(self) -> float:
+        return self.ideal_s / self.api_wall_s if self.api_wall_s > 0 else 0.0
+
+    @property
+    def util_system(self) -> float:
+        return self.ideal_s / self.system_wall_s if self.system_wall_s > 0 else 0.0
+
+    @property
+    def cpu_ceiling(self) -> float:
+        """The utilisation this machine's cores allow at the CPU cost per job measured here (<= 1)."""
+        per_job_s = sum(self.cpu_ms_per_job.values()) / 1000
+        if per_job_s <= 0 or self.mean_latency_s <= 0:
+            return 1.0
+        return min(1.0, ((os.cpu_count() or 1) / per_job_s) / (self.cap / self.mean_latency_s))
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.update(
+            util_api=round(self.util_api, 4),
+            util_system=round(self.util_system, 4),
+            cpu_ceiling=round(self.cpu_ceiling, 3),
+        )
+        return d
+
+
+def _wait_for_workers(app: Any, n: int, timeout_s: float = 60) -> None:
+    """Return once ``n`` workers answer a ping, so worker boot is not part of any wall time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(app.control.ping(timeout=0.5) or []) >= n:
+            return
+    raise RuntimeError(f"{n} workers did not answer a ping within {timeout_s:.0f} s")
+
+
+def _wait_finished(rt: Runtime, run_id: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not rt.runs.info(run_id).finished:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} did not finish within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def run_system(sc: Scenario, redis_url: str, work: Path, *, workers: int, concurrency: int) -> SystemFigures:
+    """Generate ``sc``'s manifest and run it through the whole system; return its figures."""
+    wdir = work / sc.name
+    out = wdir / "output"
+    manifest = write_manifest(wdir / "manifest.csv", sc.n, model=sc.model)
+    changed = sc.settings_changes()
+    with Emulator(sc.emulator_config()) as emu:
+        settings = Settings(
+            api_key=Secret(f"bench-{sc.name}"),
+            api_base=emu.base_url,
+            redis_url=redis_url,
+            output=str(out),
+            log_level="WARNING",
+            **changed,
+        )
+        rt = Runtime.create(settings, CelerySchedule(configure(settings)))
+        pool = WorkerPool(settings, n=workers, concurrency=concurrency, log_dir=wdir / "logs")
+        try:
+            pool.start()
+            _wait_for_workers(rt.scheduler.celery, workers)  # type: ignore[attr-defined]
+            meter = CpuMeter([p.pid for p in pool.procs], [p for p in [redis_pid(redis_url)] if p])
+            meter.start()
+            t0 = time.time()
+            rep = start_run(rt, str(manifest), output=str(out), default_model=sc.model)
+            t_enq = time.time()
+            ideal_guess = sc.n * sc.latency.median * sc.time_scale / sc.cap
+            _wait_finished(rt, rep.run_id, max(120.0, 20 * ideal_guess))
+            meter.stop()
+            info = rt.runs.info(rep.run_id)
+            stats = emu.stats()
+        finally:
+            pool.stop()
+            rt.close()
+    (wdir / "emulator-stats.json").write_text(json.dumps(stats))
+    tasks: dict[str, dict[str, Any]] = stats["tasks"]
+    sidecars = [json.loads(p.read_text()) for p in (out / "out").rglob("*.json")]
+    lags = [
+        s["timings"]["stored_at"] - tasks[s["bfl_task_id"]]["ready_at"] for s in sidecars if s["bfl_task_id"] in tasks
+    ]
+    latencies = [t["ready_at"] - t["submitted_at"] for t in tasks.values()]
+    first_submit = min((t["submitted_at"] for t in tasks.values()), default=t0)
+    last_stored = max((s["timings"]["stored_at"] for s in sidecars), default=t0)
+    return SystemFigures(
+        scenario=sc.name,
+        describe=sc.describe(),
+        n=sc.n,
+        cap=sc.cap,
+        succeeded=info.counts.get("succeeded", 0),
+        mean_latency_s=sum(latencies) / len(latencies) if latencies else 0.0,
+        ideal_s=sum(latencies) / sc.cap,
+        system_wall_s=float(info.meta["finished_at"]) - t0,
+        api_wall_s=last_stored - first_submit,
+        enqueue_s=t_enq - t0,
+        polls_per_job=float(stats["polls_per_task_mean"]),
+        polls_max=int(stats["polls_per_task_max"]),
+        executions_per_job=int(info.meta.get("task_executions", 0)) / sc.n,
+        ready_to_stored_p50_s=pct(lags, 0.50),
+        ready_to_stored_p95_s=pct(lags, 0.95),
+        ready_to_stored_max_s=max(lags, default=0.0),
+        rejected_429=int(stats["rejected_429"]),
+        peak_active=int(stats["peak_active"].get(settings.api_key.fingerprint, {}).get("total", 0)),
+        cpu_busy=meter.busy,
+        cpu_ms_per_job={
+            "workers": round(meter.workers_s / sc.n * 1000, 2),
+            "emulator": round(meter.emulator_s / sc.n * 1000, 2),
+            "redis": round(meter.redis_s / sc.n * 1000, 2),
+        },
+        settings_changed=changed,
+    )
+
+
+# -- baselines ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaselineFigures:
+    """A baseline script's run; with ``extrapolated_to`` its wall and ideal are scaled to that many rows."""
+
+    name: str
+    scenario: str
+    rows: int
+    stored: int
+    wall_s: float  # first submit -> last file written
+    ideal_s: float
+    polls_per_job: float
+    poll_interval_s: float
+    extrapolated_to: int | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.ideal_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "ratio": round(self.ratio, 4)}
+
+
+def run_baseline(
+    kind: str, sc: Scenario, rows: int, work: Path, *, extrapolate_to: int | None = None, tag: str = ""
+) -> BaselineFigures:
+    """``baselines.py KIND`` as its own process against a fresh emulator with ``sc``'s settings.
+
+    The poll interval is BFL's 0.5 s times the scenario's time_scale, as the system's poll knobs are.
+    """
+    wdir = work / f"baseline-{kind}{tag}"
+    manifest = write_manifest(wdir / "manifest.csv", rows, model=sc.model)
+    interval = 0.5 * sc.time_scale
+    with Emulator(sc.emulator_config()) as emu:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "baselines.py"),
+                kind,
+                str(manifest),
+                "--base-url",
+                emu.base_url,
+                "--key",
+                f"bench-baseline-{kind}",
+                "--out",
+                str(wdir / "output"),
+                "--concurrency",
+                str(sc.cap),
+                "--poll-interval",
+                str(interval),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        stats = emu.stats()
+    res = json.loads(proc.stdout)
+    latencies = [t["ready_at"] - t["submitted_at"] for t in stats["tasks"].values()]
+    wall, ideal = float(res["wall_s"]), sum(latencies) / sc.cap
+    if extrapolate_to:
+        # One job at a time: the wall grows linearly with N, and so does the ideal N*L/C.
+        wall, ideal = wall / rows * extrapolate_to, ideal / rows * extrapolate_to
+    return BaselineFigures(
+        name=kind,
+        scenario=sc.describe().rsplit(" N=", 1)[0] + f" N={extrapolate_to or rows}",
+        rows=rows,
+        stored=int(res["stored"]),
+        wall_s=wall,
+        ideal_s=ideal,
+        polls_per_job=float(stats["polls_per_task_mean"]),
+        poll_interval_s=interval,
+        extrapolated_to=extrapolate_to,
+    )
+
+
+# -- enqueue ------------------------------------------------------------------------------------------
+
+# Run the command, then report its wall time and the peak RSS of this wrapper's only child.
+_MEASURE = """
+import resource, subprocess, sys, time
+t = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(rc.returncode, wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+sys.stderr.write(rc.stderr[-2000:])
+"""
+
+
+@dataclass
+class EnqueueFigures:
+    rows: int
+    images: int
+    wall_s: float
+    peak_rss_mb: float
+    cpu_s: float
+    redis_bytes_per_row: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_enqueue(rows: int, work: Path, *, images: int = 0) -> EnqueueFigures:
+    """``kontext-batch run MANIFEST --output DIR`` as a subprocess with no workers: it validates and enqueues.
+
+    It gets its own embedded Redis (flushed afterwards), so used_memory before/after is its alone.
+    """
+    wdir = work / f"enqueue-{rows}-{images}"
+    manifest = write_manifest(wdir / "manifest.csv", rows, images=images)
+    with embedded_redis() as url:
+        r = redis.Redis.from_url(url)
+        before = int(r.info("memory")["used_memory"])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+        env.update(KONTEXT_REDIS_URL=url, KONTEXT_API_KEY="bench-enqueue", KONTEXT_LOG_LEVEL="WARNING")
+        cmd = [
+            sys.executable,
+            "-c",
+            _MEASURE,
+            sys.executable,
+            "-m",
+            "kontext_batch",
+            "run",
+            str(manifest),
+            "--output",
+            str(wdir / "output"),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+        code, wall, maxrss, cpu = proc.stdout.split()
+        after = int(r.info("memory")["used_memory"])
+        r.flushall()
+        r.close()
+    if int(code) != 0:
+        raise RuntimeError(f"kontext-batch run exited {code}: {proc.stderr}")
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
+    rss_mb = int(maxrss) / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return EnqueueFigures(rows, images, float(wall), rss_mb, float(cpu), (after - before) / rows)

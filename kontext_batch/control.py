@@ -41,6 +41,7 @@ def retry_run(rt: Runtime, run_id: str, statuses: Sequence[str]) -> int:
         return 0
     rt.runs.clear(run_id, "stopped", "stopped_reason", "finished_at", "results_uri")
     rt.runs.update(run_id, status="running")
+    rt.runs.reopen_run(run_id)
     by_endpoint: dict[str, list[str]] = {}
     for row in reopened:
         spec = JobSpec.from_json(rt.runs.row(run_id, row))

@@ -10,6 +10,7 @@ key                             type    holds
 {ns}:watch                      zset    job refs in flight (granted..stored); score=deadline ms
 {ns}:job:{run}:{row}            hash    one in-flight job: gen, state, poll_seq, task id, timings
 {ns}:runs                       zset    run ids by creation time
+{ns}:runs:open                  set     runs not yet finalized (swept for completion)
 {ns}:run:{run}                  hash    run metadata (manifest, output, total, status, flags)
 {ns}:run:{run}:rows             hash    row -> the row's job spec (JSON)
 {ns}:run:{run}:results          hash    row -> the row's final result (JSON); written once
@@ -69,6 +70,10 @@ class Keys:
     @property
     def runs(self) -> str:
         return f"{self.ns}:runs"
+
+    @property
+    def open_runs(self) -> str:
+        return f"{self.ns}:runs:open"
 
     def run(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}"

@@ -88,13 +88,24 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
         finalize(rt, run_id)
 
 
-def finalize(rt: Runtime, run_id: str) -> str:
-    """Write results.csv to the run's output store and mark the run finished. Safe to repeat."""
-    meta = rt.runs.meta(run_id)
-    store = rt.store(meta["output"])
-    uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
-    status = "cancelled" if meta.get("status") == "cancelled" else "finished"
-    rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
+def finalize(rt: Runtime, run_id: str) -> str | None:
+    """Write results.csv to the run's output store and mark the run finished. Safe to repeat.
+
+    One writer at a time (a short Redis claim); returns None when another is writing it now. The
+    claim expires, so a writer killed mid-way leaves the run to the next sweep.
+    """
+    claim = rt.keys.run(run_id) + ":finalizing"
+    if not rt.redis.set(claim, "1", nx=True, ex=300):
+        return None
+    try:
+        meta = rt.runs.meta(run_id)
+        store = rt.store(meta["output"])
+        uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
+        status = "cancelled" if meta.get("status") == "cancelled" else "finished"
+        rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
+        rt.runs.close_run(run_id)
+    finally:
+        rt.redis.delete(claim)
     log.info("run %s %s: %s", run_id, status, uri)
     return uri
 
@@ -327,4 +338,7 @@ def sweep(rt: Runtime) -> int:
     for gfp, endpoint in rt.gate.known_gates():
         if gfp == fp:
             n += dispatch(rt, rt.gate_for(endpoint))
+    for run_id in rt.runs.complete_but_open():
+        finalize(rt, run_id)
+        n += 1
     return n

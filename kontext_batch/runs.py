@@ -92,6 +92,7 @@ class RunStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.keys.run(run_id), mapping={k: _enc(v) for k, v in meta.items()})
         pipe.zadd(self.keys.runs, {run_id: time.time()})
+        pipe.sadd(self.keys.open_runs, run_id)
         pipe.execute()
 
     def update(self, run_id: str, **fields: Any) -> None:
@@ -174,6 +175,31 @@ class RunStore:
             counts={_s(k): int(v) for k, v in counts.items() if int(v)},
             ndone=int(ndone or 0),
         )
+
+    def reopen_run(self, run_id: str) -> None:
+        self.r.sadd(self.keys.open_runs, run_id)
+
+    def close_run(self, run_id: str) -> None:
+        self.r.srem(self.keys.open_runs, run_id)
+
+    def complete_but_open(self) -> list[str]:
+        """Open runs whose every row is final: their results file is due (a lost reply can skip it)."""
+        ids = [_s(x) for x in self.r.smembers(self.keys.open_runs)]
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hget(self.keys.run(run_id), "total")
+            pipe.hget(self.keys.run(run_id), "status")
+            pipe.get(self.keys.ndone(run_id))
+        got = pipe.execute()
+        return [
+            run_id
+            for i, run_id in enumerate(ids)
+            if got[3 * i] is not None
+            and _s(got[3 * i + 1]) != "enqueuing"
+            and int(got[3 * i + 2] or 0) >= int(got[3 * i])
+        ]
 
     def list_runs(self, limit: int = 20) -> list[str]:
         return [_s(x) for x in self.r.zrevrange(self.keys.runs, 0, limit - 1)]

@@ -12,6 +12,7 @@ from PIL import Image
 
 from kontext_batch.control import cancel_run, retry_run
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.pipeline import sweep
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
@@ -199,3 +200,20 @@ def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(redis_url: str
         assert [r["attempts"] for r in rows] == ["2", "2"]
         assert [r["seed"] for r in rows] == ["1", "2"]
         assert emu.stats()["submits"] == 4
+
+
+def test_sweep_writes_results_of_a_run_whose_last_reply_was_lost(redis_url: str, emu: Emulator, tmp_path: Path) -> None:
+    sched = InlineScheduler()
+    rt = inline_runtime(settings(redis_url, emu), sched)
+    start_specs(rt, "lost", str(tmp_path), text_specs(3))
+    sched.run(rt)
+    assert rt.runs.info("lost").finished
+    # As if the reply to the last row's record had been lost: complete, but never finalized.
+    rt.runs.update("lost", status="running")
+    rt.runs.clear("lost", "finished_at")
+    rt.runs.reopen_run("lost")
+    (tmp_path / "results.csv").unlink()
+    sweep(rt)
+    assert rt.runs.info("lost").finished
+    assert len(results_csv(rt, "lost", tmp_path)) == 3
+    assert rt.runs.complete_but_open() == []

@@ -219,7 +219,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         rt.scheduler.poll(ref, token + 1, countdown_s=delay)
         return
     _end_active(rt, ref, job)
-    rt.planner.observe(spec.endpoint, elapsed)
+    rt.planner.observe(spec.endpoint, _latency_seen(res, job, elapsed, polls))
     if res.status is Status.READY:
         rt.gate.update(ref, polls=polls, state="storing", ready_seen_at=time.time())
         _store(rt, ref, token, spec, job, res)
@@ -227,6 +227,20 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         finish(rt, ref, "moderated", job, error=res.reason, moderation_reasons=list(res.moderation_reasons))
     else:
         finish(rt, ref, "failed", job, error=res.reason)
+
+
+def _latency_seen(res: PollResult, job: dict[str, str], elapsed: float, polls: int) -> float:
+    """How long the task really took, as best we can tell, for the poll planner.
+
+    ``elapsed`` is when *we* saw it finish: an over-estimate when the first poll already found it
+    done, and learning from it would make every first poll as late as the last. The API's end time
+    is exact; without it, a first-poll finish is shaded down so the planner probes earlier until a
+    poll lands before the end (and progress then tells the rest).
+    """
+    submitted = float(job.get("submitted_at") or 0)
+    if res.end_time and submitted and 0 < res.end_time - submitted <= elapsed + 1.0:
+        return float(res.end_time - submitted)
+    return elapsed if polls > 1 else elapsed * 0.85
 
 
 def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:

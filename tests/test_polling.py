@@ -1,3 +1,5 @@
+from kontext_batch.api.models import PollResult, Status
+from kontext_batch.pipeline import _latency_seen
 from kontext_batch.polling import PollPlanner
 
 
@@ -27,3 +29,29 @@ def test_delays_stay_within_bounds() -> None:
     p = PollPlanner(min_s=0.25, max_s=5)
     assert p.next_delay("ep", 100.0, None) == 5
     assert p.next_delay("ep", 1.0, 0.999) == 0.25
+
+
+def _ready(end_time: float | None) -> PollResult:
+    return PollResult(id="t", status=Status.READY, raw_status="Ready", end_time=end_time)
+
+
+def test_latency_comes_from_the_apis_end_time_when_it_has_one() -> None:
+    job = {"submitted_at": "100.0"}
+    assert _latency_seen(_ready(101.0), job, elapsed=2.5, polls=1) == 1.0
+
+
+def test_a_first_poll_finish_is_an_upper_bound_and_is_shaded_down() -> None:
+    # Seen done at the first poll, 2 s in: it took at most 2 s. Learning 2 s would keep every
+    # first poll at 2 s; learning less makes the planner probe earlier.
+    assert _latency_seen(_ready(None), {"submitted_at": "100.0"}, elapsed=2.0, polls=1) < 2.0
+    assert _latency_seen(_ready(None), {"submitted_at": "100.0"}, elapsed=2.0, polls=3) == 2.0
+
+
+def test_first_polls_converge_from_a_late_prior() -> None:
+    # True latency 1 s, prior 2 s, no end times: each run's first poll moves towards 1 s.
+    p = PollPlanner(first_s=2.0, min_s=0.05, max_s=10, window=16)
+    for _ in range(60):
+        first = p.first_delay("ep")
+        seen = first if first >= 1.0 else 1.0 + 0.05  # Ready at the first poll, or one poll later
+        p.observe("ep", _latency_seen(_ready(None), {"submitted_at": "0"}, seen, 1 if first >= 1.0 else 2))
+    assert 0.8 <= p.first_delay("ep") <= 1.1

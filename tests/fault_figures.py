@@ -28,6 +28,7 @@ pytest_terminal_summary``) or by :func:`register`, which the fault tests call th
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Generator
 from typing import Any, Final
 
 import pytest
@@ -51,7 +52,10 @@ def figures_line() -> str:
     return "fault-suite figures: " + " ".join(f"{k}={FIGURES[k]}" for k in (*ORDER, *extra))
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any) -> Generator[None]:
+    # Outermost wrapper: the line comes after pytest's short test summary, just above the final counts.
+    yield
     if not FIGURES or _printed:
         return
     _printed.append(True)

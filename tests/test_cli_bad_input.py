@@ -1,0 +1,264 @@
+"""Bad input through the real ``kontext-batch`` command, run as a subprocess.
+
+The row/field corpus is checked at library level in ``test_manifest_bad_input.py``; here we check
+what an operator sees: the exit code (1 invalid rows for ``validate``; 2 bad usage, settings or
+manifest for ``run``), a message naming the row and field, no Python traceback, and for ``run``
+that nothing was registered or queued (no run keys, no Celery messages) unless ``--skip-invalid``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from kontext_batch.emulator import EmulatorConfig, LatencySpec
+from tests.e2e_support import E2E_KEY, read_results, running_system, write_csv
+
+#: Nothing listens on the discard port: a run that tried to reach the API would fail loudly.
+NO_API = "http://127.0.0.1:9"
+
+CORPUS_HEADER = ["id", "prompt", "aspect_ratio", "seed", "safety_tolerance", "input_image", "output_name", "model"]
+CORPUS: list[dict[str, object]] = [
+    {"id": "ok", "prompt": "a valid row"},
+    {"id": "b", "prompt": ""},
+    {"id": "c", "prompt": "hi", "aspect_ratio": "30:1"},
+    {"id": "d", "prompt": "hi", "seed": -5, "safety_tolerance": 7},
+    {"id": "e", "prompt": "hi", "seed": "x", "input_image": "not-an-image.jpg"},
+    {"id": "f", "prompt": "hi", "output_name": "../escape.png"},
+    {"id": "g", "prompt": "hi", "model": "prro"},
+    {"id": "ok", "prompt": "the same id again"},
+]
+#: (row, field) of every error the corpus must report; row 1 is valid.
+CORPUS_ERRORS = {
+    (2, "prompt"),
+    (3, "aspect_ratio"),
+    (4, "seed"),
+    (4, "safety_tolerance"),
+    (5, "seed"),
+    (5, "input_image"),
+    (6, "output_name"),
+    (7, "model"),
+    (8, "id"),
+}
+
+
+def corpus(tmp: Path) -> Path:
+    (tmp / "not-an-image.jpg").write_text("this is text, not a JPEG")
+    return write_csv(tmp / "corpus.csv", CORPUS_HEADER, CORPUS)
+
+
+@pytest.fixture
+def env(redis_url: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+    out.update(KONTEXT_REDIS_URL=redis_url, KONTEXT_API_KEY="bad-input-key", KONTEXT_API_BASE=NO_API)
+    return out
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kontext_batch", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+
+
+def nothing_queued(r: redis.Redis) -> None:
+    """No run registered, no row waiting for a slot, no Celery message anywhere."""
+    keys = sorted(k.decode() for k in r.scan_iter(count=1000))
+    assert not [k for k in keys if k.startswith(("kb:run", "kb:wait:", "kb:job:", "kb:lease:"))], keys
+    for queue in ("kontext.submit", "kontext.poll", "celery"):
+        assert not r.exists(queue), (queue, keys)
+    assert not r.hlen("unacked"), keys
+
+
+# -- validate ---------------------------------------------------------------------------------------
+
+
+def test_validate_names_every_bad_row_and_field(env: dict[str, str], tmp_path: Path) -> None:
+    path = corpus(tmp_path)
+    as_json = cli(env, tmp_path, "validate", str(path), "--json")
+    assert as_json.returncode == 1, as_json.stderr[-3000:]
+    no_traceback(as_json)
+    report = json.loads(as_json.stdout)
+    assert {(e["row"], e["field"]) for e in report["errors"]} == CORPUS_ERRORS
+    assert all(e["message"] for e in report["errors"])
+    assert (report["rows_total"], report["rows_valid"]) == (8, 1)
+
+    text = cli(env, tmp_path, "validate", str(path))
+    assert text.returncode == 1
+    no_traceback(text)
+    for row in sorted({row for row, _ in CORPUS_ERRORS}):
+        assert f"row {row}:" in text.stdout
+    for _, field in CORPUS_ERRORS:
+        assert f"{field}:" in text.stdout
+
+
+# -- run: nothing is queued -------------------------------------------------------------------------
+
+
+def test_run_with_invalid_rows_exits_2_and_queues_nothing(env: dict[str, str], r: redis.Redis, tmp_path: Path) -> None:
+    proc = cli(env, tmp_path, "run", str(corpus(tmp_path)), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    no_traceback(proc)
+    assert "nothing was queued" in proc.stderr
+    for row, field in CORPUS_ERRORS:
+        assert f"row {row}, field {field}:" in proc.stderr, (row, field, proc.stderr)
+    assert not proc.stdout.strip(), "a run id was printed for a run that must not exist"
+    nothing_queued(r)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*")), "inputs were staged"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty"),
+        ("id,prompt\n", "only a header"),
+        ("id,prompt\r\n", "only a header"),
+        ("id;prompt\na;put it on white\n", "separated"),
+    ],
+    ids=["empty", "header-only", "header-only-crlf", "semicolons"],
+)
+def test_run_on_an_unusable_file_exits_2_with_a_clear_message(
+    env: dict[str, str], r: redis.Redis, tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes(content.encode())
+    proc = cli(env, tmp_path, "run", str(path), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    no_traceback(proc)
+    assert message in proc.stderr, proc.stderr
+    nothing_queued(r)
+
+
+_MISSING_MANIFEST_BUG = (
+    "product bug: a missing manifest path escapes as FileNotFoundError from manifest/reader.py "
+    "iter_manifest (p.open) with a traceback and exit 1, for both run and validate"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_MISSING_MANIFEST_BUG)
+def test_run_on_a_missing_manifest_exits_2_without_a_traceback(
+    env: dict[str, str], r: redis.Redis, tmp_path: Path
+) -> None:
+    proc = cli(env, tmp_path, "run", str(tmp_path / "nope.csv"))
+    no_traceback(proc)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "nope.csv" in proc.stderr
+    nothing_queued(r)
+
+
+@pytest.mark.xfail(strict=True, reason=_MISSING_MANIFEST_BUG)
+def test_validate_on_a_missing_manifest_fails_without_a_traceback(env: dict[str, str], tmp_path: Path) -> None:
+    proc = cli(env, tmp_path, "validate", str(tmp_path / "nope.csv"))
+    no_traceback(proc)
+    assert proc.returncode != 0
+    assert "nope.csv" in proc.stderr
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KONTEXT_MAX_ACTIVE", "abc"),
+        ("KONTEXT_MAX_ACTIVE_MODELS", "flux-kontext-max=zero"),
+        ("KONTEXT_API_BASE", "ftp://example.org"),
+        ("KONTEXT_LEASE_S", "0"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_variable(
+    env: dict[str, str], r: redis.Redis, tmp_path: Path, variable: str, value: str
+) -> None:
+    path = write_csv(tmp_path / "m.csv", ["id", "prompt"], [{"id": "a", "prompt": "white background"}])
+    proc = cli({**env, variable: value}, tmp_path, "run", str(path))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    no_traceback(proc)
+    assert variable in proc.stderr, proc.stderr
+    nothing_queued(r)
+
+
+def test_run_without_a_key_exits_2_naming_it(env: dict[str, str], r: redis.Redis, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "m.csv", ["id", "prompt"], [{"id": "a", "prompt": "white background"}])
+    proc = cli({k: v for k, v in env.items() if k != "KONTEXT_API_KEY"}, tmp_path, "run", str(path))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    no_traceback(proc)
+    assert "KONTEXT_API_KEY" in proc.stderr
+    nothing_queued(r)
+
+
+# -- an unknown run id ------------------------------------------------------------------------------
+
+_UNKNOWN_RUN_BUG = "product bug: control.py cancel_run/retry_run raise KeyError(run_id), which cli.py lets escape"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("status", "NO-SUCH-RUN"),
+        ("results", "NO-SUCH-RUN"),
+        pytest.param(("cancel", "NO-SUCH-RUN"), marks=pytest.mark.xfail(strict=True, reason=_UNKNOWN_RUN_BUG)),
+        pytest.param(("retry", "NO-SUCH-RUN"), marks=pytest.mark.xfail(strict=True, reason=_UNKNOWN_RUN_BUG)),
+    ],
+    ids=lambda c: c[0],
+)
+def test_an_unknown_run_id_is_an_error_message_not_a_traceback(
+    env: dict[str, str], r: redis.Redis, tmp_path: Path, command: tuple[str, str]
+) -> None:
+    proc = cli(env, tmp_path, *command)
+    no_traceback(proc)
+    assert proc.returncode != 0
+    assert "NO-SUCH-RUN" in proc.stderr
+    nothing_queued(r)
+
+
+# -- run --skip-invalid -----------------------------------------------------------------------------
+
+
+def test_skip_invalid_records_invalid_rows_and_runs_the_rest(redis_url: str, tmp_path: Path) -> None:
+    rows: list[dict[str, object]] = [{"id": f"v{i}", "prompt": f"white background {i}"} for i in range(4)]
+    rows.insert(1, {"id": "no-prompt", "prompt": ""})
+    rows.insert(3, {"id": "bad-ratio", "prompt": "hi", "aspect_ratio": "30:1"})
+    path = write_csv(tmp_path / "m.csv", ["id", "prompt", "aspect_ratio"], rows)
+    out = tmp_path / "out"
+    cfg = EmulatorConfig(latency={"*": LatencySpec.fixed(0.2)}, api_keys=(E2E_KEY,))
+    with running_system(redis_url, emulator=cfg) as system:
+        proc = system.cli("run", str(path), "--output", str(out), "--skip-invalid", "--wait", "--max-failures", "2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        no_traceback(proc)
+        strict = system.cli("run", str(path), "--output", str(tmp_path / "out2"), "--skip-invalid", "--wait")
+        stats = system.emu.stats()
+    assert strict.returncode == 1, strict.stderr[-3000:]  # invalid rows count as failures by default
+    results = read_results((out / "results.csv").read_bytes())
+    assert [r["id"] for r in results] == [str(r["id"]) for r in rows]
+    by_id = {r["id"]: r for r in results}
+    assert by_id["no-prompt"]["status"] == "invalid"
+    assert "prompt" in by_id["no-prompt"]["error"]
+    assert by_id["bad-ratio"]["status"] == "invalid"
+    assert "aspect_ratio" in by_id["bad-ratio"]["error"]
+    assert not by_id["no-prompt"]["output_uri"]
+    assert {by_id[f"v{i}"]["status"] for i in range(4)} == {"succeeded"}
+    assert stats["submits"] == 8  # the valid rows of both runs; invalid rows never reach the API

@@ -69,6 +69,11 @@ def _need_key(s: Settings) -> None:
         raise click.UsageError("KONTEXT_API_KEY is not set (use --emulator or `kontext-batch demo` to try offline)")
 
 
+def _need_run(rt: Any, run_id: str) -> None:
+    if not rt.runs.exists(run_id):
+        raise click.ClickException(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kontext-batch")
 def cli() -> None:
@@ -90,6 +95,8 @@ def validate(manifest: str, model: str, no_images: bool, as_json: bool) -> None:
             report = validate_manifest(path, default_model=model, check_images=not no_images)
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(
             json.dumps(
@@ -206,6 +213,9 @@ def submit_and_follow(s: Settings, req: RunRequest) -> int:
     except KontextBatchError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
+    except OSError as exc:
+        click.echo(f"error: cannot read manifest {req.manifest}: {exc.strerror or exc}", err=True)
+        return EXIT_USAGE
     if rep.validation is not None and not req.as_json:
         click.echo(render_report(rep.validation).splitlines()[-1], err=True)
     click.echo(
@@ -282,8 +292,8 @@ def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) ->
     """Show one run's progress, or list recent runs."""
     rt = _runtime(ctx)
     ids = [run_id] if run_id else rt.runs.list_runs(limit)
-    if run_id and not rt.runs.exists(run_id):
-        raise click.ClickException(f"no run {run_id!r} in this Redis")
+    if run_id:
+        _need_run(rt, run_id)
     infos = [rt.runs.info(i) for i in ids]
     if as_json:
         click.echo(
@@ -330,8 +340,7 @@ def results(ctx: click.Context, run_id: str, out: str | None) -> None:
     from kontext_batch.results import render_results  # noqa: PLC0415
 
     rt = _runtime(ctx)
-    if not rt.runs.exists(run_id):
-        raise click.ClickException(f"no run {run_id!r} in this Redis")
+    _need_run(rt, run_id)
     if out:
         with open(out, "w", newline="", encoding="utf-8") as fh:
             render_results(rt.runs, run_id, fh)
@@ -348,6 +357,7 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     from kontext_batch.control import cancel_run  # noqa: PLC0415
 
     rt = _runtime(ctx)
+    _need_run(rt, run_id)
     n = cancel_run(rt, run_id)
     click.echo(f"{run_id}: cancelled; {n} queued row(s) marked cancelled; in-flight jobs will finish")
 
@@ -374,6 +384,7 @@ def retry(
 
     statuses = [n for n, on in (("failed", failed), ("moderated", moderated), ("cancelled", cancelled)) if on]
     rt = _runtime(ctx)
+    _need_run(rt, run_id)
     n = retry_run(rt, run_id, statuses or ["failed"])
     click.echo(f"{run_id}: {n} row(s) queued again", err=True)
     if wait and n:

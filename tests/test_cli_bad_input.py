@@ -153,13 +153,6 @@ def test_run_on_an_unusable_file_exits_2_with_a_clear_message(
     nothing_queued(r)
 
 
-_MISSING_MANIFEST_BUG = (
-    "product bug: a missing manifest path escapes as FileNotFoundError from manifest/reader.py "
-    "iter_manifest (p.open) with a traceback and exit 1, for both run and validate"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_MISSING_MANIFEST_BUG)
 def test_run_on_a_missing_manifest_exits_2_without_a_traceback(
     env: dict[str, str], r: redis.Redis, tmp_path: Path
 ) -> None:
@@ -170,7 +163,6 @@ def test_run_on_a_missing_manifest_exits_2_without_a_traceback(
     nothing_queued(r)
 
 
-@pytest.mark.xfail(strict=True, reason=_MISSING_MANIFEST_BUG)
 def test_validate_on_a_missing_manifest_fails_without_a_traceback(env: dict[str, str], tmp_path: Path) -> None:
     proc = cli(env, tmp_path, "validate", str(tmp_path / "nope.csv"))
     no_traceback(proc)
@@ -212,16 +204,14 @@ def test_run_without_a_key_exits_2_naming_it(env: dict[str, str], r: redis.Redis
 
 # -- an unknown run id ------------------------------------------------------------------------------
 
-_UNKNOWN_RUN_BUG = "product bug: control.py cancel_run/retry_run raise KeyError(run_id), which cli.py lets escape"
-
 
 @pytest.mark.parametrize(
     "command",
     [
         ("status", "NO-SUCH-RUN"),
         ("results", "NO-SUCH-RUN"),
-        pytest.param(("cancel", "NO-SUCH-RUN"), marks=pytest.mark.xfail(strict=True, reason=_UNKNOWN_RUN_BUG)),
-        pytest.param(("retry", "NO-SUCH-RUN"), marks=pytest.mark.xfail(strict=True, reason=_UNKNOWN_RUN_BUG)),
+        ("cancel", "NO-SUCH-RUN"),
+        ("retry", "NO-SUCH-RUN"),
     ],
     ids=lambda c: c[0],
 )

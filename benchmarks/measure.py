@@ -207,6 +207,12 @@ class SystemFigures:
         return self.ideal_s / self.system_wall_s if self.system_wall_s > 0 else 0.0
 
     @property
+    def cpu_ours(self) -> float:
+        """Fraction of the machine's CPU used by this run's processes (workers, emulator, Redis)."""
+        used_s = sum(self.cpu_ms_per_job.values()) / 1000 * self.n
+        return used_s / (self.system_wall_s * (os.cpu_count() or 1)) if self.system_wall_s > 0 else 0.0
+
+    @property
     def cpu_ceiling(self) -> float:
         """The utilisation this machine's cores allow at the CPU cost per job measured here (<= 1)."""
         per_job_s = sum(self.cpu_ms_per_job.values()) / 1000
@@ -219,6 +225,7 @@ class SystemFigures:
         d.update(
             util_api=round(self.util_api, 4),
             util_system=round(self.util_system, 4),
+            cpu_ours=round(self.cpu_ours, 3),
             cpu_ceiling=round(self.cpu_ceiling, 3),
         )
         return d

@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in systems.values():
         cpu = ", ".join(f"{k} {v:.1f}" for k, v in s.cpu_ms_per_job.items())
         print(
-            f"  {s.scenario}: CPU busy {s.cpu_busy:.0%} (ms/job: {cpu}); 429s {s.rejected_429}, "
+            f"  {s.scenario}: CPU busy {s.cpu_busy:.0%}, ours {s.cpu_ours:.0%} (ms/job: {cpu}); 429s {s.rejected_429}, "
             f"peak active {s.peak_active}, succeeded {s.succeeded}/{s.n}"
             + (f"; settings changed: {s.settings_changed}" if s.settings_changed else "")
         )

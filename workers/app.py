@@ -7,6 +7,7 @@ Why these settings:
 - visibility_timeout an hour: longer than any countdown we use, so Redis does not hand out a delayed
   poll twice. A killed worker's jobs are re-driven much sooner by the sweeper (lease expiry).
 - no result backend, no chords: completion is counted in Redis by the pipeline.
+- our Redis transport (workers/broker.py) keeps a worker alive through a Redis restart.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def configure(settings: Settings) -> Celery:
     """Point the app at the settings' Redis and apply the worker defaults above."""
     app.conf.update(
         broker_url=settings.effective_redis_url,
+        broker_transport="workers.broker:Transport",
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600, "socket_keepalive": True},
         task_ignore_result=True,

@@ -283,29 +283,15 @@ def restartable_redis(workdir: str) -> Iterator[tuple[str, Any]]:
         yield url, restart
 
 
-#: What a Celery 5.7 / kombu 5.7 worker logs when it exits on a lost Redis connection (see _check_workers).
-KOMBU_57_CRASH = "Unrecoverable error: AttributeError(\"'NoneType' object has no attribute 'hostname'\")"
-
-
 def _check_workers(system: System, log_dir: Path) -> None:
     """A worker must ride out the outage (Celery reconnects), not exit: nothing restarts it here.
 
-    Known product bug, reported: with celery 5.7.0 + kombu 5.7.0, a lost broker connection makes
-    Celery close the collected connection; kombu then tries to restore the unacked messages through
-    a connection whose ``client`` is gone, raises AttributeError, and the worker exits (status 0)
-    about 3 in 4 times. celery 5.6.3 + kombu 5.6.2 reconnect. Until the dependency is pinned or the
-    worker supervised, that exact crash is an expected failure; any other death fails the test.
+    This caught a real crash: with celery 5.7.0 + kombu 5.7.0 a lost broker connection made the
+    worker exit with ``Unrecoverable error: AttributeError(... 'hostname')`` from kombu's redis
+    ``_connparams`` (fixed in ``workers/broker.py``).
     """
-    if system.workers.alive() == len(system.workers.procs):
-        return
-    deaths = _worker_deaths(log_dir)
-    if KOMBU_57_CRASH in deaths:
-        dead = len(system.workers.procs) - system.workers.alive()
-        pytest.xfail(
-            f"known bug: {dead} worker(s) exited on the Redis restart with {KOMBU_57_CRASH} "
-            "in kombu/transport/redis.py _connparams (celery 5.7.0, kombu 5.7.0)"
-        )
-    raise AssertionError(deaths)
+    if system.workers.alive() != len(system.workers.procs):
+        raise AssertionError(_worker_deaths(log_dir))
 
 
 def _worker_deaths(log_dir: Path) -> str:

@@ -3,7 +3,9 @@
 BFL's own example polls every 0.5 s, about L/0.5 polls for a task of L seconds. We instead learn the
 latency distribution as jobs finish and poll when a job is likely to be ready:
 
-- first poll at a quantile of the latencies seen so far for the endpoint (``first_s`` before any);
+- first poll at a low quantile of the latencies seen so far for the endpoint (``first_s``, an early
+  probe, before any): a job that ends early is fetched soon, and one still running reports the
+  progress that times the next poll;
 - while Pending with a usable ``progress`` p after t seconds, the rest should take t*(1-p)/p: poll
   just after that;
 - with no progress, poll at the median of the seen latencies that exceed the time already waited,
@@ -26,10 +28,10 @@ __all__ = ["PollPlanner"]
 
 @dataclass
 class PollPlanner:
-    first_s: float = 2.0
+    first_s: float = 0.5
     min_s: float = 0.25
     max_s: float = 10.0
-    first_quantile: float = 0.55
+    first_quantile: float = 0.25
     window: int = 256
     _seen: dict[str, deque[float]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

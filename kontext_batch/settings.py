@@ -18,7 +18,7 @@ KONTEXT_MAX_ATTEMPTS           attempts per API call / row step    6
 KONTEXT_RETRY_BASE_S           first backoff, doubled each time    0.5
 KONTEXT_RETRY_MAX_S            backoff ceiling                     30
 KONTEXT_LEASE_S                slot lease without a heartbeat      90
-KONTEXT_POLL_FIRST_S           first poll before any latency seen  2.0
+KONTEXT_POLL_FIRST_S           first poll before any latency seen  0.5
 KONTEXT_POLL_MIN_S             shortest poll interval              0.25
 KONTEXT_POLL_MAX_S             longest poll interval               10
 KONTEXT_RESUBMIT_EXPIRED       resubmit a row whose sample expired 0
@@ -86,7 +86,7 @@ class Settings:
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
     lease_s: float = 90.0
-    poll_first_s: float = 2.0
+    poll_first_s: float = 0.5
     poll_min_s: float = 0.25
     poll_max_s: float = 10.0
     resubmit_expired: bool = False

@@ -239,19 +239,24 @@ def run_local(settings: Settings, req: RunRequest, *, emulator: bool, workers: i
 
 @contextlib.contextmanager
 def _interrupts() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so the `with` blocks above stop every process we started."""
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt so the `with` blocks stop every process we started.
+
+    SIGINT is set explicitly: a command started in the background of a script inherits it ignored,
+    and Ctrl-C (or ``kill -INT``) would then leave Redis and the workers running.
+    """
 
     def _raise(*_: object) -> None:
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, _raise)
+    old = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except KeyboardInterrupt:
         click.echo("interrupted: stopping everything this command started", err=True)
         raise SystemExit(130) from None
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @click.command("demo")

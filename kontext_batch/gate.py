@@ -89,6 +89,23 @@ return out
 """
 
 
+_DROP_RUN: Final = """
+local all = redis.call('LRANGE', KEYS[1], 0, -1)
+local keep, removed = {}, {}
+local n = string.len(ARGV[1])
+for _, ref in ipairs(all) do
+  if string.sub(ref, 1, n) == ARGV[1] then removed[#removed + 1] = ref else keep[#keep + 1] = ref end
+end
+if #removed > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #keep, 5000 do
+    redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 4999, #keep)))
+  end
+end
+return removed
+"""
+
+
 @dataclass(frozen=True)
 class Gate:
     """One slot pool: an account (key fingerprint) and an endpoint, with its caps."""
@@ -131,6 +148,7 @@ class SlotGate:
         self._dispatch = r.register_script(_DISPATCH)
         self._claim = r.register_script(_CLAIM)
         self._claim_expired = r.register_script(_CLAIM_EXPIRED)
+        self._drop_run = r.register_script(_DROP_RUN)
 
     @staticmethod
     def now_ms() -> int:
@@ -238,16 +256,13 @@ class SlotGate:
         return int(self.r.llen(self.keys.wait(fp, endpoint)))
 
     def remove_run_from_wait(self, fp: str, endpoint: str, run_id: str) -> list[str]:
-        """Take every waiting row of one run out of a wait list (for cancel). Returns their refs."""
-        key = self.keys.wait(fp, endpoint)
-        prefix = f"{run_id}:"
-        removed: list[str] = []
-        # LREM by value per ref keeps the other runs' order intact; one pass over the list.
-        for raw in self.r.lrange(key, 0, -1):
-            ref = _s(raw)
-            if ref.startswith(prefix) and self.r.lrem(key, 1, ref):
-                removed.append(ref)
-        return removed
+        """Take every waiting row of one run out of a wait list (for cancel). Returns their refs.
+
+        One pass in Lua: the other runs keep their order, and a 100,000-row list is not scanned
+        once per removed row.
+        """
+        removed = self._drop_run(keys=[self.keys.wait(fp, endpoint)], args=[f"{run_id}:"])
+        return [_s(x) for x in removed]
 
 
 def _s(v: Any) -> str:

@@ -113,3 +113,13 @@ def test_remove_run_from_wait_keeps_other_runs(redis_client: redis.Redis) -> Non
     g.enqueue(PRO, ["a:1", "b:1", "a:2", "b:2"])
     assert sorted(g.remove_run_from_wait("acct", PRO.endpoint, "a")) == ["a:1", "a:2"]
     assert [x.ref for x in g.dispatch(PRO)] == ["b:1", "b:2"]
+
+
+def test_cancel_drops_a_large_run_from_the_wait_list_in_one_pass(redis_client: redis.Redis) -> None:
+    g = make(redis_client)
+    refs = [f"{'big' if i % 2 else 'other'}:{i}" for i in range(100_000)]
+    g.enqueue(PRO, refs)
+    removed = g.remove_run_from_wait("acct", PRO.endpoint, "big")
+    assert len(removed) == 50_000
+    assert g.waiting("acct", PRO.endpoint) == 50_000
+    assert [x.ref for x in g.dispatch(PRO)] == [f"other:{i}" for i in range(0, 48, 2)]

@@ -50,21 +50,14 @@ def make_provider(settings: Settings, *, transport: httpx.BaseTransport | None =
 
     Raises ConfigError for an unknown provider or a missing key.
     """
-    retry = RetryPolicy.from_settings(settings)
-    if settings.provider == "bfl":
-        return KontextClient(
-            settings.api_key,
-            settings.api_base,
-            timeout_s=settings.http_timeout_s,
-            retry=retry,
-            transport=transport,
-        )
-    if settings.provider == "reseller":
-        return ResellerClient(
-            settings.api_key,
-            settings.api_base,
-            timeout_s=settings.http_timeout_s,
-            retry=retry,
-            transport=transport,
-        )
-    raise ConfigError(f"unknown provider {settings.provider!r}: use bfl or reseller")
+    providers: dict[str, type[KontextClient | ResellerClient]] = {"bfl": KontextClient, "reseller": ResellerClient}
+    cls = providers.get(settings.provider)
+    if cls is None:
+        raise ConfigError(f"unknown provider {settings.provider!r}: use bfl or reseller")
+    return cls(
+        settings.api_key,
+        settings.api_base,
+        timeout_s=settings.http_timeout_s,
+        retry=RetryPolicy.from_settings(settings),
+        transport=transport,
+    )

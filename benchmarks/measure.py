@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from kontext_batch.runner import RunRequest, start_run
 
 from benchmarks.manifest_gen import write_manifest
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.local import WorkerPool, embedded_redis
+from kontext_batch.runner import RunRequest, start_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings

@@ -8,13 +8,10 @@ Every step starts by claiming the job's fencing token, so a duplicate or stale m
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
 from typing import Any
-
-from PIL import Image
 
 from kontext_batch.api.models import KontextRequest, PollResult, Status
 from kontext_batch.api.retry import RetryPolicy
@@ -22,13 +19,13 @@ from kontext_batch.completion import finalize, finish
 from kontext_batch.dispatch import dispatch
 from kontext_batch.errors import (
     AuthError,
-    InvalidImage,
     KontextBatchError,
     OutOfCredits,
     PermanentError,
     RetryableError,
     SampleExpired,
 )
+from kontext_batch.formats import conform_sample, request_format
 from kontext_batch.gate import Grant, StaleJob
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import split_job_ref
@@ -49,7 +46,7 @@ def build_request(rt: Runtime, spec: JobSpec) -> KontextRequest:
     """The API request for a row: http(s) inputs as URLs the API fetches, anything else as base64."""
     fields: dict[str, Any] = dict(spec.params)
     # Always explicit: providers differ in their default, and the output name's extension must match.
-    fields["output_format"] = spec.output_format
+    fields["output_format"] = request_format(spec.output_format, rt.provider.output_formats)
     names = ("input_image", "input_image_2", "input_image_3", "input_image_4")
     for name, uri in zip(names, spec.images, strict=False):
         fields[name] = load_image_payload(uri, cache=rt.payloads)
@@ -201,14 +198,13 @@ def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str]
         return
     try:
         sample = rt.provider.download(res.sample_url)
-        _check_image(sample.content)
+        data, content_type, transcoded_from = conform_sample(sample.content, spec.output_format)
         store = rt.store(rt.runs.meta(run_id)["output"])
-        uri = store.put(spec.output_name, sample.content, content_type=sample.content_type)
-        store.put(
-            spec.sidecar_name,
-            json.dumps(_sidecar(run_id, spec, job, res, sample.content_type), indent=1).encode(),
-            content_type="application/json",
-        )
+        uri = store.put(spec.output_name, data, content_type=content_type)
+        side = _sidecar(run_id, spec, job, res, content_type)
+        if transcoded_from:
+            side["transcoded_from"] = transcoded_from
+        store.put(spec.sidecar_name, json.dumps(side, indent=1).encode(), content_type="application/json")
     except SampleExpired as exc:
         if rt.settings.resubmit_expired and int(job.get("attempts", 0)) < rt.settings.max_attempts:
             _resubmit_expired(rt, ref, spec, res)
@@ -228,14 +224,6 @@ def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str]
         finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}", seed=res.seed)
         return
     finish(rt, ref, "succeeded", job, output_uri=uri, seed=res.seed)
-
-
-def _check_image(data: bytes) -> None:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean the same here
-        raise InvalidImage(f"sample is not a decodable image ({len(data)} bytes): {exc}") from None
 
 
 def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, content_type: str) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kontext_batch.api.provider import make_provider
+from kontext_batch.dispatch import dispatch
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
-from kontext_batch.dispatch import dispatch
 from kontext_batch.pipeline import poll_job, submit_job
 from kontext_batch.polling import PollPlanner
 from kontext_batch.runtime import Runtime, connect_redis

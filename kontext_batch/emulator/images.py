@@ -24,7 +24,7 @@ from typing import Final
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from kontext_batch.api.models import ASPECT_MAX, ASPECT_MIN, parse_aspect_ratio
+from kontext_batch.emulator.aspect import TALLEST, WIDEST, parse_aspect_ratio
 
 __all__ = [
     "KONTEXT_BUCKETS",
@@ -73,7 +73,7 @@ def content_type(output_format: str) -> str:
 
 def bucket_for_ratio(width: float, height: float) -> tuple[int, int]:
     """The bucket nearest in (log) aspect ratio to width:height, clamped to 21:9..9:21."""
-    ratio = min(max(width / height, float(ASPECT_MIN)), float(ASPECT_MAX))
+    ratio = min(max(width / height, TALLEST[0] / TALLEST[1]), WIDEST[0] / WIDEST[1])
     return min(KONTEXT_BUCKETS, key=lambda b: abs(math.log(b[0] / b[1]) - math.log(ratio)))
 
 

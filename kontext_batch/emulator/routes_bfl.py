@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, HttpUrl, field_validator
 
-from kontext_batch.api.models import parse_aspect_ratio
+from kontext_batch.emulator.aspect import parse_aspect_ratio
 from kontext_batch.emulator.faults import fault_gate
 from kontext_batch.emulator.images import InputImageError
 from kontext_batch.emulator.runtime import Runtime, SubmitParams

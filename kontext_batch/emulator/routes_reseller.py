@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 
-from kontext_batch.api.models import parse_aspect_ratio
+from kontext_batch.emulator.aspect import parse_aspect_ratio
 from kontext_batch.emulator.faults import fault_gate
 from kontext_batch.emulator.images import InputImageError
 from kontext_batch.emulator.routes_bfl import request_host, runtime_of

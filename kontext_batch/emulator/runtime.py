@@ -187,7 +187,7 @@ class Runtime:
             task.sample = loop.run_in_executor(self._pool, images.render, spec)
             task.sample.add_done_callback(partial(self._rendered, task))
         if params.webhook_url:
-            job = asyncio.create_task(deliver_webhook(self, task))
+            job = asyncio.create_task(deliver_webhook(state, self.http, task, self.config.webhook_form))
             self._background.add(job)
             job.add_done_callback(self._background.discard)
         return task

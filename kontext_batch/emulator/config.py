@@ -130,6 +130,9 @@ class EmulatorConfig:
     costs: dict[str, float] = field(default_factory=_default_costs)
     #: Rendered samples held in memory at most (MiB); the oldest, downloaded first, are dropped past it.
     sample_cache_mb: float = 1024.0
+    #: ``full``: each Ready task's own image (inputs, prompt, seed). ``fast``: one plain image per
+    #: (width, height, format), rendered once and shared: load tests measure the pipeline, not Pillow.
+    render: Literal["full", "fast"] = "full"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):
@@ -139,6 +142,8 @@ class EmulatorConfig:
         check_faults(self.faults)
         if self.default_ratio not in ("1:1", "input"):
             raise ValueError(f"default_ratio must be '1:1' or 'input', got {self.default_ratio!r}")
+        if self.render not in ("full", "fast"):
+            raise ValueError(f"render must be 'full' or 'fast', got {self.render!r}")
         if self.webhook_form not in ("bfl", "alt"):
             raise ValueError(f"webhook_form must be 'bfl' or 'alt', got {self.webhook_form!r}")
         if any(not isinstance(k, str) or not k for k in self.api_keys):

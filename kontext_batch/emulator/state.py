@@ -137,6 +137,7 @@ class EmulatorState:
         self._held: dict[str, int] = {}  # task id -> bytes of its rendered sample, oldest first
         self._held_bytes = 0
         self.samples_evicted = 0
+        self.samples_rendered = 0
         self.active: dict[str, Counter[str]] = _nested_counts()
         self.peak: dict[str, Counter[str]] = _nested_counts()
         self.credits: dict[str, float | None] = {}
@@ -320,6 +321,7 @@ class EmulatorState:
             "webhooks_failed": self.webhooks_failed,
             "samples_held_bytes": self._held_bytes,
             "samples_evicted": self.samples_evicted,
+            "samples_rendered": self.samples_rendered,
             "credits": dict(self.credits),
         }
         if include_tasks:

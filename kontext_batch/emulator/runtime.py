@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 import httpx
+from starlette.types import Scope
 
 from kontext_batch.emulator import images
 from kontext_batch.emulator.config import EmulatorConfig
@@ -68,6 +69,9 @@ class Runtime:
         self._background: set[asyncio.Task[None]] = set()
         self.placeholders = PlaceholderSamples()
         self.stopping = asyncio.Event()
+        #: Set by the server: aborts the connection a request (its ASGI scope) came on, without an
+        #: answer; returns False when it cannot find it. None where the server offers no such thing.
+        self.drop_connection: Callable[[Scope], Awaitable[bool]] | None = None
 
     async def start(self) -> None:
         self.stopping = asyncio.Event()

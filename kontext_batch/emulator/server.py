@@ -12,6 +12,7 @@ address is known before the first request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import Scope
 
 from kontext_batch.emulator.app import create_app
 from kontext_batch.emulator.config import EmulatorConfig
@@ -31,6 +33,8 @@ from kontext_batch.emulator.runtime import Runtime
 __all__ = ["Emulator", "run"]
 
 _START_TIMEOUT_S = 15.0
+#: Event-loop turns to wait for uvicorn to notice an aborted connection (it takes one or two).
+_ABORT_SETTLE_TURNS = 50
 
 
 class _QuietDisconnects(logging.Filter):
@@ -50,6 +54,28 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._runtime = runtime
         self._on_ready = on_ready
+        runtime.drop_connection = self._drop_connection
+
+    async def _drop_connection(self, scope: Scope) -> bool:
+        """Abort the connection that carried ``scope``'s request, before any byte of an answer.
+
+        uvicorn keeps one protocol object per connection in ``server_state.connections``; the one
+        whose peer address is the request's ``client`` is ours. Once it has seen the connection go,
+        it sends nothing for the request (no 500) and logs nothing.
+        """
+        client = scope.get("client")
+        for conn in list(self.server_state.connections):
+            transport = getattr(conn, "transport", None)
+            if client is None or transport is None or getattr(conn, "client", None) != tuple(client):
+                continue
+            transport.abort()
+            cycle = getattr(conn, "cycle", None)
+            for _ in range(_ABORT_SETTLE_TURNS):
+                if cycle is None or getattr(cycle, "disconnected", True):
+                    break
+                await asyncio.sleep(0)
+            return True
+        return False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

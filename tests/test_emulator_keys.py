@@ -65,6 +65,13 @@ def test_a_cap_of_4_per_key_holds_for_each_key_separately(http: httpx.Client) ->
     assert stats["tasks_created"] == 8
 
 
+def test_key_stats_reads_one_keys_entry_by_the_key_itself(http: httpx.Client) -> None:
+    with Emulator(two_keys(max_active_total=1)) as emu:
+        fill(http, emu, B, 2)
+        assert emu.key_stats(B)["rejected_429"] == 1
+        assert emu.key_stats(A)["tasks_created"] == 0
+
+
 def test_one_key_may_have_its_own_cap(http: httpx.Client) -> None:
     with Emulator(two_keys(max_active_total=4, max_active_total_by_key={B: 2})) as emu:
         assert fill(http, emu, A, 5) == [200] * 4 + [429]

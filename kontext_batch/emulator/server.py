@@ -29,6 +29,7 @@ from kontext_batch.emulator.app import create_app
 from kontext_batch.emulator.config import EmulatorConfig
 from kontext_batch.emulator.faults import DISCONNECT_LOG_MESSAGE
 from kontext_batch.emulator.runtime import Runtime
+from kontext_batch.secret import Secret
 
 __all__ = ["Emulator", "run"]
 
@@ -130,7 +131,7 @@ class Emulator:
     """The emulator on a free port in a background thread; a context manager.
 
     ``base_url`` is ``http://127.0.0.1:PORT`` (the host given, or 127.0.0.1 for a wildcard bind).
-    ``stats``, ``set_credits``, ``set_faults`` and ``reset`` go through the admin HTTP routes.
+    ``stats``, ``key_stats``, ``set_credits``, ``set_faults`` and ``reset`` go through the admin HTTP routes.
     """
 
     def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -193,6 +194,11 @@ class Emulator:
         resp = self._admin().get("/_emulator/stats", params={"tasks": str(tasks).lower()})
         resp.raise_for_status()
         result: dict[str, Any] = resp.json()
+        return result
+
+    def key_stats(self, key: str) -> dict[str, Any]:
+        """``stats()["keys"]`` entry of ``key`` (stats name keys by fingerprint only). KeyError if unseen."""
+        result: dict[str, Any] = self.stats(tasks=False)["keys"][Secret(key).fingerprint]
         return result
 
     def set_credits(self, key: str, credits: float | None) -> None:

@@ -77,8 +77,11 @@ def _runtime(settings: Settings) -> Runtime:
 
 
 def _need_key(s: Settings) -> None:
-    if not s.api_key:
-        raise click.UsageError("KONTEXT_API_KEY is not set (use --emulator or `kontext-batch demo` to try offline)")
+    if not s.held_keys:
+        raise click.UsageError(
+            "neither KONTEXT_API_KEY nor KONTEXT_API_KEYS is set "
+            "(use --emulator or `kontext-batch demo` to try offline)"
+        )
 
 
 def _need_run(rt: Runtime, run_id: str) -> None:
@@ -423,7 +426,7 @@ def follow_command(ctx: click.Context, run_id: str, max_failures: float, as_json
 
 
 @cli.command()
-@click.option("--queues", "-Q", default="kontext.submit,kontext.poll", show_default=True)
+@click.option("--queues", "-Q", default=None, help="Queues to consume (default: those of the keys this worker holds).")
 @click.option(
     "--concurrency",
     "-c",
@@ -435,16 +438,19 @@ def follow_command(ctx: click.Context, run_id: str, max_failures: float, as_json
 @click.option("--loglevel", "-l", envvar="KONTEXT_LOG_LEVEL", default="INFO", show_default=True)
 @click.option("--hostname", "-n", default=None, help="Celery node name (default kontext@HOST-PID).")
 @click.pass_context
-def worker(ctx: click.Context, queues: str, concurrency: int, loglevel: str, hostname: str | None) -> None:
+def worker(ctx: click.Context, queues: str | None, concurrency: int, loglevel: str, hostname: str | None) -> None:
     """Start a Celery worker of this app (threads pool) on the configured Redis."""
     from workers.app import configure  # noqa: PLC0415
     from workers.process import init_runtime  # noqa: PLC0415
+    from workers.queues import key_queues  # noqa: PLC0415
 
     s = _settings(ctx)
     _need_key(s)
     app = configure(s)
     init_runtime(s)
     name = hostname or f"kontext@{socket.gethostname()}-{os.getpid()}"
+    # Only the queues of the keys this process holds: it never runs a job with another key.
+    queues = queues or ",".join(q for k in s.held_keys for q in key_queues(k.fingerprint))
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", "threads", "-l", loglevel, "-n", name]
     app.worker_main([*argv, "--without-gossip", "--without-mingle", "--without-heartbeat"])
 

@@ -16,7 +16,7 @@ from kontext_batch.results import RESULTS_NAME, render_results
 from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
 
-__all__ = ["finalize", "finish", "record_now"]
+__all__ = ["drain_waiting", "finalize", "finish", "record_now"]
 
 log = logging.getLogger("kontext_batch.completion")
 
@@ -38,16 +38,36 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
         "polls": int(job.get("polls", 0)),
         "finished_at": time.time(),
     }
-    for k in ("bfl_task_id", "cost_credits", "submitted_at"):
-        if job.get(k):
+    for k in ("bfl_task_id", "cost_credits", "submitted_at", "key", "possible_duplicate"):
+        if job.get(k) and job[k] != "0":
             result[k] = job[k]
     result.update({k: v for k, v in fields.items() if v is not None})
     if "submitted_at" in result and "duration_s" not in result:
         result["duration_s"] = round(result["finished_at"] - float(result["submitted_at"]), 3)
+    reserved = float(job.get("reserved") or 0)
+    if reserved and "cost_credits" not in result and "bfl_task_id" in result:
+        result["cost_credits"] = reserved  # the API reported no cost: the price table's
     done = rt.runs.record(run_id, row, result)
     rt.gate.retire(ref)
-    if done is not None and done >= rt.runs.total(run_id):
+    if done is None:
+        return
+    if reserved:  # once, by the step that recorded the row
+        rt.budget.settle(run_id, reserved, float(result.get("cost_credits") or 0))
+    if done >= rt.runs.total(run_id):
         finalize(rt, run_id)
+
+
+def drain_waiting(rt: Runtime, run_id: str, status: RowStatus, reason: str) -> int:
+    """Finish every row of the run still waiting for a slot (cancel, stop): they will never be sent."""
+    pool_id = rt.runs.meta(run_id).get("pool", "")
+    n = 0
+    for pid, endpoint in rt.gate.known_waits():
+        if pid != pool_id:
+            continue
+        for ref in rt.gate.remove_run_from_wait(pid, endpoint, run_id):
+            finish(rt, ref, status, error=reason)
+            n += 1
+    return n
 
 
 def finalize(rt: Runtime, run_id: str) -> str | None:

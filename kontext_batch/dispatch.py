@@ -1,24 +1,40 @@
-"""Hand free slots to waiting rows and send their submit tasks.
+"""Hand free slots to waiting rows and send their submit tasks to workers holding the granted key.
 
 Below both sides: the enqueue side (a new run, ``retry``) and the workers (a slot freed, the sweeper)
-call it alike.
+call it alike. Only keys that a live worker holds, and that the API has not refused, take rows: a
+row of a key nobody holds waits in its list, and is never run with another key.
 """
 
 from __future__ import annotations
 
-from kontext_batch.gate import Gate, Grant
+import random
+
+from kontext_batch.gate import Grant, KeySlot
 from kontext_batch.runtime import Runtime
 
-__all__ = ["dispatch"]
+__all__ = ["dispatch", "live_slots"]
 
 
-def dispatch(rt: Runtime, gate: Gate, *, keep_one: bool = False) -> Grant | None:
-    """Give free slots of ``gate`` to waiting rows and send their submit tasks.
+def live_slots(rt: Runtime, pool_id: str, endpoint: str) -> list[KeySlot]:
+    """The pool's keys that may take rows now, in random order so that rows spread over them."""
+    out = rt.gate.keys_out()
+    live = rt.holders.live_keys(fp for fp in rt.gate.pool(pool_id).fps if fp not in out)
+    slots = [KeySlot(fp, caps.cap_for(endpoint), caps.total) for fp, caps in live.items()]
+    random.shuffle(slots)
+    return slots
 
-    With ``keep_one`` the first grant is returned instead of sent, for the caller to submit itself.
+
+def dispatch(rt: Runtime, pool_id: str, endpoint: str, *, keep_one: bool = False) -> Grant | None:
+    """Give free slots of the pool's live keys to waiting rows and send their submit tasks.
+
+    With ``keep_one`` the first grant is returned instead of sent, for the caller to submit itself
+    (it must hold that grant's key).
     """
-    grants = rt.gate.dispatch(gate)
-    kept = grants.pop(0) if keep_one and grants else None
+    grants = rt.gate.dispatch(pool_id, endpoint, live_slots(rt, pool_id, endpoint))
+    kept = None
+    if keep_one:
+        kept = next((g for g in grants if g.fp in rt.held), None)
+        grants = [g for g in grants if g is not kept]
     for g in grants:
-        rt.scheduler.submit(g.ref, g.token)
+        rt.scheduler.submit(g.ref, g.token, g.fp)
     return kept

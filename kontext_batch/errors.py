@@ -18,7 +18,9 @@
         ├── InvalidImage           bytes that do not decode as an image
         ├── StorageError           the object store refused (permissions, bad URL)
         ├── ManifestError          rows of a manifest are invalid (carries every row error)
-        └── ConfigError            settings that cannot work
+        ├── ConfigError            settings that cannot work
+        │   └── KeyNotHeld         a job's key is not one this process holds
+        └── OverBudget             a run's estimate is over its budget: nothing was queued
 
 Terminal task outcomes (moderation, ``Error``, ``Failed``, ``Task not found``) are *not* exceptions:
 they are statuses recorded per row.
@@ -39,9 +41,11 @@ __all__ = [
     "ConfigError",
     "FieldError",
     "InvalidImage",
+    "KeyNotHeld",
     "KontextBatchError",
     "ManifestError",
     "OutOfCredits",
+    "OverBudget",
     "PermanentError",
     "RateLimited",
     "RequestInvalid",
@@ -227,3 +231,17 @@ class ManifestError(PermanentError):
 
 class ConfigError(PermanentError):
     """Raised when settings cannot work (a malformed URL, an unknown provider, a cap below 1)."""
+
+
+class KeyNotHeld(ConfigError):
+    """Raised when a job's API key (by fingerprint) is not one this process holds: the job must go to
+    a worker that holds it, never run with another key."""
+
+
+class OverBudget(PermanentError):
+    """Raised by ``run`` when the run's estimated cost is over its budget (``--budget``); nothing was queued."""
+
+    def __init__(self, estimate: float, budget: float) -> None:
+        super().__init__(f"the run's estimate of {estimate:g} credits is over its budget of {budget:g} credits")
+        self.estimate = estimate
+        self.budget = budget

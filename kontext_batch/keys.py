@@ -3,13 +3,20 @@
 ==============================  ======  =========================================================
 key                             type    holds
 ==============================  ======  =========================================================
-{ns}:gates                      set     "{fp}|{endpoint}" of every gate ever used (for sweeping)
+{ns}:gates                      set     "{pool}|{endpoint}" of every wait list ever used (for sweeping)
+{ns}:pools                      hash    pool id -> JSON list of the key fingerprints of the pool
+{ns}:keys-out                   hash    key fingerprint -> why the API refused it (401/403/402)
 {ns}:lease:{fp}                 zset    job refs holding an active slot on the key; score=expiry ms
 {ns}:lease:{fp}:{endpoint}      zset    the same, one endpoint
-{ns}:wait:{fp}:{endpoint}       list    job refs waiting for a slot, FIFO
+{ns}:wait:{pool}:{endpoint}     list    job refs waiting for a slot on any key of the pool, FIFO
 {ns}:watch                      zset    job refs in flight (granted..stored); score=deadline ms
-{ns}:job:{run}:{row}            hash    one in-flight job: step (fencing token), state, gate, attempts,
-                                        polls, poll_errors, task id, polling URL, cost, timings
+{ns}:proc:{proc}                string  a live worker process's heartbeat (5 s TTL): its keys' caps
+{ns}:holders:{fp}               zset    processes holding the key; score=heartbeat expiry ms
+{ns}:key-caps                   hash    key fingerprint -> caps its holders announce (JSON)
+{ns}:budget:{run}               hash    budget, spent, reserved (credits) of one run
+{ns}:job:{run}:{row}            hash    one in-flight job: step (fencing token), state, busy, holder,
+                                        pool, gate, attempts, polls, poll_errors, task id, polling
+                                        URL, cost, possible_duplicate, timings
 {ns}:runs                       zset    run ids by creation time
 {ns}:runs:open                  set     runs not yet finalized (swept for completion)
 {ns}:run:{run}                  hash    run metadata (manifest, output, total, status, flags)
@@ -21,8 +28,10 @@ key                             type    holds
 {ns}:submit-rate                string  the global submits-per-second window
 ==============================  ======  =========================================================
 
-Owners: :mod:`~kontext_batch.gate` alone reads and writes ``gates``, ``lease``, ``wait``, ``watch`` and
-``job``; :mod:`~kontext_batch.runs` the ``runs`` and ``run`` keys; :mod:`~kontext_batch.ratelimit`
+Owners: :mod:`~kontext_batch.gate` alone writes ``gates``, ``pools``, ``keys-out``, ``lease``, ``wait``,
+``watch`` and ``job`` (its scripts read ``proc`` to tell a live holder from a dead one);
+:mod:`~kontext_batch.holders` ``proc``, ``holders`` and ``key-caps``; :mod:`~kontext_batch.runs` the
+``runs`` and ``run`` keys; :mod:`~kontext_batch.budget` ``budget``; :mod:`~kontext_batch.ratelimit`
 ``submit-rate``. Everyone else goes through their methods.
 
 A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
@@ -98,6 +107,27 @@ class Keys:
 
     def finalizing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:finalizing"
+
+    def proc(self, proc: str) -> str:
+        return f"{self.ns}:proc:{proc}"
+
+    def holders(self, fp: str) -> str:
+        return f"{self.ns}:holders:{fp}"
+
+    @property
+    def key_caps(self) -> str:
+        return f"{self.ns}:key-caps"
+
+    @property
+    def pools(self) -> str:
+        return f"{self.ns}:pools"
+
+    @property
+    def keys_out(self) -> str:
+        return f"{self.ns}:keys-out"
+
+    def budget(self, run_id: str) -> str:
+        return f"{self.ns}:budget:{run_id}"
 
     @property
     def submit_rate(self) -> str:

@@ -2,8 +2,11 @@
 
     waiting (Redis list) --dispatch--> submit_job --> poll_job (repeats) --> stored / recorded
 
-Per-row failures become results (``failed``, ``moderated``...); only bugs escape as exceptions.
-Every step starts by claiming the job's fencing token, so a duplicate or stale message is a no-op.
+Per-row failures become results (``failed``, ``moderated``, ``budget``...); only bugs escape as
+exceptions. Every step starts by claiming the job for this process with its fencing token, so a
+duplicate or stale message is a no-op, and every write of the step is fenced by the token it holds.
+Each step has one retry layer: the API client makes one attempt per call, and a retryable failure
+reschedules the step with backoff (no thread sleeps in a retry).
 """
 
 from __future__ import annotations
@@ -15,21 +18,26 @@ from typing import Any
 
 from kontext_batch.api.models import KontextRequest, PollResult, Status
 from kontext_batch.api.retry import RetryPolicy
-from kontext_batch.completion import finalize, finish
+from kontext_batch.completion import drain_waiting, finalize, finish
 from kontext_batch.dispatch import dispatch
 from kontext_batch.errors import (
     AuthError,
+    KeyNotHeld,
     KontextBatchError,
     OutOfCredits,
     PermanentError,
     RetryableError,
     SampleExpired,
+    ServerError,
+    TransportError,
 )
 from kontext_batch.formats import conform_sample, request_format
-from kontext_batch.gate import Grant, StaleJob
+from kontext_batch.gate import Grant, StaleJob, split_gate_id
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import split_job_ref
 from kontext_batch.manifest.staging import load_image_payload
+from kontext_batch.manifest.validate import cost_credits_for
+from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
 
 __all__ = ["poll_job", "redrive", "submit_job", "sweep"]
@@ -46,7 +54,7 @@ def build_request(rt: Runtime, spec: JobSpec) -> KontextRequest:
     """The API request for a row: http(s) inputs as URLs the API fetches, anything else as base64."""
     fields: dict[str, Any] = dict(spec.params)
     # Always explicit: providers differ in their default, and the output name's extension must match.
-    fields["output_format"] = request_format(spec.output_format, rt.provider.output_formats)
+    fields["output_format"] = request_format(spec.output_format, rt.output_formats)
     names = ("input_image", "input_image_2", "input_image_3", "input_image_4")
     for name, uri in zip(names, spec.images, strict=False):
         fields[name] = load_image_payload(uri, cache=rt.payloads)
@@ -55,102 +63,167 @@ def build_request(rt: Runtime, spec: JobSpec) -> KontextRequest:
 
 def _end_active(rt: Runtime, ref: str, job: dict[str, str], *, keep_one: bool = False) -> Grant | None:
     """The API task is terminal (or never existed): free its slot and hand it on at once."""
-    gate_id = job.get("gate", "")
-    if not gate_id:
+    gid, pool_id = job.get("gate", ""), job.get("pool", "")
+    if not gid:
         return None
-    rt.gate.release(gate_id, ref)
-    return dispatch(rt, rt.gate_by_id(gate_id), keep_one=keep_one)
+    rt.gate.release(gid, ref)
+    return dispatch(rt, pool_id, split_gate_id(gid)[1], keep_one=keep_one) if pool_id else None
 
 
 def _count_execution(rt: Runtime, ref: str) -> None:
     rt.runs.count_execution(split_job_ref(ref)[0])
 
 
+def _not_ours(rt: Runtime, ref: str, held: str, fp: str, *, poll: bool) -> bool:
+    """A message for a key this process does not hold (a worker started by hand on every queue):
+    hand the step to a worker that holds it; it never runs with another key."""
+    if rt.provider is not None or fp in rt.held:
+        return False
+    if rt.gate.handoff(ref, held, 0):
+        (rt.scheduler.poll if poll else rt.scheduler.submit)(ref, int(held), fp)
+    return True
+
+
 def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> None:
     if delivered:
         _count_execution(rt, ref)
-    job = rt.gate.claim(ref, token)
+    job = rt.gate.claim(ref, token, rt.proc_id)
     if job is None:
         return
+    held = job["step"]
     run_id, row = split_job_ref(ref)
+    fp, endpoint = split_gate_id(job["gate"])
+    if _not_ours(rt, ref, held, fp, poll=False):
+        return
     meta = rt.runs.meta(run_id)
-    spec = JobSpec.from_json(rt.runs.row(run_id, row))
-    stop = _run_stop_reason(meta)
+    stop = _run_stop(meta)
     if stop is not None:
         _end_active(rt, ref, job)
-        finish(rt, ref, "cancelled" if meta.get("status") == "cancelled" else "failed", job, error=stop)
+        finish(rt, ref, stop[0], job, error=stop[1])
+        return
+    spec = JobSpec.from_json(rt.runs.row(run_id, row))
+    price = float(cost_credits_for(spec.endpoint))
+    if not rt.budget.reserve(run_id, price):
+        _budget_reached(rt, ref, job)
         return
     attempts = int(job.get("attempts", 0)) + 1
-    rt.gate.update(ref, state="submitting", attempts=attempts)
-    job["attempts"] = str(attempts)
+    # The reservation is on the job before the POST: a re-drive of a dead submit can account for it.
+    rt.gate.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price)
+    job.update(attempts=str(attempts), key=fp, reserved=str(price))
     try:
         request = build_request(rt, spec)
         rt.submit_rate.acquire()
-        task = rt.provider.submit(spec.endpoint, request)
-    except OutOfCredits as exc:
-        rt.runs.update(run_id, stopped="out_of_credits", stopped_reason=f"out of credits (402): {exc}")
-        _end_active(rt, ref, job)
-        finish(rt, ref, "failed", job, error=f"out_of_credits: {exc}")
-        return
-    except AuthError as exc:
-        rt.runs.update(run_id, stopped="auth", stopped_reason=f"API key refused: {exc}")
-        _end_active(rt, ref, job)
-        finish(rt, ref, "failed", job, error=f"auth: {exc}")
+        task = rt.provider_for(fp).submit(spec.endpoint, request)
+    except (OutOfCredits, AuthError) as exc:
+        rt.budget.settle(run_id, price, 0)
+        _key_refused(rt, ref, job, fp, endpoint, exc)
         return
     except RetryableError as exc:
+        rt.budget.settle(run_id, price, 0)
+        # A timeout or a 5xx may come after the API created the task: a retry may then be a duplicate.
+        maybe_created = isinstance(exc, TransportError | ServerError)
         if attempts >= rt.settings.max_attempts:
             _end_active(rt, ref, job)
-            finish(rt, ref, "failed", job, error=f"submit failed after {attempts} attempts: {exc}")
+            finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"submit failed after {attempts} attempts: {exc}")
             return
         delay = backoff_s(rt, attempts, exc)
-        rt.gate.update(ref, state="granted", last_error=str(exc))
-        rt.scheduler.submit(ref, token + 1, countdown_s=delay)
+        extra = {"possible_duplicate": 1} if maybe_created else {}
+        if rt.gate.handoff(ref, held, delay, state="granted", last_error=str(exc), reserved=0, **extra):
+            rt.scheduler.submit(ref, int(held), fp, countdown_s=delay)
         return
-    except (PermanentError, FileNotFoundError, OSError) as exc:
+    except (PermanentError, OSError) as exc:
+        rt.budget.settle(run_id, price, 0)
         _end_active(rt, ref, job)
-        finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}")
+        finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"{type(exc).__name__}: {exc}")
         return
-    now = time.time()
-    rt.gate.update(
+    reserved = price
+    if task.cost is not None:  # BFL reports the cost at once; the reseller only when the task ends
+        rt.budget.settle(run_id, price, task.cost)
+        reserved = 0.0
+    delay = rt.planner.first_delay(spec.endpoint)
+    if rt.gate.handoff(
         ref,
+        held,
+        delay,
         state="polling",
         bfl_task_id=task.id,
         polling_url=task.polling_url,
         cost_credits=task.cost if task.cost is not None else "",
-        submitted_at=now,
+        reserved=reserved,
+        submitted_at=time.time(),
         polls=0,
         poll_errors=0,
-    )
-    rt.scheduler.poll(ref, token + 1, countdown_s=rt.planner.first_delay(spec.endpoint))
+    ):
+        rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
 
 
-def _run_stop_reason(meta: dict[str, str]) -> str | None:
+def _run_stop(meta: dict[str, str]) -> tuple[RowStatus, str] | None:
+    """Why this run submits nothing more, as (row status, reason), or None."""
     if meta.get("status") == "cancelled":
-        return "run cancelled before this row was submitted"
+        return "cancelled", "run cancelled before this row was submitted"
     if meta.get("stopped"):
-        return meta.get("stopped_reason") or meta["stopped"]
+        reason = meta.get("stopped_reason") or meta["stopped"]
+        return ("budget" if meta["stopped"] == "budget" else "failed"), reason
     return None
+
+
+def _budget_reached(rt: Runtime, ref: str, job: dict[str, str]) -> None:
+    run_id, _ = split_job_ref(ref)
+    sp = rt.budget.spend(run_id)
+    reason = f"budget of {sp.budget:g} credits reached: {sp.spent:g} spent, {sp.reserved:g} in flight"
+    rt.runs.update(run_id, stopped="budget", stopped_reason=reason)
+    log.warning("run %s stopped submitting: %s", run_id, reason)
+    _end_active(rt, ref, job)
+    finish(rt, ref, "budget", job, error=reason)
+    drain_waiting(rt, run_id, "budget", reason)
+
+
+def _key_refused(rt: Runtime, ref: str, job: dict[str, str], fp: str, endpoint: str, exc: KontextBatchError) -> None:
+    """The API refused the key (401/403, or 402 out of credits): the key leaves every pool, and the
+    row goes back to wait for another key of its pool. The run stops when its pool has none left."""
+    run_id, _ = split_job_ref(ref)
+    what = "out of credits (402)" if isinstance(exc, OutOfCredits) else "API key refused"
+    reason = f"{what} on key {fp}: {exc}"
+    rt.gate.mark_key_out(fp, reason)
+    log.warning("run %s: key %s leaves the pool: %s", run_id, fp, reason)
+    pool = rt.gate.pool(job["pool"])
+    out = rt.gate.keys_out()
+    if any(f not in out for f in pool.fps):
+        rt.gate.requeue(ref, pool.id, endpoint, job["gate"], reserved=0)
+        dispatch(rt, pool.id, endpoint)
+        return
+    stopped = "out_of_credits" if isinstance(exc, OutOfCredits) else "auth"
+    rt.runs.update(run_id, stopped=stopped, stopped_reason=reason)
+    log.warning("run %s stopped: no key of its pool is left (%s)", run_id, reason)
+    _end_active(rt, ref, job)
+    finish(rt, ref, "failed", {**job, "reserved": "0"}, error=reason)
+    drain_waiting(rt, run_id, "failed", reason)
 
 
 def poll_job(rt: Runtime, ref: str, token: int) -> None:
     _count_execution(rt, ref)
-    job = rt.gate.claim(ref, token)
+    job = rt.gate.claim(ref, token, rt.proc_id)
     if job is None:
+        return
+    held = job["step"]
+    fp, _ = split_gate_id(job.get("gate", ""))
+    if _not_ours(rt, ref, held, fp, poll=True):
         return
     run_id, row = split_job_ref(ref)
     spec = JobSpec.from_json(rt.runs.row(run_id, row))
     try:
-        res = rt.provider.poll(job["polling_url"])
+        res = rt.provider_for(fp).poll(job["polling_url"])
     except RetryableError as exc:
         errors = int(job.get("poll_errors", 0)) + 1
         if errors > 2 * rt.settings.max_attempts:
             _end_active(rt, ref, job)
             finish(rt, ref, "failed", job, error=f"polling failed {errors} times: {exc}")
             return
-        rt.gate.update(ref, poll_errors=errors, last_error=str(exc))
-        rt.scheduler.poll(ref, token + 1, countdown_s=backoff_s(rt, errors, exc))
+        delay = backoff_s(rt, errors, exc)
+        if rt.gate.handoff(ref, held, delay, poll_errors=errors, last_error=str(exc)):
+            rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
-    except PermanentError as exc:
+    except (PermanentError, KeyNotHeld) as exc:
         _end_active(rt, ref, job)
         finish(rt, ref, "failed", job, error=f"polling refused: {exc}")
         return
@@ -158,9 +231,9 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     job["polls"] = str(polls)
     elapsed = time.time() - float(job.get("submitted_at") or time.time())
     if not res.status.terminal:
-        rt.gate.update(ref, polls=polls, poll_errors=0)
         delay = rt.planner.next_delay(spec.endpoint, elapsed, res.progress)
-        rt.scheduler.poll(ref, token + 1, countdown_s=delay)
+        if rt.gate.handoff(ref, held, delay, polls=polls, poll_errors=0):
+            rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
     # The slot is free the moment the task is terminal. Submitting the next row from this thread,
     # before our own download, saves it a trip through the broker: the cap stays fuller.
@@ -168,9 +241,11 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     if successor is not None:
         submit_job(rt, successor.ref, successor.token, delivered=False)
     rt.planner.observe(spec.endpoint, _latency_seen(res, job, elapsed, polls))
+    if res.cost is not None:
+        job["cost_credits"] = str(res.cost)  # the reseller's usage.cost, on the completed poll
     if res.status is Status.READY:
-        rt.gate.update(ref, polls=polls, state="storing", ready_seen_at=time.time())
-        _store(rt, ref, token, spec, job, res)
+        rt.gate.update(ref, held, polls=polls, state="storing", ready_seen_at=time.time())
+        _store(rt, ref, held, spec, job, res)
     elif res.status.moderated:
         finish(rt, ref, "moderated", job, error=res.reason, moderation_reasons=list(res.moderation_reasons))
     else:
@@ -191,13 +266,14 @@ def _latency_seen(res: PollResult, job: dict[str, str], elapsed: float, polls: i
     return elapsed if polls > 1 else elapsed * 0.85
 
 
-def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
+def _store(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
     run_id, _ = split_job_ref(ref)
+    fp, _ = split_gate_id(job.get("gate", ""))
     if not res.sample_url:
         finish(rt, ref, "failed", job, error="Ready without a sample URL")
         return
     try:
-        sample = rt.provider.download(res.sample_url)
+        sample = rt.provider_for(fp).download(res.sample_url)
         data, content_type, transcoded_from = conform_sample(sample.content, spec.output_format)
         store = rt.store(rt.runs.meta(run_id)["output"])
         uri = store.put(spec.output_name, data, content_type=content_type)
@@ -207,7 +283,7 @@ def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str]
         store.put(spec.sidecar_name, json.dumps(side, indent=1).encode(), content_type="application/json")
     except SampleExpired as exc:
         if rt.settings.resubmit_expired and int(job.get("attempts", 0)) < rt.settings.max_attempts:
-            _resubmit_expired(rt, ref, spec, res)
+            _resubmit_expired(rt, ref, held, spec, job, res)
             return
         finish(rt, ref, "failed", job, error=f"sample URL expired before download: {exc}", seed=res.seed)
         return
@@ -217,8 +293,9 @@ def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str]
         if errors > 2 * rt.settings.max_attempts:
             finish(rt, ref, "failed", job, error=f"storing failed {errors} times: {exc}")
             return
-        rt.gate.update(ref, state="polling", poll_errors=errors, last_error=str(exc))
-        rt.scheduler.poll(ref, token + 1, countdown_s=backoff_s(rt, errors))
+        delay = backoff_s(rt, errors)
+        if rt.gate.handoff(ref, held, delay, state="polling", poll_errors=errors, last_error=str(exc)):
+            rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
     except (PermanentError, OSError) as exc:
         finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}", seed=res.seed)
@@ -237,10 +314,11 @@ def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, c
         "seed": res.seed,
         "params": spec.params,
         "bfl_task_id": job.get("bfl_task_id"),
+        "key_fingerprint": job.get("key") or None,
         "input_digests": spec.digests,
         "job_key": spec.job_key,
         "content_type": content_type,
-        "cost_credits": job.get("cost_credits") or None,
+        "cost_credits": float(job["cost_credits"]) if job.get("cost_credits") else None,
         "timings": {
             "submitted_at": float(job["submitted_at"]) if job.get("submitted_at") else None,
             "api_start_time": res.start_time,
@@ -251,40 +329,52 @@ def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, c
     }
 
 
-def _resubmit_expired(rt: Runtime, ref: str, spec: JobSpec, res: PollResult) -> None:
+def _resubmit_expired(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
     run_id, row = split_job_ref(ref)
     if res.seed is not None and spec.params.get("seed") is None:
         spec = JobSpec.from_json({**spec.to_json(), "params": {**spec.params, "seed": res.seed}})
         rt.runs.set_row(run_id, row, spec.to_json())
-    gate = rt.gate_for(spec.endpoint)
-    rt.gate.requeue(gate, ref)
-    dispatch(rt, gate)
+    rt.gate.requeue(ref, job["pool"], spec.endpoint)
+    dispatch(rt, job["pool"], spec.endpoint)
 
 
 def redrive(rt: Runtime, stale: StaleJob) -> None:
-    """Send again a job whose worker went quiet (killed, or Redis lost its message)."""
-    if not stale.gate_id:
+    """Send again a job whose holder died, or whose next message is overdue (lost with a killed worker)."""
+    if not stale.gate_id or not stale.pool_id:
         return
     run_id, row = split_job_ref(stale.ref)
     if rt.runs.is_final(run_id, row):
         # Its worker recorded the result and died before forgetting the job: nothing to send.
         rt.gate.retire(stale.ref)
         return
-    gate = rt.gate_by_id(stale.gate_id)
+    fp, endpoint = split_gate_id(stale.gate_id)
     if stale.state in ("polling", "storing"):
         # The API task may still be active: count it against the cap while we poll it again.
         rt.gate.hold(stale.gate_id, stale.ref)
-        rt.gate.update(stale.ref, state="polling")
-        rt.scheduler.poll(stale.ref, stale.token)
+        if rt.gate.handoff(stale.ref, stale.token, 0, state="polling"):
+            rt.scheduler.poll(stale.ref, stale.token, fp)
     else:
         # Not submitted, or the submit's fate is unknown: queue it again at the front.
-        rt.gate.requeue(gate, stale.ref)
-        dispatch(rt, gate)
+        extra: dict[str, Any] = {}
+        if stale.state == "submitting":
+            # The POST may have reached the API before the worker died: at-least-once, so mark it.
+            extra["possible_duplicate"] = 1
+            rt.runs.count(run_id, "possible_duplicates")
+            job = rt.gate.fields(stale.ref, "reserved")
+            reserved = float(job.get("reserved") or 0)
+            if reserved:
+                rt.budget.settle(run_id, reserved, reserved)  # it may have been charged: count it spent
+            extra["reserved"] = 0
+        rt.gate.requeue(stale.ref, stale.pool_id, endpoint, stale.gate_id, **extra)
+        dispatch(rt, stale.pool_id, endpoint)
     log.warning("re-drove %s (was %s)", stale.ref, stale.state or "unknown")
 
 
 def sweep(rt: Runtime) -> int:
-    """Re-drive quiet jobs and fill free slots of this key's gates. Cheap; run every second or so."""
+    """Re-drive abandoned jobs, fill free slots, stop runs no key can serve, finalize complete runs.
+
+    Cheap; every worker runs it about once a second.
+    """
     n = 0
     for stale in rt.gate.claim_expired():
         try:
@@ -292,11 +382,30 @@ def sweep(rt: Runtime) -> int:
             n += 1
         except KontextBatchError:
             log.exception("could not re-drive %s", stale.ref)
-    fp = rt.settings.api_key.fingerprint
-    for gfp, endpoint in rt.gate.known_gates():
-        if gfp == fp:
-            dispatch(rt, rt.gate_for(endpoint))
+    for pool_id, endpoint in rt.gate.known_waits():
+        if rt.gate.waiting(pool_id, endpoint):
+            dispatch(rt, pool_id, endpoint)
+    n += _stop_runs_without_keys(rt)
     for run_id in rt.runs.complete_but_open():
         finalize(rt, run_id)
         n += 1
+    return n
+
+
+def _stop_runs_without_keys(rt: Runtime) -> int:
+    """A run whose every key the API refused can never finish its waiting rows: stop it now."""
+    out = rt.gate.keys_out()
+    if not out:
+        return 0
+    n = 0
+    for run_id in rt.runs.open_runs():
+        meta = rt.runs.meta(run_id)
+        pool_id = meta.get("pool")
+        if not pool_id or meta.get("stopped") or meta.get("status") != "running":
+            continue
+        fps = rt.gate.pool(pool_id).fps
+        if all(fp in out for fp in fps):
+            reason = "; ".join(out[fp] for fp in fps)
+            rt.runs.update(run_id, stopped="keys", stopped_reason=f"no key of the run's pool is left: {reason}")
+            n += drain_waiting(rt, run_id, "failed", reason)
     return n

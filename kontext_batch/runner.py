@@ -24,7 +24,8 @@ from typing import Any, Literal, TextIO
 
 from kontext_batch.completion import finalize, record_now
 from kontext_batch.dispatch import dispatch
-from kontext_batch.errors import InvalidImage, ManifestError, RowError
+from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OverBudget, RowError
+from kontext_batch.gate import Pool
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
 from kontext_batch.manifest.images import ImageCache, describe_image_error
@@ -52,6 +53,7 @@ class RunRequest:
     force: bool = False
     wait: bool = False
     max_failures: float = 0
+    budget: float | None = None  # credits; None: the settings' KONTEXT_BUDGET (if any)
 
 
 @dataclass
@@ -77,6 +79,12 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
     ``req.skip_invalid`` is off, or for file-level problems; StorageError when the output store
     cannot be written; OSError when the manifest cannot be read.
     """
+    keys = rt.settings.run_keys
+    if not keys:
+        raise ConfigError("no API key: set KONTEXT_API_KEY, or KONTEXT_API_KEYS for a pool of keys")
+    pool = Pool.of(k.fingerprint for k in keys)
+    rt.gate.register_pool(pool)
+    budget = req.budget if req.budget is not None else rt.settings.budget_credits
     store = rt.store(req.output)
     run_id = new_run_id()
     rt.runs.register(
@@ -89,14 +97,17 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
             "default_model": req.model,
             "status": "enqueuing",
             "created_at": time.time(),
-            "fp": rt.settings.api_key.fingerprint,
+            "pool": pool.id,
+            "keys": list(pool.fps),
+            "budget": "" if budget is None else budget,
             "force": int(req.force),
         },
     )
     try:
-        queued = _Enqueue(rt, run_id, store, req).run(stdin)
+        queued = _Enqueue(rt, run_id, store, req, pool.id, budget).run(stdin)
     except BaseException:
         rt.runs.delete(run_id)  # nothing of it waits in a gate yet
+        rt.budget.delete(run_id)
         raise
     return queued
 
@@ -104,9 +115,13 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
 class _Enqueue:
     """The state of one pass: rows buffered for Redis, row numbers waiting per endpoint."""
 
-    def __init__(self, rt: Runtime, run_id: str, store: ObjectStore, req: RunRequest) -> None:
+    def __init__(
+        self, rt: Runtime, run_id: str, store: ObjectStore, req: RunRequest, pool_id: str, budget: float | None
+    ) -> None:
         self.rt = rt
         self.run_id = run_id
+        self.pool_id = pool_id
+        self.budget = budget
         self.store = store
         self.req = req
         self.cache = ImageCache()
@@ -140,6 +155,9 @@ class _Enqueue:
         if report.errors_total and not self.req.skip_invalid:
             raise ManifestError(report.errors)
         report.set_endpoints(self.endpoints)
+        if self.budget is not None and report.cost_credits > self.budget:
+            raise OverBudget(report.cost_credits, self.budget)
+        self.rt.budget.set(self.run_id, self.budget)
         self._flush()
         return self._queue()
 
@@ -206,12 +224,11 @@ class _Enqueue:
             invalid=out.invalid,
         )
         for endpoint, rows in self.waiting.items():
-            gate = rt.gate_for(endpoint)
             for chunk in batched(rows):
-                rt.gate.enqueue(gate, (job_ref(run_id, r) for r in chunk))
+                rt.gate.enqueue(self.pool_id, endpoint, (job_ref(run_id, r) for r in chunk))
         rt.runs.update(run_id, status="running")
         for endpoint in self.waiting:
-            dispatch(rt, rt.gate_for(endpoint))
+            dispatch(rt, self.pool_id, endpoint)
         if rt.runs.info(run_id).ndone >= out.total:
             finalize(rt, run_id)
         return out

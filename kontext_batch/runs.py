@@ -21,7 +21,7 @@ from kontext_batch.redisio import batched, decode
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 
-RowStatus = Literal["succeeded", "failed", "moderated", "invalid", "skipped", "cancelled"]
+RowStatus = Literal["succeeded", "failed", "moderated", "invalid", "skipped", "cancelled", "budget"]
 FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
     "succeeded",
     "failed",
@@ -29,6 +29,7 @@ FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
     "invalid",
     "skipped",
     "cancelled",
+    "budget",
 )
 
 _RECORD: Final = """
@@ -135,7 +136,15 @@ class RunStore:
 
     def count_execution(self, run_id: str) -> None:
         """One more task message delivered for this run (stale no-ops too): the benchmark's figure."""
-        self.r.hincrby(self.keys.run(run_id), "task_executions", 1)
+        self.count(run_id, "task_executions")
+
+    def count(self, run_id: str, name: str, n: int = 1) -> None:
+        """Add to one of the run's counters (kept in its metadata)."""
+        self.r.hincrby(self.keys.run(run_id), name, n)
+
+    def open_runs(self) -> list[str]:
+        """Runs not finalized yet."""
+        return sorted(decode(x) for x in self.r.smembers(self.keys.open_runs))
 
     def is_final(self, run_id: str, row: int) -> bool:
         return bool(self.r.hexists(self.keys.results(run_id), str(row)))

@@ -1,7 +1,8 @@
-"""What a worker process holds for its whole life: settings, one Redis pool, one API client, stores.
+"""What a worker process holds for its whole life: settings, one Redis pool, an API client per key, stores.
 
-Created once per process (the worker's start, or the CLI's) and passed down; nothing below reads the
-environment again.
+Created once per process (the worker's start, or the CLI's) and passed down. Settings are read from
+the environment once, before; only the object-store library reads its own credential variables
+(``AWS_*``, ``GOOGLE_*``, ``AZURE_*``) when a store is first opened.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from kontext_batch.api.provider import KontextProvider, make_provider
-from kontext_batch.gate import Gate, SlotGate
+from kontext_batch.api.provider import KontextProvider, make_provider, output_formats_of
+from kontext_batch.budget import Budget
+from kontext_batch.errors import KeyNotHeld
+from kontext_batch.gate import SlotGate
+from kontext_batch.holders import Holders, KeyCaps, new_process_id
 from kontext_batch.keys import Keys
 from kontext_batch.manifest.staging import PayloadCache
 from kontext_batch.polling import PollPlanner
@@ -30,11 +34,12 @@ __all__ = ["Runtime", "Scheduler", "connect_redis"]
 
 
 class Scheduler(Protocol):
-    """Sends the next step of a job. Celery implements it; tests may record calls."""
+    """Sends the next step of a job to a worker holding key ``fp``. Celery implements it; tests may
+    record calls."""
 
-    def submit(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None: ...
+    def submit(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None: ...
 
-    def poll(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None: ...
+    def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None: ...
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -54,17 +59,24 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     scheduler: Scheduler
-    provider: KontextProvider
     keys: Keys = field(default_factory=Keys)
     planner: PollPlanner = field(default_factory=PollPlanner)
     payloads: PayloadCache = field(default_factory=PayloadCache)
+    #: A fixed provider for every key (tests inject one); None: one per held key, made on first use.
+    provider: KontextProvider | None = None
+    proc_id: str = field(default_factory=new_process_id)
+    _providers: dict[str, KontextProvider] = field(default_factory=dict, repr=False)
     _stores: dict[str, ObjectStore] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        self.gate = SlotGate(self.redis, self.keys, lease_s=self.settings.lease_s)
+        s = self.settings
+        self.gate = SlotGate(self.redis, self.keys, lease_s=s.lease_s, grace_s=s.step_grace_s)
         self.runs = RunStore(self.redis, self.keys)
-        self.submit_rate = SubmitRateLimiter(self.redis, self.keys.submit_rate, self.settings.submits_per_s)
+        self.holders = Holders(self.redis, self.keys)
+        self.budget = Budget(self.redis, self.keys)
+        self.submit_rate = SubmitRateLimiter(self.redis, self.keys.submit_rate, s.submits_per_s)
+        self.held = {k.fingerprint: k for k in s.held_keys}
 
     @classmethod
     def create(cls, settings: Settings, scheduler: Scheduler, *, provider: KontextProvider | None = None) -> Runtime:
@@ -73,21 +85,38 @@ class Runtime:
             settings=s,
             redis=connect_redis(s.effective_redis_url),
             scheduler=scheduler,
-            provider=provider or make_provider(s),
+            provider=provider,
             planner=PollPlanner.from_settings(s),
         )
 
-    def gate_for(self, endpoint: str) -> Gate:
-        return Gate(
-            fp=self.settings.api_key.fingerprint,
-            endpoint=endpoint,
-            cap=self.settings.cap_for(endpoint),
-            cap_total=self.settings.max_active,
-        )
+    def provider_for(self, fp: str) -> KontextProvider:
+        """The API client of one held key; raises KeyNotHeld for a key this process does not hold."""
+        if self.provider is not None:
+            return self.provider
+        with self._lock:
+            found = self._providers.get(fp)
+            if found is None:
+                key = self.held.get(fp)
+                if key is None:
+                    raise KeyNotHeld(f"this process holds no API key with fingerprint {fp}")
+                # One attempt per call: the pipeline reschedules retryable failures itself, so a step
+                # never stacks the client's retries on top of its own (and never sleeps in them).
+                found = self._providers[fp] = make_provider(self.settings, key.secret, retry=None)
+            return found
 
-    def gate_by_id(self, gate_id: str) -> Gate:
-        fp, _, endpoint = gate_id.partition("|")
-        return Gate(fp=fp, endpoint=endpoint, cap=self.settings.cap_for(endpoint), cap_total=self.settings.max_active)
+    @property
+    def output_formats(self) -> tuple[str, ...]:
+        """What ``output_format`` may ask the configured provider for."""
+        return output_formats_of(self.settings.provider)
+
+    def key_caps(self) -> dict[str, KeyCaps]:
+        """The caps of every held key, as this process announces them in its heartbeat."""
+        s = self.settings
+        return {fp: KeyCaps(s.cap_total(k), {**s.max_active_models, **k.caps}) for fp, k in self.held.items()}
+
+    def beat(self) -> None:
+        """Say this process is alive and holds its keys (a worker calls it about every second)."""
+        self.holders.beat(self.proc_id, self.key_caps())
 
     def store(self, url: str) -> ObjectStore:
         with self._lock:
@@ -96,5 +125,6 @@ class Runtime:
             return self._stores[url]
 
     def close(self) -> None:
-        self.provider.close()
+        for p in [*self._providers.values(), *([self.provider] if self.provider else [])]:
+            p.close()
         self.redis.close()

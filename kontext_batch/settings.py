@@ -4,6 +4,8 @@
 variable                       meaning                             default
 =============================  ==================================  ===============================
 KONTEXT_API_KEY                API key (x-key, or Bearer)          (none: required to run)
+KONTEXT_API_KEYS               more keys: a pool (list or file)    (none)
+KONTEXT_BUDGET                 credits a run may spend             (none: no limit)
 KONTEXT_API_BASE               global | eu | us | any http(s) URL  global (https://api.bfl.ai)
 KONTEXT_PROVIDER               bfl | reseller                      bfl
 KONTEXT_REDIS_URL              broker and run state                (embedded Redis for demo/--local;
@@ -17,7 +19,9 @@ KONTEXT_HTTP_TIMEOUT_S         per-request HTTP timeout            30
 KONTEXT_MAX_ATTEMPTS           attempts per API call / row step    6
 KONTEXT_RETRY_BASE_S           first backoff, doubled each time    0.5
 KONTEXT_RETRY_MAX_S            backoff ceiling                     30
-KONTEXT_LEASE_S                slot lease without a heartbeat      90
+KONTEXT_LEASE_S                slot lease safety net (leak guard)  90
+KONTEXT_STEP_GRACE_S           a due step's message late by this   15
+                               much is sent again
 KONTEXT_POLL_FIRST_S           first poll before any latency seen  0.5
 KONTEXT_POLL_MIN_S             shortest poll interval              0.25
 KONTEXT_POLL_MAX_S             longest poll interval               10
@@ -31,13 +35,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 from kontext_batch.errors import ConfigError
 from kontext_batch.secret import Secret
 
-__all__ = ["API_BASES", "DEFAULT_REDIS_URL", "Settings", "resolve_api_base"]
+__all__ = ["API_BASES", "DEFAULT_REDIS_URL", "ApiKey", "Settings", "parse_api_keys", "resolve_api_base"]
 
 API_BASES: Final[dict[str, str]] = {
     "global": "https://api.bfl.ai",
@@ -69,10 +74,66 @@ def _parse_caps(value: str) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """One API key and its own caps (None: the settings' defaults). ``repr`` shows only a mask."""
+
+    secret: Secret
+    max_active: int | None = None
+    caps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.secret.fingerprint
+
+    def entry(self) -> str:
+        """The line of a KONTEXT_API_KEYS file that gives this key back (holds the key: never log it)."""
+        opts = ([f"total={self.max_active}"] if self.max_active is not None else []) + [
+            f"{k}={v}" for k, v in self.caps.items()
+        ]
+        return " ".join([self.secret.reveal(), *opts])
+
+
+def parse_api_keys(value: str) -> tuple[ApiKey, ...]:
+    """KONTEXT_API_KEYS: a file path, or entries separated by commas or new lines.
+
+    An entry is a key, then optional caps of its own: ``KEY total=12 flux-kontext-max=3``. Lines
+    starting with ``#`` are comments. Error messages never repeat a key.
+    """
+    text = value
+    candidate = Path(value.strip()).expanduser() if "\n" not in value and "," not in value else None
+    if candidate is not None and candidate.is_file():
+        text = candidate.read_text(encoding="utf-8")
+    keys: list[ApiKey] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(text.replace(",", "\n").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        secret, *opts = line.split()
+        total: int | None = None
+        caps: dict[str, int] = {}
+        for opt in opts:
+            name, sep, num = opt.partition("=")
+            if not sep or not num.isdigit() or int(num) < 1:
+                raise ConfigError(f"KONTEXT_API_KEYS entry {n}: caps look like 'total=24' or 'flux-kontext-max=6'")
+            if name == "total":
+                total = int(num)
+            else:
+                caps[name] = int(num)
+        key = ApiKey(Secret(secret), total, caps)
+        if key.fingerprint not in seen:
+            seen.add(key.fingerprint)
+            keys.append(key)
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything configurable. Build with :meth:`from_env`; ``repr`` never shows the key."""
 
     api_key: Secret = field(default_factory=lambda: Secret(""))
+    api_keys: tuple[ApiKey, ...] = ()
+    budget_credits: float | None = None
     api_base: str = API_BASES["global"]
     provider: str = "bfl"
     redis_url: str | None = None
@@ -86,6 +147,7 @@ class Settings:
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
     lease_s: float = 90.0
+    step_grace_s: float = 15.0
     poll_first_s: float = 0.5
     poll_min_s: float = 0.25
     poll_max_s: float = 10.0
@@ -115,6 +177,8 @@ class Settings:
         caps_raw = env.get("KONTEXT_MAX_ACTIVE_MODELS")
         return cls(
             api_key=Secret(env.get("KONTEXT_API_KEY", "").strip()),
+            api_keys=parse_api_keys(env.get("KONTEXT_API_KEYS", "")),
+            budget_credits=num("KONTEXT_BUDGET", 0.0) if env.get("KONTEXT_BUDGET", "").strip() else None,
             api_base=resolve_api_base(env.get("KONTEXT_API_BASE", d.api_base)),
             provider=provider,
             redis_url=env.get("KONTEXT_REDIS_URL") or None,
@@ -128,6 +192,7 @@ class Settings:
             retry_base_s=num("KONTEXT_RETRY_BASE_S", d.retry_base_s),
             retry_max_s=num("KONTEXT_RETRY_MAX_S", d.retry_max_s),
             lease_s=num("KONTEXT_LEASE_S", d.lease_s, minimum=1.0),
+            step_grace_s=num("KONTEXT_STEP_GRACE_S", d.step_grace_s, minimum=1.0),
             poll_first_s=num("KONTEXT_POLL_FIRST_S", d.poll_first_s, minimum=0.01),
             poll_min_s=num("KONTEXT_POLL_MIN_S", d.poll_min_s, minimum=0.01),
             poll_max_s=num("KONTEXT_POLL_MAX_S", d.poll_max_s, minimum=0.01),
@@ -135,9 +200,28 @@ class Settings:
             log_level=env.get("KONTEXT_LOG_LEVEL", d.log_level).upper(),
         )
 
-    def cap_for(self, endpoint: str) -> int:
+    def cap_for(self, endpoint: str, key: ApiKey | None = None) -> int:
         """Active-task cap for one endpoint: its own cap, never above the account-wide one."""
-        return min(self.max_active_models.get(endpoint, self.max_active), self.max_active)
+        total = self.cap_total(key)
+        own = key.caps.get(endpoint) if key is not None else None
+        return min(own or self.max_active_models.get(endpoint, total), total)
+
+    def cap_total(self, key: ApiKey | None = None) -> int:
+        """Active-task cap of one key over all endpoints."""
+        return key.max_active if key is not None and key.max_active is not None else self.max_active
+
+    @property
+    def held_keys(self) -> tuple[ApiKey, ...]:
+        """Every key this process holds: KONTEXT_API_KEY and KONTEXT_API_KEYS, each once."""
+        by_fp: dict[str, ApiKey] = {}
+        for key in self.api_keys + ((ApiKey(self.api_key),) if self.api_key else ()):
+            by_fp.setdefault(key.fingerprint, key)
+        return tuple(by_fp.values())
+
+    @property
+    def run_keys(self) -> tuple[ApiKey, ...]:
+        """The keys a run started here is bound to: the pool KONTEXT_API_KEYS, else KONTEXT_API_KEY."""
+        return self.api_keys or ((ApiKey(self.api_key),) if self.api_key else ())
 
     @property
     def effective_redis_url(self) -> str:
@@ -159,6 +243,7 @@ class Settings:
         """The environment that reproduces these settings in a child process (a worker we start)."""
         out = {
             "KONTEXT_API_KEY": self.api_key.reveal(),
+            "KONTEXT_API_KEYS": "\n".join(k.entry() for k in self.api_keys),
             "KONTEXT_API_BASE": self.api_base,
             "KONTEXT_PROVIDER": self.provider,
             "KONTEXT_OUTPUT": self.output,
@@ -173,4 +258,6 @@ class Settings:
                 out[f"KONTEXT_{f.name.upper()}"] = str(getattr(self, f.name))
         if self.redis_url:
             out["KONTEXT_REDIS_URL"] = self.redis_url
+        if self.budget_credits is not None:
+            out["KONTEXT_BUDGET"] = str(self.budget_credits)
         return out

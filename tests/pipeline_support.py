@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kontext_batch.api.provider import make_provider
 from kontext_batch.dispatch import dispatch
+from kontext_batch.gate import Pool
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
 from kontext_batch.pipeline import poll_job, submit_job
@@ -36,10 +36,10 @@ class InlineScheduler:
         for _ in range(2 if self.duplicate else 1):
             heapq.heappush(self.queue, (time.monotonic() + countdown_s, next(self._seq), kind, ref, token))
 
-    def submit(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None:
+    def submit(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
         self._push("submit", ref, token, countdown_s)
 
-    def poll(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None:
+    def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
         n = self._polls.get(ref, 0)
         self._polls[ref] = n + 1
         self._push("poll", ref, token, countdown_s + self.extra_poll_delay(ref, n))
@@ -53,37 +53,40 @@ class InlineScheduler:
             if time.monotonic() > deadline:
                 raise TimeoutError("inline pipeline did not finish")
             time.sleep(max(0.0, due - time.monotonic()))
+            rt.beat()  # this process is the live holder of the test's key
             (submit_job if kind == "submit" else poll_job)(rt, ref, token)
             ran += 1
         return ran
 
 
 def inline_runtime(settings: Settings, scheduler: InlineScheduler) -> Runtime:
-    return Runtime(
+    rt = Runtime(
         settings=settings,
         redis=connect_redis(settings.effective_redis_url),
         scheduler=scheduler,
-        provider=make_provider(settings),
         planner=PollPlanner.from_settings(settings),
     )
+    rt.beat()
+    return rt
 
 
 def start_specs(rt: Runtime, run_id: str, output: str, specs: list[JobSpec]) -> None:
     """Register a run of ready-made specs and queue them, as runner.start_run would."""
+    pool = Pool.of([rt.settings.api_key.fingerprint])
     meta = {
         "id": run_id,
         "output": output,
         "total": len(specs),
         "status": "running",
         "extra_columns": [],
-        "fp": rt.settings.api_key.fingerprint,
+        "pool": pool.id,
     }
+    rt.gate.register_pool(pool)
     rt.runs.register(run_id, meta)
     rt.runs.put_rows(run_id, [(s.row, s.to_json()) for s in specs])
     for endpoint in {s.endpoint for s in specs}:
-        gate = rt.gate_for(endpoint)
-        rt.gate.enqueue(gate, [job_ref(run_id, s.row) for s in specs if s.endpoint == endpoint])
-        dispatch(rt, gate)
+        rt.gate.enqueue(pool.id, endpoint, [job_ref(run_id, s.row) for s in specs if s.endpoint == endpoint])
+        dispatch(rt, pool.id, endpoint)
 
 
 def text_specs(n: int, endpoint: str = "flux-kontext-pro", **params: object) -> list[JobSpec]:

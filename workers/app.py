@@ -18,7 +18,7 @@ from celery import Celery
 from kombu import Queue
 
 from kontext_batch.settings import Settings
-from workers.queues import ALL_QUEUES, POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK
+from workers.queues import ALL_QUEUES, POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK, key_queues
 
 __all__ = ["CelerySchedule", "app", "configure"]
 
@@ -27,6 +27,7 @@ app = Celery("kontext_batch", include=["tasks.submit", "tasks.poll"])
 
 def configure(settings: Settings) -> Celery:
     """Point the app at the settings' Redis and apply the worker defaults above."""
+    held_queues = [q for k in settings.held_keys for q in key_queues(k.fingerprint)]
     app.conf.update(
         broker_url=settings.effective_redis_url,
         broker_transport="workers.broker:Transport",
@@ -43,7 +44,7 @@ def configure(settings: Settings) -> Celery:
         worker_concurrency=32,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        task_queues=[Queue(q) for q in ALL_QUEUES],
+        task_queues=[Queue(q) for q in (*ALL_QUEUES, *held_queues)],
         task_default_queue=SUBMIT_QUEUE,
         task_routes={SUBMIT_TASK: {"queue": SUBMIT_QUEUE}, POLL_TASK: {"queue": POLL_QUEUE}},
         enable_utc=True,
@@ -53,7 +54,7 @@ def configure(settings: Settings) -> Celery:
 
 class CelerySchedule:
     """The pipeline's :class:`~kontext_batch.runtime.Scheduler`: task messages carry only a job ref
-    and its fencing token, never a key or a row's data."""
+    and its fencing token, never a key or a row's data; they go to the queues of the job's key."""
 
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
@@ -64,8 +65,8 @@ class CelerySchedule:
             opts["countdown"] = round(countdown_s, 3)
         self.celery.send_task(name, args=[ref, token], **opts)
 
-    def submit(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None:
-        self._send(SUBMIT_TASK, SUBMIT_QUEUE, ref, token, countdown_s)
+    def submit(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
+        self._send(SUBMIT_TASK, key_queues(fp)[0], ref, token, countdown_s)
 
-    def poll(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None:
-        self._send(POLL_TASK, POLL_QUEUE, ref, token, countdown_s)
+    def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
+        self._send(POLL_TASK, key_queues(fp)[1], ref, token, countdown_s)

@@ -1,7 +1,10 @@
 """Per-process state of a worker: the runtime (created once) and the sweeper thread.
 
-The sweeper runs in every worker: each second it re-drives jobs whose worker went quiet and fills
-free slots. It is idempotent (Lua scripts), so several workers sweeping at once is harmless.
+Two threads run in every worker. The heartbeat says, about every second, that this process is alive
+and which API keys it holds (only then do its keys take rows, and its jobs keep their slots). The
+sweeper, each second, re-drives jobs whose holder died or whose message is overdue, fills free
+slots, and finalizes complete runs. It is idempotent (Lua scripts), so several workers sweeping at
+once is harmless.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from celery import signals
 
+from kontext_batch.holders import BEAT_S
 from kontext_batch.pipeline import sweep
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
@@ -43,6 +47,15 @@ def get_runtime() -> Runtime:
     return _runtime
 
 
+def _heartbeat() -> None:
+    # Its own thread: a slow sweep must never make this process look dead and lose its slots.
+    while not _stop.wait(BEAT_S):
+        try:
+            get_runtime().beat()
+        except Exception:  # Redis restarting: the next beat tries again
+            log.warning("heartbeat failed; trying again in %.0f s", BEAT_S, exc_info=True)
+
+
 def _sweeper() -> None:
     while not _stop.wait(SWEEP_INTERVAL_S):
         try:
@@ -53,10 +66,17 @@ def _sweeper() -> None:
 
 @signals.worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
-    get_runtime()
+    rt = get_runtime()
+    rt.beat()
+    threading.Thread(target=_heartbeat, name="kontext-heartbeat", daemon=True).start()
     threading.Thread(target=_sweeper, name="kontext-sweeper", daemon=True).start()
 
 
 @signals.worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     _stop.set()
+    if _runtime is not None:
+        try:
+            _runtime.holders.leave(_runtime.proc_id, _runtime.held)
+        except Exception:
+            log.debug("could not leave the holders' sets", exc_info=True)

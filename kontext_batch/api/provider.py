@@ -10,7 +10,7 @@ reseller    :class:`ResellerClient`          the reseller's API root (``.../v1``
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Final, Literal, Protocol, runtime_checkable
 
 import httpx
 
@@ -19,9 +19,10 @@ from kontext_batch.api.models import KontextRequest, PollResult, Sample, Task
 from kontext_batch.api.reseller import ResellerClient
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import ConfigError
+from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 
-__all__ = ["KontextProvider", "make_provider"]
+__all__ = ["KontextProvider", "make_provider", "output_formats_of"]
 
 
 @runtime_checkable
@@ -46,19 +47,37 @@ class KontextProvider(Protocol):
     def close(self) -> None: ...
 
 
-def make_provider(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> KontextProvider:
-    """The provider ``settings.provider`` names, with its base, key, timeout and retry policy.
+_PROVIDERS: Final[dict[str, type[KontextClient | ResellerClient]]] = {"bfl": KontextClient, "reseller": ResellerClient}
+
+
+def _provider_class(name: str) -> type[KontextClient | ResellerClient]:
+    cls = _PROVIDERS.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown provider {name!r}: use bfl or reseller")
+    return cls
+
+
+def output_formats_of(name: str) -> tuple[str, ...]:
+    """The ``output_format`` values provider ``name`` accepts."""
+    return _provider_class(name).output_formats
+
+
+def make_provider(
+    settings: Settings,
+    key: Secret | None = None,
+    *,
+    retry: RetryPolicy | Literal["settings"] | None = "settings",
+    transport: httpx.BaseTransport | None = None,
+) -> KontextProvider:
+    """The provider ``settings.provider`` names, with its base, timeout and ``key`` (default: the
+    settings' key). ``retry``: the settings' policy by default; None for one attempt per call.
 
     Raises ConfigError for an unknown provider or a missing key.
     """
-    providers: dict[str, type[KontextClient | ResellerClient]] = {"bfl": KontextClient, "reseller": ResellerClient}
-    cls = providers.get(settings.provider)
-    if cls is None:
-        raise ConfigError(f"unknown provider {settings.provider!r}: use bfl or reseller")
-    return cls(
-        settings.api_key,
+    return _provider_class(settings.provider)(
+        key if key is not None else settings.api_key,
         settings.api_base,
         timeout_s=settings.http_timeout_s,
-        retry=RetryPolicy.from_settings(settings),
+        retry=RetryPolicy.from_settings(settings) if retry == "settings" else retry,
         transport=transport,
     )

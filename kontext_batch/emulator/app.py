@@ -11,6 +11,7 @@ route                                       what
 ``GET /delivery/results/{id}/sample.EXT``   signed, expiring sample download
 ``GET /_emulator/stats``                    counters, per-key block ``keys``, per-task records
 ``POST /_emulator/credits|faults|reset``    admin: set a key's credits, replace fault rates, reset
+``POST /_emulator/revoke``                   admin: refuse a key (403) from now on
 ==========================================  ===================================================
 """
 
@@ -44,6 +45,10 @@ def _azure_error(code: str, message: str, status: int = 403) -> Response:
 class CreditsUpdate(BaseModel):
     key: str
     credits: float | None
+
+
+class KeyRevoke(BaseModel):
+    key: str
 
 
 def create_app(config: EmulatorConfig | None = None) -> FastAPI:
@@ -112,6 +117,11 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
     @app.post("/_emulator/credits")
     async def set_credits(update: CreditsUpdate) -> dict[str, Any]:
         runtime.state.set_credits(update.key, update.credits)
+        return {"ok": True}
+
+    @app.post("/_emulator/revoke")
+    async def revoke(update: KeyRevoke) -> dict[str, Any]:
+        runtime.state.revoke(update.key)
         return {"ok": True}
 
     @app.post("/_emulator/faults")

@@ -204,6 +204,10 @@ class Emulator:
     def set_credits(self, key: str, credits: float | None) -> None:
         self._admin().post("/_emulator/credits", json={"key": key, "credits": credits}).raise_for_status()
 
+    def revoke(self, key: str) -> None:
+        """Refuse ``key`` with 403 from now on."""
+        self._admin().post("/_emulator/revoke", json={"key": key}).raise_for_status()
+
     def set_faults(self, faults: dict[str, float]) -> None:
         self._admin().post("/_emulator/faults", json=faults).raise_for_status()
 

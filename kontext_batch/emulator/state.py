@@ -158,6 +158,7 @@ class EmulatorState:
         self.active: dict[str, Counter[str]] = _nested_counts()
         self.peak: dict[str, Counter[str]] = _nested_counts()
         self.credits: dict[str, float | None] = {}
+        self.revoked: set[str] = set()
         self.keys: dict[str, KeyCounters] = {fp: KeyCounters() for fp in sorted(self._allowed)}
         self.submits = self.rejected_429 = self.rejected_402 = self.polls = self.downloads = 0
         self.webhooks_sent = self.webhooks_failed = 0
@@ -175,7 +176,7 @@ class EmulatorState:
         if not key:
             return None
         fp = fingerprint(key)
-        if self._allowed and fp not in self._allowed:
+        if (self._allowed and fp not in self._allowed) or fp in self.revoked:
             return None
         return fp
 
@@ -191,6 +192,10 @@ class EmulatorState:
     def key(self, fp: str) -> KeyCounters:
         """The key's counters, created on first use (any key is accepted when api_keys is empty)."""
         return self.keys.setdefault(fp, KeyCounters())
+
+    def revoke(self, key: str) -> None:
+        """From now on the key is refused (403), as the real API refuses a key deleted mid-run."""
+        self.revoked.add(fingerprint(key))
 
     def set_credits(self, key: str, credits: float | None) -> None:
         self.credits[fingerprint(key)] = credits

@@ -1,0 +1,82 @@
+"""A run's spending limit: every submit reserves its price first, so no submit pushes spend past it.
+
+Per run, in credits: ``budget`` (absent: no limit), ``spent`` (what the API reported, or the price
+table's figure for a task that reported nothing) and ``reserved`` (submits under way and tasks whose
+cost is not known yet). A reservation succeeds only while ``spent + reserved + price <= budget``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import redis
+
+from kontext_batch.keys import Keys
+from kontext_batch.redisio import decode
+
+__all__ = ["Budget", "Spend"]
+
+# KEYS: budget hash. ARGV: price. Returns 1 when reserved.
+_RESERVE: Final = """
+local budget = redis.call('HGET', KEYS[1], 'budget')
+local price = tonumber(ARGV[1])
+if budget then
+  local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+  if spent + reserved + price > tonumber(budget) + 1e-9 then return 0 end
+end
+redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', price)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Spend:
+    """A run's credits: its budget (None: none), spent and reserved."""
+
+    budget: float | None
+    spent: float
+    reserved: float
+
+    @property
+    def left(self) -> float | None:
+        return None if self.budget is None else self.budget - self.spent - self.reserved
+
+
+class Budget:
+    """Reservations against each run's budget in Redis. Thread-safe."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+        self._reserve = r.register_script(_RESERVE)
+
+    def set(self, run_id: str, budget: float | None) -> None:
+        if budget is None:
+            self.r.hdel(self.keys.budget(run_id), "budget")
+        else:
+            self.r.hset(self.keys.budget(run_id), "budget", str(budget))
+
+    def reserve(self, run_id: str, price: float) -> bool:
+        """Hold ``price`` credits for one submit; False when that would go past the budget."""
+        return bool(self._reserve(keys=[self.keys.budget(run_id)], args=[str(price)]))
+
+    def settle(self, run_id: str, reserved: float, spent: float) -> None:
+        """A reservation of ``reserved`` became a cost of ``spent`` (0 when no task was created)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrbyfloat(self.keys.budget(run_id), "reserved", -reserved)
+        if spent:
+            pipe.hincrbyfloat(self.keys.budget(run_id), "spent", spent)
+        pipe.execute()
+
+    def spend(self, run_id: str) -> Spend:
+        raw = {decode(k): decode(v) for k, v in self.r.hgetall(self.keys.budget(run_id)).items()}
+        return Spend(
+            float(raw["budget"]) if "budget" in raw else None,
+            round(float(raw.get("spent", 0)), 4),
+            round(max(0.0, float(raw.get("reserved", 0))), 4),
+        )
+
+    def delete(self, run_id: str) -> None:
+        self.r.delete(self.keys.budget(run_id))

@@ -8,11 +8,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
+from kontext_batch.manifest.model import RESULTS_NAME
 from kontext_batch.runs import RunStore
 
 __all__ = ["COLUMNS", "RESULTS_NAME", "render_results", "results_rows"]
 
-RESULTS_NAME: Final = "results.csv"
 COLUMNS: Final = (
     "row",
     "id",

@@ -131,7 +131,7 @@ def check_object_name(name: str) -> str:
     bad = _BAD_CHARS_RE.search(name)
     if bad:
         raise ValueError(f"object name must not contain {bad.group()!r}: {name!r}")
-    if not name.isascii():
+    if not name.isprintable():  # C-speed pre-check: every refused category is non-printable
         for ch in name:
             if unicodedata.category(ch) in _BAD_CATEGORIES:
                 raise ValueError(

@@ -165,6 +165,7 @@ def test_every_cc_and_cf_character_is_refused() -> None:
         "d" * 256 + "/x.png",
         "\u00e9" * 130 + ".png",  # 264 bytes in 134 characters
         "a" * 247 + ".png",  # 251 bytes: its sidecar staged locally would need 258
+        "/".join(["d" * 200] * 5) + "/" + "x" * 16,  # 1021 bytes; its sidecar would be 1026
     ],
 )
 def test_a_segment_too_long_for_a_file_system_is_refused(tmp_path: Path, name: str) -> None:

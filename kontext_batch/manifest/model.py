@@ -22,7 +22,7 @@ from kontext_batch.api.models import (
     endpoint_for_model,
 )
 from kontext_batch.errors import RequestInvalid
-from kontext_batch.storage import check_object_name
+from kontext_batch.storage import MAX_FILE_NAME_BYTES, MAX_NAME_BYTES, check_object_name
 
 __all__ = [
     "COLUMNS",
@@ -118,10 +118,17 @@ def render_output_name(template: str, cells: Mapping[str, str], **named: str | i
             raise ValueError(f"bad format {{{name}:{spec}}} in {template!r}: {exc}") from None
     rendered = "".join(out)
     check_object_name(rendered)
-    try:
-        check_object_name(rendered + SIDECAR_SUFFIX)
-    except ValueError as exc:
-        raise ValueError(f"its sidecar {rendered + SIDECAR_SUFFIX!r} cannot be stored: {exc}") from None
+    # The sidecar differs only in length: check that without a second full pass.
+    size = len(rendered.encode("utf-8")) + len(SIDECAR_SUFFIX)
+    if size > MAX_FILE_NAME_BYTES and (
+        size > MAX_NAME_BYTES
+        or len(rendered.rpartition("/")[2].encode("utf-8")) + len(SIDECAR_SUFFIX) > MAX_FILE_NAME_BYTES
+    ):
+        limit = MAX_FILE_NAME_BYTES - len(SIDECAR_SUFFIX)
+        raise ValueError(
+            f"{rendered!r} is too long for its sidecar {SIDECAR_SUFFIX!r} to be stored: a file name at most "
+            f"{limit} bytes, the whole name at most {MAX_NAME_BYTES - len(SIDECAR_SUFFIX)} bytes"
+        )
     top = fold_name(rendered.split("/", 1)[0])
     if top in _RESERVED_FOLDED:
         what = "staged input images" if top == INPUTS_FOLDER else "the run's own files"

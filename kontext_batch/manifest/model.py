@@ -69,6 +69,7 @@ RESERVED_NAMES: Final = (RESULTS_NAME, GALLERY_NAME, INPUTS_FOLDER)
 SIDECAR_SUFFIX: Final = ".json"
 _PLACEHOLDER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_FOLDED: Final = {n.lower(): n for n in RESERVED_NAMES}
+_RESERVED_MAX_CHARS: Final = max(len(n) for n in RESERVED_NAMES)
 
 
 def resolve_model(value: str) -> str:
@@ -129,8 +130,9 @@ def render_output_name(template: str, cells: Mapping[str, str], **named: str | i
             f"{rendered!r} is too long for its sidecar {SIDECAR_SUFFIX!r} to be stored: a file name at most "
             f"{limit} bytes, the whole name at most {MAX_NAME_BYTES - len(SIDECAR_SUFFIX)} bytes"
         )
-    top = fold_name(rendered.split("/", 1)[0])
-    if top in _RESERVED_FOLDED:
+    top = rendered.split("/", 1)[0]
+    # Folding never makes a name shorter, so only a short first segment can fold to a reserved one.
+    if len(top) <= _RESERVED_MAX_CHARS and (top := fold_name(top)) in _RESERVED_FOLDED:
         what = "staged input images" if top == INPUTS_FOLDER else "the run's own files"
         raise ValueError(f"{rendered!r}: {_RESERVED_FOLDED[top]!r} is reserved for {what}")
     return rendered

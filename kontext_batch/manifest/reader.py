@@ -6,8 +6,8 @@ but keep their number. File-level problems (no rows, no prompt column, a ;-separ
 duplicate column names) raise :class:`~kontext_batch.errors.ManifestError` with one RowError whose
 ``row`` is 0 and ``field`` is ``<file>``.
 
-Memory: one row at a time, plus the set of ids and output names seen (to report duplicates),
-about 200 bytes per row (~215 MB for 1,000,000 rows).
+Memory: one row at a time, plus the ids seen and the output names and folders claimed (folded
+keys, to report clashes): about 200 bytes per row, 100 more when every row has its own folder.
 """
 
 from __future__ import annotations

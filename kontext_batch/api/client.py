@@ -42,6 +42,7 @@ class KontextClient(ClientBase):
     """
 
     name: str = "bfl"
+    output_formats: tuple[str, ...] = ("jpeg", "png", "webp")
 
     def __init__(
         self,

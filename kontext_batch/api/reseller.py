@@ -74,6 +74,7 @@ class ResellerClient(ClientBase):
     """
 
     name: str = "reseller"
+    output_formats: tuple[str, ...] = ("jpeg", "png")
 
     def __init__(
         self,

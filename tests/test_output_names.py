@@ -88,6 +88,12 @@ def test_a_name_that_is_a_folder_of_another_is_refused(tmp_path: Path, names: li
     assert_clash(tmp_path, names, row=2, earlier=1)
 
 
+def test_the_message_names_the_folder_as_written(tmp_path: Path) -> None:
+    errors = errors_for(tmp_path, ["a/STRASSE", "a/stra\u00dfe/y.png"])
+    assert [(e.row, e.field) for e in errors] == [(2, "output_name")]
+    assert "its folder 'a/stra\u00dfe' is the same file as the output of row 1" in errors[0].msg
+
+
 @pytest.mark.parametrize(
     "names",
     [

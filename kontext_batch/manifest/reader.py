@@ -194,13 +194,14 @@ class _Context:
         for mine, what in ((key, repr(name)), (side, f"its sidecar {name + SIDECAR_SUFFIX!r}")):
             row = self.folders.get(mine)
             if row is not None:
-                return f"{what} is a folder of the output of row {row}{_FOLD_HINT}"
-        end = key.find("/")
+                return f"{what} is a folder in the output name of row {row}{_FOLD_HINT}"
+        end, depth = key.find("/"), 1
         while end != -1:
             hit = self._owner(key[:end])
             if hit is not None:
-                return f"its folder {name[:end]!r} is the same file as the {hit[1]} of row {hit[0]}{_FOLD_HINT}"
-            end = key.find("/", end + 1)
+                folder = "/".join(name.split("/")[:depth])  # folding may change lengths, never slashes
+                return f"its folder {folder!r} is the same file as the {hit[1]} of row {hit[0]}{_FOLD_HINT}"
+            end, depth = key.find("/", end + 1), depth + 1
         return None
 
     def claim(self, key: str, row: int) -> None:

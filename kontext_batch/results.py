@@ -1,4 +1,15 @@
-"""The results file: one line per manifest row, in manifest order, then the manifest's extra columns."""
+"""The results file: one line per manifest row, in manifest order, then the manifest's extra columns.
+
+People open it in Excel, LibreOffice or Google Sheets, which run a cell that starts with ``=``,
+``+``, ``-`` or ``@`` (or a tab or CR before one) as a formula: a prompt or an id such as
+``=HYPERLINK(...)`` or ``+cmd|...`` would run on the reader's machine. Following OWASP's advice on
+CSV injection, every such cell (any column, the header and the manifest's extra columns included)
+is written with a leading single quote ``'``, which spreadsheets show as text; ``-2`` becomes
+``'-2``. Only this file is escaped: the sidecars and Redis keep the exact text.
+
+Lines end with CRLF (RFC 4180) so that the csv module quotes a cell holding a lone CR; with a
+``\n`` terminator it writes such a cell bare, and readers split the row there.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +19,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
+from kontext_batch.manifest.model import RESULTS_NAME
 from kontext_batch.runs import RunStore
 
-__all__ = ["COLUMNS", "RESULTS_NAME", "render_results", "results_rows"]
+__all__ = ["COLUMNS", "FORMULA_STARTS", "RESULTS_NAME", "render_results", "results_rows"]
 
-RESULTS_NAME: Final = "results.csv"
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 COLUMNS: Final = (
     "row",
     "id",
@@ -31,6 +44,12 @@ COLUMNS: Final = (
     "finished_at",
     "duration_s",
 )
+
+
+def _cell(value: Any) -> str:
+    """``value`` as the spreadsheet should see it: text that would start a formula gets a ``'`` first."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def _iso(ts: Any) -> str:
@@ -69,16 +88,16 @@ def results_rows(runs: RunStore, run_id: str) -> tuple[list[str], Any]:
                 "duration_s": res.get("duration_s", ""),
             }
             extra = spec.get("extra") or res.get("extra") or {}
-            yield [line[c] for c in COLUMNS] + [extra.get(c, "") for c in extra_cols]
+            yield [_cell(line[c]) for c in COLUMNS] + [_cell(extra.get(c, "")) for c in extra_cols]
 
-    return [*COLUMNS, *extra_cols], gen()
+    return [_cell(c) for c in (*COLUMNS, *extra_cols)], gen()
 
 
 def render_results(runs: RunStore, run_id: str, out: TextIO | None = None) -> str:
     """Write the CSV to ``out`` (returns "") or return it as a string."""
     buf = io.StringIO()
     header, rows = results_rows(runs, run_id)
-    w = csv.writer(out if out is not None else buf, lineterminator="\n")
+    w = csv.writer(out if out is not None else buf, lineterminator="\r\n")
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()

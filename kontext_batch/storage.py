@@ -34,6 +34,7 @@ import mimetypes
 import os
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -70,6 +71,9 @@ __all__ = [
 #: Schemes that name an object store (as opposed to a local path or an http(s) URL).
 CLOUD_SCHEMES: Final = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "adl")
 MAX_NAME_BYTES: Final = 1024  # S3's key limit; the strictest of the backends
+MAX_SEGMENT_BYTES: Final = 255  # a file or folder name on ext4, APFS, NTFS (in UTF-16 units there)
+# A local write stages the file as ``NAME#N`` beside it (N counts up from 1); leave room for "#NN".
+MAX_FILE_NAME_BYTES: Final = MAX_SEGMENT_BYTES - 3
 # obstore retries 5xx/timeouts itself; keep its budget short so our own retry policy (which
 # counts attempts and records them) stays in charge of long outages.
 _RETRY: Final[RetryConfig] = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
@@ -85,6 +89,8 @@ _TRANSIENT_MARKERS: Final = (
     "reset by peer",
 )
 _BAD_CHARS_RE: Final = re.compile(r"[\x00-\x1f\x7f\\#?]")
+# Invisible characters that make one name look like another (U+202E shows "gnp.exe" as "exe.png").
+_BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _CLOUD_ENV_PREFIXES: Final = ("AWS_", "GOOGLE_", "AZURE_")
 _MEMORY = MemoryStore()  # the one process-local memory store; namespaces are key prefixes
 
@@ -113,8 +119,10 @@ def check_object_name(name: str) -> str:
     """Return ``name`` if it is a safe relative object name; raise ValueError saying why not.
 
     Refused: empty names, absolute paths, ``..`` or ``.`` segments, empty segments (``a//b``, a
-    trailing ``/``), backslashes, control characters, ``#`` and ``?`` (they break URIs and obstore's
-    local staging files), and names over 1024 UTF-8 bytes.
+    trailing ``/``), backslashes, ``#`` and ``?`` (they break URIs and obstore's local staging
+    files), control and format characters (Unicode Cc and Cf: bidi overrides and isolates,
+    zero-width characters; and the line and paragraph separators), names over 1024 UTF-8 bytes,
+    folder names over 255 bytes and file names (the last segment) over 252 bytes.
     """
     if not name:
         raise ValueError("object name is empty")
@@ -123,13 +131,29 @@ def check_object_name(name: str) -> str:
     bad = _BAD_CHARS_RE.search(name)
     if bad:
         raise ValueError(f"object name must not contain {bad.group()!r}: {name!r}")
-    for seg in name.split("/"):
+    if not name.isprintable():  # C-speed pre-check: every refused category is non-printable
+        for ch in name:
+            if unicodedata.category(ch) in _BAD_CATEGORIES:
+                raise ValueError(
+                    f"object name must not contain the invisible character U+{ord(ch):04X} "
+                    f"({unicodedata.name(ch, 'control')}): {name!r}"
+                )
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(f"object name is longer than {MAX_NAME_BYTES} bytes")
+    segments = name.split("/")
+    for i, seg in enumerate(segments, start=1):
         if seg == "":
             raise ValueError(f"object name has an empty path segment: {name!r}")
         if seg in (".", ".."):
             raise ValueError(f"object name must not contain {seg!r} segments: {name!r}")
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        raise ValueError(f"object name is longer than {MAX_NAME_BYTES} bytes")
+        if size <= MAX_FILE_NAME_BYTES:
+            continue  # no segment can be too long (the common case: no encoding per segment)
+        limit = MAX_FILE_NAME_BYTES if i == len(segments) else MAX_SEGMENT_BYTES
+        seg_size = len(seg.encode("utf-8"))
+        if seg_size > limit:
+            what = "file name" if i == len(segments) else "folder name"
+            raise ValueError(f"{what} {seg[:20]!r}... is {seg_size} bytes, more than the {limit} allowed")
     return name
 
 

@@ -299,7 +299,22 @@ def test_image_columns_must_be_filled_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["../escape.png", "a/../../b.png", "/etc/x.png", "a\\b.png", "a//b.png", "_inputs/x.png", "{nope}.png"]
+    "name",
+    [
+        "../escape.png",
+        "a/../../b.png",
+        "/etc/x.png",
+        "a\\b.png",
+        "a//b.png",
+        "_inputs/x.png",
+        "{nope}.png",
+        "results.csv",
+        "gallery.html",
+        "_INPUTS/x.png",
+        "a" * 300 + ".png",
+        "invoice\u202egnp.png",
+        "zero\u200bwidth.png",
+    ],
 )
 def test_unsafe_output_names(tmp_path: Path, name: str) -> None:
     assert located(row_errors(write(tmp_path, f'prompt,output_name\nx,"{name}"\n'))) == {(1, "output_name")}
@@ -309,6 +324,17 @@ def test_two_rows_writing_one_object(tmp_path: Path) -> None:
     text = "id,prompt,output_name\na,x,same.png\nb,y,other.png\nc,z,same.png\n"
     errors = row_errors(write(tmp_path, text))
     assert located(errors) == {(3, "output_name")}
+    assert "row 1" in errors[0].msg
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("x.png", "x.png.json"), ("Shoe.png", "shoe.PNG"), ("caf\u00e9.png", "cafe\u0301.png"), ("dir", "dir/y.png")],
+)
+def test_two_rows_writing_one_file_under_different_names(tmp_path: Path, names: tuple[str, str]) -> None:
+    text = "id,prompt,output_name\n" + "".join(f"r{i},x,{n}\n" for i, n in enumerate(names))
+    errors = row_errors(write(tmp_path, text))
+    assert located(errors) == {(2, "output_name")}
     assert "row 1" in errors[0].msg
 
 

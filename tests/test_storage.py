@@ -137,16 +137,64 @@ def test_one_handle_shared_by_threads(store: ObjectStore) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["..", "../a", "a/..", "./a", "/abs", "C:/x", "a\\b", "a//b", "a/", "x\ny", "x\ty", "a#1", "a?b", "é" * 600],
+    [
+        "..",
+        "../a",
+        "a/..",
+        "./a",
+        "/abs",
+        "C:/x",
+        "a\\b",
+        "a//b",
+        "a/",
+        "x\ny",
+        "x\ty",
+        "a#1",
+        "a?b",
+        "/".join(["é" * 120] * 5),  # 1204 bytes
+        "x" * 253,  # a file name: staged locally as NAME#1, 255 bytes is too long
+        "d" * 256 + "/x.png",  # a folder name
+        "é" * 128 + "/x.png",  # a folder name of 128 characters, 256 bytes
+        "invoice\u202egnp.png",  # right-to-left override: shows as invoicepng.exe-style lies
+        "a\u2066b",
+        "a\u200bb",
+        "a\u0085b",
+        "a\ufeffb",
+        "a\u2028b",
+    ],
 )
 def test_check_object_name_refuses(name: str) -> None:
     with pytest.raises(ValueError):
         check_object_name(name)
 
 
-@pytest.mark.parametrize("name", ["a.png", "run/1/out put.png", "ü/日本.webp", "a..b.png", ".hidden", "x" * 1000])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a.png",
+        "run/1/out put.png",
+        "ü/日本.webp",
+        "a..b.png",
+        ".hidden",
+        "/".join(["x" * 200] * 5),
+        "x" * 252,
+        "d" * 255 + "/" + "é" * 126,
+        "\U0001f600.png",  # emoji are fine; only invisible characters are refused
+    ],
+)
 def test_check_object_name_accepts(name: str) -> None:
     assert check_object_name(name) == name
+
+
+def test_the_longest_names_accepted_can_be_written_locally(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    for name in ("d" * 255 + "/" + "é" * 126, "f" * 252):
+        assert check_object_name(name) == name
+        store.put(name, b"x")
+        assert store.get(name) == b"x"
+        store.delete(name)
+        assert store.put_if_absent(name, b"y")
+        assert store.get(name) == b"y"
 
 
 # --- local specifics -----------------------------------------------------------------------------

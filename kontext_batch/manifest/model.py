@@ -7,6 +7,7 @@ A :class:`ManifestRow` only exists for a row with no errors; it is small and JSO
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from string import Formatter
@@ -21,16 +22,21 @@ from kontext_batch.api.models import (
     endpoint_for_model,
 )
 from kontext_batch.errors import RequestInvalid
-from kontext_batch.storage import check_object_name
+from kontext_batch.storage import MAX_FILE_NAME_BYTES, MAX_NAME_BYTES, check_object_name
 
 __all__ = [
     "COLUMNS",
     "EXTENSIONS",
+    "GALLERY_NAME",
     "IMAGE_FIELDS",
     "INPUTS_FOLDER",
     "PARAM_FIELDS",
+    "RESERVED_NAMES",
+    "RESULTS_NAME",
+    "SIDECAR_SUFFIX",
     "ImageRef",
     "ManifestRow",
+    "fold_name",
     "render_output_name",
     "resolve_model",
 ]
@@ -53,7 +59,17 @@ COLUMNS: Final = ("id", "prompt", *IMAGE_FIELDS, *PARAM_FIELDS, "model", "output
 EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({"png": "png", "jpeg": "jpg", "webp": "webp"})
 #: Top-level folder of the output store that holds staged input images; no output may be named in it.
 INPUTS_FOLDER: Final = "_inputs"
+#: The run's results file, at the store's root (kontext_batch.results writes it).
+RESULTS_NAME: Final = "results.csv"
+#: The run's review page, beside the results file.
+GALLERY_NAME: Final = "gallery.html"
+#: Top-level names the run writes itself; no output may be one of them or inside one.
+RESERVED_NAMES: Final = (RESULTS_NAME, GALLERY_NAME, INPUTS_FOLDER)
+#: Every output ``NAME`` has a sidecar ``NAME + SIDECAR_SUFFIX`` beside it (kontext_batch.jobspec).
+SIDECAR_SUFFIX: Final = ".json"
 _PLACEHOLDER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_FOLDED: Final = {n.lower(): n for n in RESERVED_NAMES}
+_RESERVED_MAX_CHARS: Final = max(len(n) for n in RESERVED_NAMES)
 
 
 def resolve_model(value: str) -> str:
@@ -76,8 +92,9 @@ def render_output_name(template: str, cells: Mapping[str, str], **named: str | i
     """Fill ``template``'s ``{placeholders}`` from ``named`` (id, row, model, ext) then ``cells``.
 
     Only plain names are allowed (``{row:05d}``-style format specs too; no attribute or index
-    access). The result must pass :func:`~kontext_batch.storage.check_object_name` and stay out
-    of ``_inputs/``. Raises ValueError saying what is wrong.
+    access). The result and its sidecar (``NAME.json``) must pass
+    :func:`~kontext_batch.storage.check_object_name`, and its first segment must not be one of
+    :data:`RESERVED_NAMES` (compared with :func:`fold_name`). Raises ValueError saying what is wrong.
     """
     try:
         parts = list(Formatter().parse(template))
@@ -102,9 +119,34 @@ def render_output_name(template: str, cells: Mapping[str, str], **named: str | i
             raise ValueError(f"bad format {{{name}:{spec}}} in {template!r}: {exc}") from None
     rendered = "".join(out)
     check_object_name(rendered)
-    if rendered.split("/", 1)[0] == INPUTS_FOLDER:
-        raise ValueError(f"{rendered!r}: the {INPUTS_FOLDER}/ folder is reserved for staged input images")
+    # The sidecar differs only in length: check that without a second full pass.
+    size = len(rendered.encode("utf-8")) + len(SIDECAR_SUFFIX)
+    if size > MAX_FILE_NAME_BYTES and (
+        size > MAX_NAME_BYTES
+        or len(rendered.rpartition("/")[2].encode("utf-8")) + len(SIDECAR_SUFFIX) > MAX_FILE_NAME_BYTES
+    ):
+        limit = MAX_FILE_NAME_BYTES - len(SIDECAR_SUFFIX)
+        raise ValueError(
+            f"{rendered!r} is too long for its sidecar {SIDECAR_SUFFIX!r} to be stored: a file name at most "
+            f"{limit} bytes, the whole name at most {MAX_NAME_BYTES - len(SIDECAR_SUFFIX)} bytes"
+        )
+    top = rendered.split("/", 1)[0]
+    # Folding never makes a name shorter, so only a short first segment can fold to a reserved one.
+    if len(top) <= _RESERVED_MAX_CHARS and (top := fold_name(top)) in _RESERVED_FOLDED:
+        what = "staged input images" if top == INPUTS_FOLDER else "the run's own files"
+        raise ValueError(f"{rendered!r}: {_RESERVED_FOLDED[top]!r} is reserved for {what}")
     return rendered
+
+
+def fold_name(name: str) -> str:
+    """The key under which two output names are one file on some file system.
+
+    macOS and Windows ignore case; macOS also ignores Unicode normalisation (``é`` as one code
+    point or as ``e`` + combining accent). Canonical caseless matching (Unicode D145), kept in NFC.
+    """
+    if name.isascii():
+        return name.lower()  # casefold == lower for ASCII; skips two normalisations per row
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ but keep their number. File-level problems (no rows, no prompt column, a ;-separ
 duplicate column names) raise :class:`~kontext_batch.errors.ManifestError` with one RowError whose
 ``row`` is 0 and ``field`` is ``<file>``.
 
-Memory: one row at a time, plus the set of ids and output names seen (to report duplicates),
-about 200 bytes per row (~215 MB for 1,000,000 rows).
+Memory: one row at a time, plus the ids seen and the output names and folders claimed (folded
+keys, to report clashes): about 200 bytes per row, 100 more when every row has its own folder.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from kontext_batch.manifest.model import (
     COLUMNS,
     EXTENSIONS,
     IMAGE_FIELDS,
+    SIDECAR_SUFFIX,
     ImageRef,
     ManifestRow,
+    fold_name,
     render_output_name,
     resolve_model,
 )
@@ -46,6 +48,7 @@ _DELIMITERS: Final = {";": ";", "\t": "tab", "|": "|"}
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_UTF8_RE: Final = re.compile(r"[\udc80-\udcff]")  # bytes surrogateescape could not decode
 _FORMAT_ALIASES: Final = {"jpg": "jpeg"}
+_FOLD_HINT: Final = " (names are compared ignoring case and Unicode normalisation)"
 
 
 class RowOutcome(NamedTuple):
@@ -149,7 +152,12 @@ def _parse_cells(row: int, cells: dict[str, str], errors: list[RowError]) -> dic
 
 
 class _Context:
-    """State that spans rows: options, and the ids and output names seen so far."""
+    """State that spans rows: options, the ids seen, and the output files and folders claimed.
+
+    Output names are kept only as :func:`fold_name` keys (``names``: key -> row), with every
+    folder they imply (``folders``: key -> first row); a row's check is a few dict look-ups, one per
+    folder level.
+    """
 
     def __init__(self, base_dir: Path, default_model: str, default_output_name: str) -> None:
         self.base_dir = base_dir
@@ -161,6 +169,47 @@ class _Context:
         self.default_output_name = default_output_name
         self.ids: dict[str, int] = {}
         self.names: dict[str, int] = {}
+        self.folders: dict[str, int] = {}
+
+    def _owner(self, key: str) -> tuple[int, str] | None:
+        """The row whose output or sidecar is the file ``key``, and which of the two it is."""
+        row = self.names.get(key)
+        if row is not None:
+            return row, "output"
+        if key.endswith(SIDECAR_SUFFIX):
+            row = self.names.get(key[: -len(SIDECAR_SUFFIX)])
+            if row is not None:
+                return row, "sidecar"
+        return None
+
+    def clash(self, name: str, key: str) -> str | None:
+        """Why ``name`` (folded: ``key``) and its sidecar cannot join the names claimed, or None."""
+        side = key + SIDECAR_SUFFIX
+        hit = self._owner(key)
+        if hit is not None:
+            return f"{name!r} is the same file as the {hit[1]} of row {hit[0]}{_FOLD_HINT}"
+        row = self.names.get(side)
+        if row is not None:
+            return f"its sidecar {name + SIDECAR_SUFFIX!r} is the same file as the output of row {row}{_FOLD_HINT}"
+        for mine, what in ((key, repr(name)), (side, f"its sidecar {name + SIDECAR_SUFFIX!r}")):
+            row = self.folders.get(mine)
+            if row is not None:
+                return f"{what} is a folder in the output name of row {row}{_FOLD_HINT}"
+        end, depth = key.find("/"), 1
+        while end != -1:
+            hit = self._owner(key[:end])
+            if hit is not None:
+                folder = "/".join(name.split("/")[:depth])  # folding may change lengths, never slashes
+                return f"its folder {folder!r} is the same file as the {hit[1]} of row {hit[0]}{_FOLD_HINT}"
+            end, depth = key.find("/", end + 1), depth + 1
+        return None
+
+    def claim(self, key: str, row: int) -> None:
+        self.names[key] = row
+        end = key.find("/")
+        while end != -1:
+            self.folders.setdefault(key[:end], row)
+            end = key.find("/", end + 1)
 
 
 def _build_row(row: int, raw: dict[str, str], ctx: _Context) -> RowOutcome:
@@ -233,13 +282,14 @@ def _build_row(row: int, raw: dict[str, str], ctx: _Context) -> RowOutcome:
     except ValueError as exc:
         errors.append(RowError(row, "output_name", str(exc)))
     else:
-        earlier = ctx.names.get(output_name)
-        if earlier is not None and not id_ok:
+        key = fold_name(output_name)
+        clash = ctx.clash(output_name, key)
+        if clash is not None and not id_ok:
             pass  # a duplicate id already explains it ({id} is in most names)
-        elif earlier is not None:
-            errors.append(RowError(row, "output_name", f"{output_name!r} is also the output of row {earlier}"))
+        elif clash is not None:
+            errors.append(RowError(row, "output_name", clash))
         else:
-            ctx.names[output_name] = row
+            ctx.claim(key, row)
 
     if errors or request is None:
         return RowOutcome(row, None, errors, raw)

@@ -21,11 +21,11 @@ from typing import Final
 import click
 
 from kontext_batch.control import cancel_run, retry_run
-from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError
+from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, OverBudget
 from kontext_batch.local import demo_manifest, interrupts, local_stack
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.results import render_results
-from kontext_batch.runner import Progress, RunOutcome, RunRequest, follow, start_run
+from kontext_batch.runner import Progress, RunOutcome, RunRequest, RunView, follow, start_run, view_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
 
@@ -151,6 +151,14 @@ def validate(manifest: str, model: str, no_images: bool, as_json: bool) -> None:
     show_default=True,
     help="Rows allowed to fail before --wait exits 1: a count, or a fraction when < 1.",
 )
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0),
+    envvar="KONTEXT_BUDGET",
+    show_envvar=True,
+    default=None,
+    help="Credits the run may spend (1 credit = $0.01): refused if the estimate is over; no submit passes it.",
+)
 @click.option("--local", is_flag=True, help="No Redis needed: start one privately with workers, for this run.")
 @click.option("--emulator", is_flag=True, help="With --local: run against a local Kontext emulator.")
 @click.option(
@@ -172,15 +180,15 @@ def run(
     force: bool,
     wait: bool,
     max_failures: float,
+    budget: float | None,
     local: bool,
     emulator: bool,
     n_workers: int,
     as_json: bool,
 ) -> None:
     """Validate MANIFEST (`-`: stdin), register a run, and queue every row for the workers."""
-
     s = _settings(ctx)
-    req = RunRequest(manifest, output, model, skip_invalid, force, wait or local or emulator, max_failures)
+    req = RunRequest(manifest, output, model, skip_invalid, force, wait or local or emulator, max_failures, budget)
     if local or emulator:
         with _local(s, emulator=emulator, workers=n_workers) as s2:
             sys.exit(_submit_and_follow(s2, req, as_json=as_json))
@@ -212,6 +220,9 @@ def _submit_and_follow(s: Settings, req: RunRequest, *, as_json: bool) -> int:
     rt = _runtime(s)
     try:
         queued = start_run(rt, req, stdin=sys.stdin if req.manifest == "-" else None)
+    except OverBudget as exc:
+        _say(f"error: {exc}; nothing was queued (raise --budget, or split the manifest)")
+        return EXIT_USAGE
     except ManifestError as exc:
         _say(f"error: {len(exc.errors)} invalid row(s); nothing was queued.")
         for e in exc.errors[:50]:
@@ -284,11 +295,11 @@ def _follow(rt: Runtime, run_id: str, *, max_failures: float = 0, as_json: bool 
         outcome = follow(rt, run_id, on_progress=line, max_failures=max_failures)
     finally:
         line.close()
-    _render_outcome(outcome, as_json=as_json)
+    _render_outcome(outcome, view_run(rt, run_id), as_json=as_json)
     return EXIT_CODES[outcome.kind]
 
 
-def _render_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
+def _render_outcome(outcome: RunOutcome, view: RunView, *, as_json: bool) -> None:
     info = outcome.info
     if as_json:
         doc = {
@@ -297,9 +308,13 @@ def _render_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
             "counts": info.counts,
             "results": outcome.results_uri,
             "stopped": outcome.stopped_reason,
+            "credits_spent": view.spend.spent,
         }
         click.echo(json.dumps(doc))
         return
+    counts = " ".join(f"{k}={n}" for k, n in sorted(info.counts.items()))
+    click.echo(f"run {info.id} {info.status}: {info.ndone}/{info.total} rows ({counts})")
+    click.echo(f"credits: {_credits(view)}")
     click.echo(f"results: {outcome.results_uri}")
     click.echo(f"outputs: {info.meta.get('output')}")
     if outcome.stopped_reason:
@@ -317,30 +332,55 @@ def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) ->
     if run_id:
         _need_run(rt, run_id)
     ids = [run_id] if run_id else rt.runs.list_runs(limit)
-    infos = [rt.runs.info(i) for i in ids]
+    views = [view_run(rt, i) for i in ids]
     if as_json:
-        docs = [
-            {
-                "run_id": i.id,
-                "status": i.status,
-                "total": i.total,
-                "done": i.ndone,
-                "counts": i.counts,
-                "output": i.meta.get("output"),
-                "results": i.meta.get("results_uri"),
-                "stopped": i.meta.get("stopped_reason"),
-            }
-            for i in infos
-        ]
-        click.echo(json.dumps(docs, indent=2))
+        click.echo(json.dumps([_view_doc(v) for v in views], indent=2))
         return
-    for i in infos:
-        counts = " ".join(f"{k}={v}" for k, v in sorted(i.counts.items()))
+    if not views:
+        click.echo(f"no runs in the Redis at {rt.settings.redis_display}")
+    for v in views:
+        i = v.info
+        counts = " ".join(f"{k}={n}" for k, n in sorted(i.counts.items()))
         click.echo(f"{i.id}  {i.status:<10} {i.ndone}/{i.total}  {counts}")
+        click.echo(f"    credits: {_credits(v)}")
+        if v.possible_duplicates:
+            click.echo(f"    possible duplicate API tasks: {v.possible_duplicates}")
+        if not i.finished:
+            for k in v.keys:
+                click.echo(f"    key {k.fp}: {k.note}")
         if i.meta.get("stopped_reason"):
             click.echo(f"    stopped: {i.meta['stopped_reason']}")
         if i.meta.get("results_uri"):
             click.echo(f"    results: {i.meta['results_uri']}")
+
+
+def _credits(v: RunView) -> str:
+    sp = v.spend
+    text = f"{sp.spent:g} spent"
+    if sp.reserved:
+        text += f", {sp.reserved:g} in flight"
+    if sp.budget is not None:
+        text += f" of a {sp.budget:g} budget"
+    return text
+
+
+def _view_doc(v: RunView) -> dict[str, object]:
+    i = v.info
+    return {
+        "run_id": i.id,
+        "status": i.status,
+        "total": i.total,
+        "done": i.ndone,
+        "counts": i.counts,
+        "output": i.meta.get("output"),
+        "results": i.meta.get("results_uri"),
+        "stopped": i.meta.get("stopped_reason"),
+        "credits_spent": v.spend.spent,
+        "credits_in_flight": v.spend.reserved,
+        "budget": v.spend.budget,
+        "possible_duplicates": v.possible_duplicates,
+        "keys": [{"fingerprint": k.fp, "live": k.live, "active": k.active, "refused": k.refused} for k in v.keys],
+    }
 
 
 @cli.command()
@@ -384,6 +424,20 @@ def cancel(ctx: click.Context, run_id: str) -> None:
 @click.option("--failed", is_flag=True, help="Re-run failed rows (the default when no flag is given).")
 @click.option("--moderated", is_flag=True, help="Re-run moderated rows.")
 @click.option("--cancelled", is_flag=True, help="Re-run cancelled rows.")
+@click.option("--budget-stopped", "budget_rows", is_flag=True, help="Re-run rows the budget stopped.")
+@click.option(
+    "--ids",
+    "ids_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Re-run exactly the rows whose ids this file lists, one per line (a gallery's rejected rows).",
+)
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="A new budget for the run, in credits (rows the old budget stopped run again by default).",
+)
 @click.option("--wait/--no-wait", default=False)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -393,15 +447,22 @@ def retry(
     failed: bool,
     moderated: bool,
     cancelled: bool,
+    budget_rows: bool,
+    ids_file: str | None,
+    budget: float | None,
     wait: bool,
     as_json: bool,
 ) -> None:
-    """Run RUN's failed (and/or moderated, cancelled) rows again, into the same run and results."""
-
-    statuses = [n for n, on in (("failed", failed), ("moderated", moderated), ("cancelled", cancelled)) if on]
+    """Run RUN's failed (or moderated, cancelled, budget-stopped, listed) rows again, into the same run."""
+    flags = (("failed", failed), ("moderated", moderated), ("cancelled", cancelled), ("budget", budget_rows))
+    statuses = [n for n, on in flags if on] or (["failed", "budget"] if budget is not None else ["failed"])
+    ids = None
+    if ids_file is not None:
+        with open(ids_file, encoding="utf-8") as fh:
+            ids = [line.strip() for line in fh if line.strip()]
     rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
-    n = retry_run(rt, run_id, statuses or ["failed"])
+    n = retry_run(rt, run_id, statuses, ids=ids, budget=budget)
     _say(f"{run_id}: {n} row(s) queued again")
     if wait and n:
         sys.exit(_follow(rt, run_id, as_json=as_json))

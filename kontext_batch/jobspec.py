@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kontext_batch.manifest.model import SIDECAR_SUFFIX
+
 __all__ = ["JobSpec"]
 
 
@@ -24,6 +26,8 @@ class JobSpec:
     output_name: str
     output_format: str
     extra: dict[str, str] = field(default_factory=dict)
+    #: The input references as the manifest gave them (field -> cell), for results.csv.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def job_key(self) -> str:
@@ -39,7 +43,7 @@ class JobSpec:
 
     @property
     def sidecar_name(self) -> str:
-        return self.output_name + ".json"
+        return self.output_name + SIDECAR_SUFFIX
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

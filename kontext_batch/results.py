@@ -43,6 +43,14 @@ COLUMNS: Final = (
     "submitted_at",
     "finished_at",
     "duration_s",
+    "input_image",
+    "input_image_2",
+    "input_image_3",
+    "input_image_4",
+    "aspect_ratio",
+    "output_format",
+    "key_fingerprint",
+    "possible_duplicate",
 )
 
 
@@ -69,6 +77,7 @@ def results_rows(runs: RunStore, run_id: str) -> tuple[list[str], Any]:
             spec = spec_or_none or {}
             res = res_or_none or {"status": "pending"}
             seed = res.get("seed", spec.get("params", {}).get("seed", ""))
+            inputs = spec.get("inputs") or {}
             line = {
                 "row": row,
                 "id": spec.get("id", res.get("id", "")),
@@ -86,6 +95,11 @@ def results_rows(runs: RunStore, run_id: str) -> tuple[list[str], Any]:
                 "submitted_at": _iso(res.get("submitted_at")),
                 "finished_at": _iso(res.get("finished_at")),
                 "duration_s": res.get("duration_s", ""),
+                **{f: inputs.get(f, "") for f in ("input_image", "input_image_2", "input_image_3", "input_image_4")},
+                "aspect_ratio": spec.get("params", {}).get("aspect_ratio") or "",
+                "output_format": spec.get("output_format", ""),
+                "key_fingerprint": res.get("key", ""),
+                "possible_duplicate": 1 if res.get("possible_duplicate") else "",
             }
             extra = spec.get("extra") or res.get("extra") or {}
             yield [_cell(line[c]) for c in COLUMNS] + [_cell(extra.get(c, "")) for c in extra_cols]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from kontext_batch.budget import Spend
 from kontext_batch.completion import finalize, record_now
 from kontext_batch.dispatch import dispatch
 from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OverBudget, RowError
@@ -37,7 +38,18 @@ from kontext_batch.runs import RunInfo, new_run_id
 from kontext_batch.runtime import Runtime
 from kontext_batch.storage import ObjectNotFound, ObjectStore
 
-__all__ = ["Progress", "QueuedRun", "RunOutcome", "RunRequest", "follow", "outcome_of", "start_run"]
+__all__ = [
+    "KeyState",
+    "Progress",
+    "QueuedRun",
+    "RunOutcome",
+    "RunRequest",
+    "RunView",
+    "follow",
+    "outcome_of",
+    "start_run",
+    "view_run",
+]
 
 MAX_ERRORS_KEPT = 1000
 
@@ -149,7 +161,7 @@ class _Enqueue:
             if checked.row is None:
                 self._invalid(checked)
             else:
-                self._valid(checked.row, staged)
+                self._valid(checked.row, staged, checked.outcome.raw)
             if len(self.specs) >= BATCH:
                 self._flush()
         if report.errors_total and not self.req.skip_invalid:
@@ -182,7 +194,7 @@ class _Enqueue:
         record_now(self.rt, self.run_id, row, {"status": "invalid", "error": error})
         self.out.invalid += 1
 
-    def _valid(self, row: ManifestRow, staged: list[StagedImage]) -> None:
+    def _valid(self, row: ManifestRow, staged: list[StagedImage], raw: dict[str, str]) -> None:
         for col in row.extra:
             self.extra_cols.setdefault(col, None)
         spec = JobSpec(
@@ -196,6 +208,7 @@ class _Enqueue:
             output_name=row.output_name,
             output_format=row.output_format,
             extra=dict(row.extra),
+            inputs={img.field: raw.get(img.field, "").strip() for img in row.images},
         )
         self.specs.append((row.row, spec.to_json()))
         done_uri = _already_done(self.store, self.existing, spec)
@@ -246,6 +259,50 @@ def _already_done(store: ObjectStore, existing: set[str], spec: JobSpec) -> str 
     except (OSError, ValueError):
         return None
     return store.uri(spec.output_name) if side.get("job_key") == spec.job_key else None
+
+
+# --- looking at a run ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One key of a run's pool: is a live worker holding it, and has the API refused it."""
+
+    fp: str
+    live: bool
+    active: int
+    refused: str | None
+
+    @property
+    def note(self) -> str:
+        if self.refused:
+            return f"left the pool: {self.refused}"
+        return f"{self.active} active" if self.live else "waiting: no live worker holds this key"
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What ``status`` shows of a run: its counts, its spend and the state of its keys."""
+
+    info: RunInfo
+    spend: Spend
+    keys: tuple[KeyState, ...]
+    waiting: int
+
+    @property
+    def possible_duplicates(self) -> int:
+        return int(self.info.meta.get("possible_duplicates", 0) or 0)
+
+
+def view_run(rt: Runtime, run_id: str) -> RunView:
+    info = rt.runs.info(run_id)
+    fps = json.loads(info.meta.get("keys", "[]"))
+    out = rt.gate.keys_out()
+    live = rt.holders.live_keys(fps)
+    keys = tuple(KeyState(fp, fp in live, rt.gate.active(fp), out.get(fp)) for fp in fps)
+    pool_id = info.meta.get("pool", "")
+    waiting = sum(rt.gate.waiting(p, e) for p, e in rt.gate.known_waits() if p == pool_id) if pool_id else 0
+    return RunView(info, rt.budget.spend(run_id), keys, waiting)
 
 
 # --- following a run ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from kontext_batch.manifest.images import (
 )
 from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef
 from kontext_batch.manifest.reader import RowOutcome, iter_manifest
+from kontext_batch.netguard import FetchPolicy
 
 __all__ = [
     "DEFAULT_COST_CREDITS",
@@ -77,7 +78,7 @@ class ValidationReport:
         return sorted(e for e in self.per_endpoint if e not in ENDPOINT_COST_CREDITS)
 
 
-def _refs_of(outcome: RowOutcome, base_dir: Path) -> list[ImageRef]:
+def _refs_of(outcome: RowOutcome, base_dir: Path, inputs_root: Path | None) -> list[ImageRef]:
     if outcome.value is not None:
         return list(outcome.value.images)
     # An invalid row still gets its images checked, so one pass reports everything.
@@ -86,7 +87,7 @@ def _refs_of(outcome: RowOutcome, base_dir: Path) -> list[ImageRef]:
         value = outcome.raw.get(name, "").strip()
         if value:
             with contextlib.suppress(ValueError):  # already reported by the reader
-                refs.append(resolve_image_ref(value, name, base_dir))
+                refs.append(resolve_image_ref(value, name, base_dir, inputs_root))
     return refs
 
 
@@ -101,8 +102,14 @@ def validate_manifest(
     max_errors: int = 1000,
     workers: int = 8,
     timeout_s: float = 30.0,
+    fetch: FetchPolicy | None = None,
+    inputs_root: Path | None = None,
 ) -> ValidationReport:
     """Check every row of the manifest at ``path`` (``-``: stdin) and price the valid ones.
+
+    ``fetch`` governs input image URLs (build it with ``FetchPolicy.from_settings``; default:
+    loopback/private/link-local addresses refused). ``inputs_root`` confines local input images to
+    one folder.
 
     Raises ManifestError for file-level problems (no rows, wrong delimiter, ...), as the reader does.
     Pass the ``cache`` on to staging so it does not read the images again.
@@ -129,10 +136,12 @@ def validate_manifest(
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="validate") as pool:
         pending: deque[tuple[RowOutcome, list[ImageRef], list[Future[ImageInfo]]]] = deque()
-        rows: Iterator[RowOutcome] = iter_manifest(path, default_model=default_model, fmt=fmt, stdin=stdin)
+        rows: Iterator[RowOutcome] = iter_manifest(
+            path, default_model=default_model, fmt=fmt, stdin=stdin, inputs_root=inputs_root
+        )
         for outcome in rows:
-            refs = _refs_of(outcome, base_dir) if check_images else []
-            futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s) for ref in refs]
+            refs = _refs_of(outcome, base_dir, inputs_root) if check_images else []
+            futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s, fetch=fetch) for ref in refs]
             pending.append((outcome, refs, futures))
             while len(pending) > _WINDOW or (pending and all(f.done() for f in pending[0][2])):
                 record(*pending.popleft())

@@ -60,4 +60,6 @@ def make_provider(settings: Settings, *, transport: httpx.BaseTransport | None =
         timeout_s=settings.http_timeout_s,
         retry=RetryPolicy.from_settings(settings),
         transport=transport,
+        allow_private_urls=settings.allow_private_urls,
+        max_sample_bytes=settings.max_sample_bytes,
     )

@@ -25,8 +25,9 @@ Where requests may go:
 ================  ===========================================================================
 request           allowed
 ================  ===========================================================================
-API call          the configured base; polls also on the API's own hosts (``api_hosts``, https
-                  only); any other polling URL is UrlRefused before a byte is sent, key included
+API call          the configured base (``localhost`` and ``127.0.0.1`` count as one host); polls
+                  also on the API's own hosts (``api_hosts``, https on port 443 only); any other
+                  polling URL is UrlRefused before a byte is sent, key included
 sample (1st hop)  the configured base's origin, else https (http for a loopback host) to a
                   host whose addresses are all public (:mod:`kontext_batch.netguard`)
 each redirect     https (http for a loopback host) to public addresses only, at most

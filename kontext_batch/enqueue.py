@@ -24,6 +24,7 @@ from kontext_batch.keys import job_ref
 from kontext_batch.manifest.reader import iter_manifest
 from kontext_batch.manifest.staging import StageCache, stage_image
 from kontext_batch.manifest.validate import ValidationReport, validate_manifest
+from kontext_batch.netguard import FetchPolicy
 from kontext_batch.pipeline import dispatch, finalize
 from kontext_batch.runs import new_run_id
 from kontext_batch.runtime import Runtime
@@ -83,10 +84,15 @@ def start_run(
     default_model: str,
     skip_invalid: bool = False,
     force: bool = False,
+    inputs_root: Path | None = None,
 ) -> EnqueueReport:
-    """Validate, register and queue ``manifest``. Raises ManifestError (nothing queued) on bad rows."""
+    """Validate, register and queue ``manifest``. Raises ManifestError (nothing queued) on bad rows.
+
+    ``inputs_root`` confines local input images to one folder (see ``validate_manifest``).
+    """
     cache = StageCache()  # validation reads each image once; staging reuses what it learnt
-    report = validate_manifest(manifest, default_model=default_model, cache=cache)
+    fetch = FetchPolicy.from_settings(rt.settings)
+    report = validate_manifest(manifest, default_model=default_model, cache=cache, fetch=fetch, inputs_root=inputs_root)
     if report.errors and not skip_invalid:
         raise ManifestError(report.errors)
     store = rt.store(output)
@@ -110,7 +116,7 @@ def start_run(
     extra_cols: dict[str, None] = {}
     waiting: dict[str, list[str]] = {}
     specs: list[tuple[int, dict[str, Any]]] = []
-    for outcome in iter_manifest(manifest, default_model=default_model):
+    for outcome in iter_manifest(manifest, default_model=default_model, inputs_root=inputs_root):
         ref = job_ref(run_id, outcome.row)
         row = outcome.value
         for col in (row.extra if row else {}) or {}:

@@ -22,6 +22,7 @@ from kontext_batch.errors import StorageError, UrlRefused
 from kontext_batch.manifest.images import MAX_IMAGE_BYTES, resolve_image_ref
 from kontext_batch.manifest.validate import validate_manifest
 from kontext_batch.netguard import AddressGuard, FetchPolicy, address_problem, guarded_transport
+from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from kontext_batch.storage import read_url
 from tests.local_http import LocalServer, local_server
@@ -260,3 +261,28 @@ def test_a_redirect_into_loopback_is_refused_by_default(srv: LocalServer) -> Non
     with pytest.raises(UrlRefused, match="loopback"):
         read_url(srv.url("/moved.png"))
     assert srv.seen == []
+
+
+# --- a run honours the setting and the confinement ------------------------------------------------
+
+
+def test_start_run_reads_the_setting_and_inputs_root(tmp_path: Path, srv: LocalServer, redis_url: str) -> None:
+    from kontext_batch.enqueue import start_run  # noqa: PLC0415 - needs Redis, like the fixture
+    from kontext_batch.errors import ManifestError  # noqa: PLC0415
+    from kontext_batch.runtime import Runtime  # noqa: PLC0415
+    from tests.pipeline_support import InlineScheduler, inline_runtime  # noqa: PLC0415
+
+    def runtime(**extra: object) -> Runtime:
+        base = Settings(api_key=Secret("k"), api_base=srv.base, redis_url=redis_url)
+        return inline_runtime(base.with_(**extra), InlineScheduler())
+
+    path = manifest(tmp_path, srv.url("/ok.png"))
+    out = f"memory://run-{tmp_path.name}"
+    with pytest.raises(ManifestError, match="loopback"):
+        start_run(runtime(), str(path), output=out, default_model="pro")
+    assert start_run(runtime(allow_private_urls=True), str(path), output=out, default_model="pro").total == 1
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "a.png").write_bytes(png())
+    local = manifest(tmp_path, "a.png")
+    with pytest.raises(ManifestError, match="outside the inputs folder"):
+        start_run(runtime(), str(local), output=out, default_model="pro", inputs_root=tmp_path / "inputs")

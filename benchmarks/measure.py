@@ -24,8 +24,8 @@ import redis
 
 from benchmarks.manifest_gen import write_manifest
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.enqueue import start_run
 from kontext_batch.local import WorkerPool, embedded_redis
+from kontext_batch.runner import RunRequest, start_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
@@ -271,7 +271,7 @@ def run_system(sc: Scenario, redis_url: str, work: Path, *, workers: int, concur
             meter = CpuMeter([p.pid for p in pool.procs], [p for p in [redis_pid(redis_url)] if p])
             meter.start()
             t0 = time.time()
-            rep = start_run(rt, str(manifest), output=str(out), default_model=sc.model)
+            rep = start_run(rt, RunRequest(str(manifest), str(out), model=sc.model))
             t_enq = time.time()
             ideal_guess = sc.n * sc.latency.median * sc.time_scale / sc.cap
             _wait_finished(rt, rep.run_id, max(120.0, 20 * ideal_guess))

@@ -1,4 +1,5 @@
-"""The ``kontext-batch`` command: parse, call a library function, render. Nothing else lives here.
+"""The ``kontext-batch`` command: click commands and rendering. Run logic lives in :mod:`kontext_batch.runner`,
+processes in :mod:`kontext_batch.local`.
 
 Exit codes: 0 every row succeeded (or was skipped); 1 rows failed beyond the allowed threshold;
 2 bad usage, settings or manifest (nothing was queued); 3 the run stopped (out of credits, key refused,
@@ -7,32 +8,45 @@ or cancelled); 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
+import socket
 import sys
-import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
 
 import click
 
+from kontext_batch.control import cancel_run, retry_run
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError
+from kontext_batch.local import demo_manifest, interrupts, local_stack
+from kontext_batch.manifest.validate import render_report, validate_manifest
+from kontext_batch.results import render_results
+from kontext_batch.runner import Progress, RunOutcome, RunRequest, follow, start_run
+from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
 
 __all__ = ["main"]
 
-EXIT_FAILED_ROWS = 1
-EXIT_USAGE = 2
-EXIT_STOPPED = 3
-
-_LAZY = {
-    "emulator": ("kontext_batch.emulator.cli", "emulator_command"),
-    "demo": ("kontext_batch.local", "demo_command"),
+EXIT_FAILED_ROWS: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_STOPPED: Final = 3
+EXIT_INTERRUPTED: Final = 130
+EXIT_CODES: Final = {
+    "succeeded": 0,
+    "rows_failed": EXIT_FAILED_ROWS,
+    "stopped": EXIT_STOPPED,
+    "timed_out": EXIT_STOPPED,
 }
+
+_LAZY: Final = {"emulator": ("kontext_batch.emulator.cli", "emulator_command")}
 
 
 class _Group(click.Group):
-    """Loads heavy subcommands (the emulator pulls in FastAPI) only when they are called."""
+    """Loads the emulator's command (it pulls in FastAPI) only when it is called."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *_LAZY])
@@ -56,12 +70,10 @@ def _settings(ctx: click.Context) -> Settings:
     return s
 
 
-def _runtime(ctx: click.Context, settings: Settings | None = None) -> Any:
-    from kontext_batch.runtime import Runtime  # noqa: PLC0415 - keeps `--help` fast
+def _runtime(settings: Settings) -> Runtime:
     from workers.app import CelerySchedule, configure  # noqa: PLC0415
 
-    s = settings or _settings(ctx)
-    return Runtime.create(s, CelerySchedule(configure(s)))
+    return Runtime.create(settings, CelerySchedule(configure(settings)))
 
 
 def _need_key(s: Settings) -> None:
@@ -69,9 +81,13 @@ def _need_key(s: Settings) -> None:
         raise click.UsageError("KONTEXT_API_KEY is not set (use --emulator or `kontext-batch demo` to try offline)")
 
 
-def _need_run(rt: Any, run_id: str) -> None:
+def _need_run(rt: Runtime, run_id: str) -> None:
     if not rt.runs.exists(run_id):
         raise click.ClickException(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,33 +102,26 @@ def cli() -> None:
 @click.option("--no-images", is_flag=True, help="Skip reading and decoding the input images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate(manifest: str, model: str, no_images: bool, as_json: bool) -> None:
-    """Check every row of MANIFEST and print the run's cost. Exit 0 only when every row is valid."""
-    from kontext_batch.enqueue import spooled_manifest  # noqa: PLC0415
-    from kontext_batch.manifest.validate import render_report, validate_manifest  # noqa: PLC0415
+    """Check every row of MANIFEST (`-`: stdin) and print the run's cost. Exit 0 only when every row is valid."""
 
     try:
-        with spooled_manifest(manifest) as path:
-            report = validate_manifest(path, default_model=model, check_images=not no_images)
+        report = validate_manifest(manifest, default_model=model, check_images=not no_images)
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "ok": report.ok,
-                    "rows_total": report.rows_total,
-                    "rows_valid": report.rows_valid,
-                    "errors_total": report.errors_total,
-                    "errors": [{"row": e.row, "field": e.field, "message": e.msg} for e in report.errors],
-                    "per_endpoint": report.per_endpoint,
-                    "cost_credits": report.cost_credits,
-                    "cost_usd": report.cost_usd,
-                },
-                indent=2,
-            )
-        )
+        doc = {
+            "ok": report.ok,
+            "rows_total": report.rows_total,
+            "rows_valid": report.rows_valid,
+            "errors_total": report.errors_total,
+            "errors": [{"row": e.row, "field": e.field, "message": e.msg} for e in report.errors],
+            "per_endpoint": report.per_endpoint,
+            "cost_credits": report.cost_credits,
+            "cost_usd": report.cost_usd,
+        }
+        click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(render_report(report))
     sys.exit(0 if report.ok else 1)
@@ -165,122 +174,133 @@ def run(
     n_workers: int,
     as_json: bool,
 ) -> None:
-    """Validate MANIFEST, register a run, and queue every row for the workers."""
+    """Validate MANIFEST (`-`: stdin), register a run, and queue every row for the workers."""
+
     s = _settings(ctx)
-    req = RunRequest(manifest, output, model, skip_invalid, force, wait, max_failures, as_json)
+    req = RunRequest(manifest, output, model, skip_invalid, force, wait or local or emulator, max_failures)
     if local or emulator:
-        from kontext_batch.local import run_local  # noqa: PLC0415
-
-        sys.exit(run_local(s, req, emulator=emulator, workers=n_workers))
+        with _local(s, emulator=emulator, workers=n_workers) as s2:
+            sys.exit(_submit_and_follow(s2, req, as_json=as_json))
     _need_key(s)
-    sys.exit(submit_and_follow(s, req))
+    sys.exit(_submit_and_follow(s, req, as_json=as_json))
 
 
-@dataclass(frozen=True)
-class RunRequest:
-    """What ``run`` was asked to do, handed as one value to ``--local`` and ``demo`` too."""
+@contextlib.contextmanager
+def _local(s: Settings, *, emulator: bool, workers: int, time_scale: float | None = None) -> Iterator[Settings]:
+    """The private stack of ``--local`` and ``demo``; Ctrl-C or SIGTERM stops all of it and exits 130."""
 
-    manifest: str
-    output: str
-    model: str = "pro"
-    skip_invalid: bool = False
-    force: bool = False
-    wait: bool = False
-    max_failures: float = 0
-    as_json: bool = False
-
-
-def submit_and_follow(s: Settings, req: RunRequest) -> int:
-    """Queue a run (and follow it with ``wait``). Returns the exit code. Used by ``run`` and ``--local``."""
-    from kontext_batch.enqueue import spooled_manifest, start_run  # noqa: PLC0415
-    from kontext_batch.manifest.validate import render_report  # noqa: PLC0415
-    from kontext_batch.runtime import Runtime  # noqa: PLC0415
-    from workers.app import CelerySchedule, configure  # noqa: PLC0415
-
-    rt = Runtime.create(s, CelerySchedule(configure(s)))
+    options = {"time_scale": time_scale} if time_scale is not None else None
     try:
-        with spooled_manifest(req.manifest) as path:
-            rep = start_run(
-                rt, path, output=req.output, default_model=req.model, skip_invalid=req.skip_invalid, force=req.force
-            )
+        with (
+            interrupts(),
+            local_stack(s, emulator=emulator, workers=workers, emulator_options=options, announce=_say) as s2,
+        ):
+            yield s2
+    except KeyboardInterrupt:
+        _say("interrupted: stopping everything this command started")
+        sys.exit(EXIT_INTERRUPTED)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _submit_and_follow(s: Settings, req: RunRequest, *, as_json: bool) -> int:
+    """Queue a run (and follow it when ``req.wait``); render both. Returns the exit code."""
+
+    rt = _runtime(s)
+    try:
+        queued = start_run(rt, req, stdin=sys.stdin if req.manifest == "-" else None)
     except ManifestError as exc:
-        click.echo(f"error: {len(exc.errors)} invalid row(s); nothing was queued.", err=True)
+        _say(f"error: {len(exc.errors)} invalid row(s); nothing was queued.")
         for e in exc.errors[:50]:
-            click.echo(f"  {e}", err=True)
+            _say(f"  {e}")
         if len(exc.errors) > 50:
-            click.echo(f"  ... and {len(exc.errors) - 50} more (see `kontext-batch validate`)", err=True)
+            _say(f"  ... and {len(exc.errors) - 50} more (see `kontext-batch validate`)")
         return EXIT_USAGE
     except KontextBatchError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _say(f"error: {exc}")
         return EXIT_USAGE
     except OSError as exc:
-        click.echo(f"error: cannot read manifest {req.manifest}: {exc.strerror or exc}", err=True)
+        _say(f"error: cannot read manifest {req.manifest}: {exc.strerror or exc}")
         return EXIT_USAGE
-    if rep.validation is not None and not req.as_json:
-        click.echo(render_report(rep.validation).splitlines()[-1], err=True)
-    click.echo(
-        rep.run_id
-        if not req.as_json
-        else json.dumps(
-            {
-                "run_id": rep.run_id,
-                "total": rep.total,
-                "queued": rep.queued,
-                "skipped": rep.skipped,
-                "invalid": rep.invalid,
-            }
-        )
-    )
+    if as_json:
+        summary = {
+            "run_id": queued.run_id,
+            "total": queued.total,
+            "queued": queued.queued,
+            "skipped": queued.skipped,
+            "invalid": queued.invalid,
+        }
+        click.echo(json.dumps(summary))
+    else:
+        _say(render_report(queued.report).splitlines()[-1])
+        click.echo(queued.run_id)
     if not req.wait:
         return 0
-    return follow(rt, rep.run_id, max_failures=req.max_failures, as_json=req.as_json)
+    return _follow(rt, queued.run_id, max_failures=req.max_failures, as_json=as_json)
 
 
-def follow(rt: Any, run_id: str, *, max_failures: float = 0, as_json: bool = False, interval_s: float = 1.0) -> int:
-    """Show progress until the run is final, then report where the results are. Returns the exit code."""
-    start = time.monotonic()
-    first_done: int | None = None
-    tty = sys.stderr.isatty()
-    while True:
-        info = rt.runs.info(run_id)
-        if first_done is None:
-            first_done = info.ndone
-        elapsed = time.monotonic() - start
-        rate = (info.ndone - first_done) / elapsed if elapsed > 0 else 0.0
-        left = info.total - info.ndone
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+class _ProgressLine:
+    """One progress line: rewritten in place on a terminal (and cleared at the end), printed plainly off one."""
+
+    def __init__(self, run_id: str, *, quiet: bool) -> None:
+        self.run_id = run_id
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.width = 0
+
+    def __call__(self, p: Progress) -> None:
+        if self.quiet:
+            return
+        info = p.info
         counts = " ".join(f"{k}={v}" for k, v in sorted(info.counts.items()))
-        line = f"[{run_id}] {info.ndone}/{info.total} done ({counts or 'none yet'}) {rate:.1f} rows/s ETA {eta}"
-        if not as_json:
-            click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
-        if info.finished:
-            break
-        time.sleep(interval_s)
-    if tty and not as_json:
-        click.echo("", err=True)
-    info = rt.runs.info(run_id)
-    bad = sum(v for k, v in info.counts.items() if k not in ("succeeded", "skipped"))
-    allowed = max_failures * info.total if 0 < max_failures < 1 else max_failures
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "run_id": run_id,
-                    "status": info.status,
-                    "counts": info.counts,
-                    "results": info.meta.get("results_uri"),
-                    "stopped": info.meta.get("stopped_reason"),
-                }
-            )
+        eta = "?" if p.eta_s is None else _hms(p.eta_s)
+        line = (
+            f"[{self.run_id}] {info.ndone}/{info.total} done ({counts or 'none yet'}) "
+            f"{p.rows_per_s:.1f} rows/s ETA {eta}"
         )
-    else:
-        click.echo(f"results: {info.meta.get('results_uri')}")
-        click.echo(f"outputs: {info.meta.get('output')}")
-        if info.meta.get("stopped_reason"):
-            click.echo(f"run stopped: {info.meta['stopped_reason']}", err=True)
-    if info.meta.get("stopped") or info.status == "cancelled":
-        return EXIT_STOPPED
-    return EXIT_FAILED_ROWS if bad > allowed else 0
+        if self.tty:
+            click.echo("\r" + line.ljust(self.width), err=True, nl=False)
+            self.width = len(line)
+        else:
+            _say(line)
+
+    def close(self) -> None:
+        if self.tty and not self.quiet and self.width:
+            click.echo("", err=True)
+
+
+def _hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _follow(rt: Runtime, run_id: str, *, max_failures: float = 0, as_json: bool = False) -> int:
+
+    line = _ProgressLine(run_id, quiet=as_json)
+    try:
+        outcome = follow(rt, run_id, on_progress=line, max_failures=max_failures)
+    finally:
+        line.close()
+    _render_outcome(outcome, as_json=as_json)
+    return EXIT_CODES[outcome.kind]
+
+
+def _render_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
+    info = outcome.info
+    if as_json:
+        doc = {
+            "run_id": info.id,
+            "status": info.status,
+            "counts": info.counts,
+            "results": outcome.results_uri,
+            "stopped": outcome.stopped_reason,
+        }
+        click.echo(json.dumps(doc))
+        return
+    click.echo(f"results: {outcome.results_uri}")
+    click.echo(f"outputs: {info.meta.get('output')}")
+    if outcome.stopped_reason:
+        _say(f"run stopped: {outcome.stopped_reason}")
 
 
 @cli.command()
@@ -290,30 +310,26 @@ def follow(rt: Any, run_id: str, *, max_failures: float = 0, as_json: bool = Fal
 @click.pass_context
 def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) -> None:
     """Show one run's progress, or list recent runs."""
-    rt = _runtime(ctx)
-    ids = [run_id] if run_id else rt.runs.list_runs(limit)
+    rt = _runtime(_settings(ctx))
     if run_id:
         _need_run(rt, run_id)
+    ids = [run_id] if run_id else rt.runs.list_runs(limit)
     infos = [rt.runs.info(i) for i in ids]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "run_id": i.id,
-                        "status": i.status,
-                        "total": i.total,
-                        "done": i.ndone,
-                        "counts": i.counts,
-                        "output": i.meta.get("output"),
-                        "results": i.meta.get("results_uri"),
-                        "stopped": i.meta.get("stopped_reason"),
-                    }
-                    for i in infos
-                ],
-                indent=2,
-            )
-        )
+        docs = [
+            {
+                "run_id": i.id,
+                "status": i.status,
+                "total": i.total,
+                "done": i.ndone,
+                "counts": i.counts,
+                "output": i.meta.get("output"),
+                "results": i.meta.get("results_uri"),
+                "stopped": i.meta.get("stopped_reason"),
+            }
+            for i in infos
+        ]
+        click.echo(json.dumps(docs, indent=2))
         return
     for i in infos:
         counts = " ".join(f"{k}={v}" for k, v in sorted(i.counts.items()))
@@ -337,14 +353,13 @@ def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) ->
 @click.pass_context
 def results(ctx: click.Context, run_id: str, out: str | None) -> None:
     """Print a run's results CSV (rows not final yet show status `pending`)."""
-    from kontext_batch.results import render_results  # noqa: PLC0415
 
-    rt = _runtime(ctx)
+    rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
     if out:
         with open(out, "w", newline="", encoding="utf-8") as fh:
             render_results(rt.runs, run_id, fh)
-        click.echo(out, err=True)
+        _say(out)
     else:
         render_results(rt.runs, run_id, sys.stdout)
 
@@ -354,9 +369,8 @@ def results(ctx: click.Context, run_id: str, out: str | None) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, run_id: str) -> None:
     """Stop submitting RUN's rows: in-flight jobs finish; rows not yet submitted become `cancelled`."""
-    from kontext_batch.control import cancel_run  # noqa: PLC0415
 
-    rt = _runtime(ctx)
+    rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
     n = cancel_run(rt, run_id)
     click.echo(f"{run_id}: cancelled; {n} queued row(s) marked cancelled; in-flight jobs will finish")
@@ -380,15 +394,32 @@ def retry(
     as_json: bool,
 ) -> None:
     """Run RUN's failed (and/or moderated, cancelled) rows again, into the same run and results."""
-    from kontext_batch.control import retry_run  # noqa: PLC0415
 
     statuses = [n for n, on in (("failed", failed), ("moderated", moderated), ("cancelled", cancelled)) if on]
-    rt = _runtime(ctx)
+    rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
     n = retry_run(rt, run_id, statuses or ["failed"])
-    click.echo(f"{run_id}: {n} row(s) queued again", err=True)
+    _say(f"{run_id}: {n} row(s) queued again")
     if wait and n:
-        sys.exit(follow(rt, run_id, as_json=as_json))
+        sys.exit(_follow(rt, run_id, as_json=as_json))
+
+
+@cli.command("follow")
+@click.argument("run_id")
+@click.option(
+    "--max-failures",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Rows allowed to fail before exiting 1: a count, or a fraction when < 1.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+def follow_command(ctx: click.Context, run_id: str, max_failures: float, as_json: bool) -> None:
+    """Show RUN's progress until it ends (re-attach to a run started elsewhere)."""
+    rt = _runtime(_settings(ctx))
+    _need_run(rt, run_id)
+    sys.exit(_follow(rt, run_id, max_failures=max_failures, as_json=as_json))
 
 
 @cli.command()
@@ -406,9 +437,6 @@ def retry(
 @click.pass_context
 def worker(ctx: click.Context, queues: str, concurrency: int, loglevel: str, hostname: str | None) -> None:
     """Start a Celery worker of this app (threads pool) on the configured Redis."""
-    import os  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
     from workers.app import configure  # noqa: PLC0415
     from workers.process import init_runtime  # noqa: PLC0415
 
@@ -417,24 +445,35 @@ def worker(ctx: click.Context, queues: str, concurrency: int, loglevel: str, hos
     app = configure(s)
     init_runtime(s)
     name = hostname or f"kontext@{socket.gethostname()}-{os.getpid()}"
-    app.worker_main(
-        [
-            "worker",
-            "-Q",
-            queues,
-            "-c",
-            str(concurrency),
-            "-P",
-            "threads",
-            "-l",
-            loglevel,
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-    )
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", "threads", "-l", loglevel, "-n", name]
+    app.worker_main([*argv, "--without-gossip", "--without-mingle", "--without-heartbeat"])
+
+
+@cli.command("demo")
+@click.option("--output", "-o", default="./output/demo", show_default=True, help="Where outputs and results go.")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0.001),
+    default=0.25,
+    show_default=True,
+    help="Emulator speed: 1.0 is the real service's latency.",
+)
+def demo_command(output: str, n_workers: int, time_scale: float) -> None:
+    """Run the bundled catalogue manifest through the whole system, offline, and show where it went."""
+
+    try:
+        s = Settings.from_env(
+            {k: v for k, v in os.environ.items() if k not in ("KONTEXT_API_BASE", "KONTEXT_REDIS_URL")}
+        )
+        manifest = demo_manifest()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    req = RunRequest(str(manifest), output, force=True, wait=True, max_failures=1.0)
+    with _local(s, emulator=True, workers=n_workers, time_scale=time_scale) as s2:
+        code = _submit_and_follow(s2, req, as_json=False)
+    _say(f"demo finished: open {Path(output).resolve()}/results.csv")
+    sys.exit(0 if code in (0, EXIT_FAILED_ROWS) else code)
 
 
 def main() -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kontext_batch.completion import finish
+from kontext_batch.dispatch import dispatch
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
-from kontext_batch.pipeline import dispatch, finish
 from kontext_batch.runtime import Runtime
 
 __all__ = ["cancel_run", "retry_run"]
@@ -20,7 +21,7 @@ def cancel_run(rt: Runtime, run_id: str) -> int:
     if not rt.runs.exists(run_id):
         raise KeyError(run_id)
     rt.runs.update(run_id, status="cancelled")
-    fp = rt.settings.api_key.fingerprint
+    fp = rt.runs.meta(run_id).get("fp", "")
     n = 0
     for gfp, endpoint in rt.gate.known_gates():
         if gfp != fp:

@@ -27,6 +27,7 @@ from typing import Any, Final
 import redis
 
 from kontext_batch.keys import Keys
+from kontext_batch.redisio import batched, decode
 
 __all__ = ["Gate", "Grant", "SlotGate", "StaleJob"]
 
@@ -158,16 +159,10 @@ class SlotGate:
         """Put rows in the gate's wait list (FIFO; ``front`` for rows that lost their slot)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.sadd(self.keys.gates, gate.id)
+        push = pipe.lpush if front else pipe.rpush
         n = 0
-        batch: list[str] = []
-        for ref in refs:
-            batch.append(ref)
-            if len(batch) == 1000:
-                (pipe.lpush if front else pipe.rpush)(self.keys.wait(gate.fp, gate.endpoint), *batch)
-                n += len(batch)
-                batch = []
-        if batch:
-            (pipe.lpush if front else pipe.rpush)(self.keys.wait(gate.fp, gate.endpoint), *batch)
+        for batch in batched(refs):
+            push(self.keys.wait(gate.fp, gate.endpoint), *batch)
             n += len(batch)
         pipe.execute()
         return n
@@ -191,29 +186,29 @@ class SlotGate:
                 gate.id,
             ],
         )
-        return [Grant(_s(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [Grant(decode(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    def claim(self, ref: str, token: int, *, hold_s: float = 0.0) -> dict[str, str] | None:
+    def claim(self, ref: str, token: int) -> dict[str, str] | None:
         """Take the job for one step if ``token`` is current; renews its watch and lease.
 
         Returns the job's fields, or None when the message is stale (a duplicate or a re-driven job).
         """
-        deadline = self.now_ms() + self.lease_ms + int(hold_s * 1000)
+        deadline = self.now_ms() + self.lease_ms
         raw = self._claim(
             keys=[self.keys.job(ref), self.keys.watch],
             args=[str(token), deadline, ref, self.keys.lease_total("")],
         )
         if not raw:
             return None
-        return {_s(raw[i]): _s(raw[i + 1]) for i in range(0, len(raw), 2)}
+        return {decode(raw[i]): decode(raw[i + 1]) for i in range(0, len(raw), 2)}
 
     def update(self, ref: str, **fields: Any) -> None:
         self.r.hset(self.keys.job(ref), mapping={k: str(v) for k, v in fields.items()})
 
-    def hold(self, gate_id: str, ref: str, *, extra_s: float = 0.0) -> None:
+    def hold(self, gate_id: str, ref: str) -> None:
         """(Re)take the slot for a job known to be active at the API (used when re-driving a poll)."""
         fp, _, endpoint = gate_id.partition("|")
-        exp = self.now_ms() + self.lease_ms + int(extra_s * 1000)
+        exp = self.now_ms() + self.lease_ms
         pipe = self.r.pipeline(transaction=True)
         pipe.zadd(self.keys.lease_total(fp), {ref: exp})
         pipe.zadd(self.keys.lease(fp, endpoint), {ref: exp})
@@ -225,6 +220,13 @@ class SlotGate:
         pipe = self.r.pipeline(transaction=True)
         pipe.zrem(self.keys.lease_total(fp), ref)
         pipe.zrem(self.keys.lease(fp, endpoint), ref)
+        pipe.execute()
+
+    def retire(self, ref: str) -> None:
+        """Forget a job whose row is final: its state and its watch entry (its slot is released first)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(self.keys.watch, ref)
+        pipe.delete(self.keys.job(ref))
         pipe.execute()
 
     def requeue(self, gate: Gate, ref: str) -> None:
@@ -242,11 +244,12 @@ class SlotGate:
         now = self.now_ms()
         flat = self._claim_expired(keys=[self.keys.watch], args=[now, now + self.lease_ms, self.keys.job_prefix, limit])
         return [
-            StaleJob(_s(flat[i]), int(flat[i + 1]), _s(flat[i + 2]), _s(flat[i + 3])) for i in range(0, len(flat), 4)
+            StaleJob(decode(flat[i]), int(flat[i + 1]), decode(flat[i + 2]), decode(flat[i + 3]))
+            for i in range(0, len(flat), 4)
         ]
 
     def known_gates(self) -> list[tuple[str, str]]:
-        return [tuple(_s(g).split("|", 1)) for g in self.r.smembers(self.keys.gates)]  # type: ignore[misc]
+        return [tuple(decode(g).split("|", 1)) for g in self.r.smembers(self.keys.gates)]  # type: ignore[misc]
 
     def active(self, fp: str, endpoint: str | None = None) -> int:
         key = self.keys.lease(fp, endpoint) if endpoint else self.keys.lease_total(fp)
@@ -262,8 +265,4 @@ class SlotGate:
         once per removed row.
         """
         removed = self._drop_run(keys=[self.keys.wait(fp, endpoint)], args=[f"{run_id}:"])
-        return [_s(x) for x in removed]
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+        return [decode(x) for x in removed]

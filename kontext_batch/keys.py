@@ -8,7 +8,8 @@ key                             type    holds
 {ns}:lease:{fp}:{endpoint}      zset    the same, one endpoint
 {ns}:wait:{fp}:{endpoint}       list    job refs waiting for a slot, FIFO
 {ns}:watch                      zset    job refs in flight (granted..stored); score=deadline ms
-{ns}:job:{run}:{row}            hash    one in-flight job: gen, state, poll_seq, task id, timings
+{ns}:job:{run}:{row}            hash    one in-flight job: step (fencing token), state, gate, attempts,
+                                        polls, poll_errors, task id, polling URL, cost, timings
 {ns}:runs                       zset    run ids by creation time
 {ns}:runs:open                  set     runs not yet finalized (swept for completion)
 {ns}:run:{run}                  hash    run metadata (manifest, output, total, status, flags)
@@ -16,8 +17,13 @@ key                             type    holds
 {ns}:run:{run}:results          hash    row -> the row's final result (JSON); written once
 {ns}:run:{run}:counts           hash    status -> number of final rows; "submitted" etc.
 {ns}:run:{run}:ndone            string  number of final rows (the completion counter)
+{ns}:run:{run}:finalizing       string  claim of the one results.csv writer (expires after 300 s)
 {ns}:submit-rate                string  the global submits-per-second window
 ==============================  ======  =========================================================
+
+Owners: :mod:`~kontext_batch.gate` alone reads and writes ``gates``, ``lease``, ``wait``, ``watch`` and
+``job``; :mod:`~kontext_batch.runs` the ``runs`` and ``run`` keys; :mod:`~kontext_batch.ratelimit`
+``submit-rate``. Everyone else goes through their methods.
 
 A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
 its fingerprint (:attr:`kontext_batch.secret.Secret.fingerprint`).
@@ -89,6 +95,9 @@ class Keys:
 
     def ndone(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:ndone"
+
+    def finalizing(self, run_id: str) -> str:
+        return f"{self.ns}:run:{run_id}:finalizing"
 
     @property
     def submit_rate(self) -> str:

@@ -2,7 +2,8 @@
 
 Used by ``kontext-batch demo``, ``kontext-batch run --local`` and the test suite. Processes started
 here are ours alone: they bind loopback ports chosen free at start, and every one is stopped on exit,
-Ctrl-C included.
+Ctrl-C included. This module manages processes only: it prints nothing (``announce`` callbacks) and
+raises the library's errors.
 """
 
 from __future__ import annotations
@@ -16,24 +17,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-
-import click
+from typing import IO, Any, Final
 
 from kontext_batch.errors import ConfigError
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 
-if TYPE_CHECKING:
-    from kontext_batch.cli import RunRequest
+__all__ = [
+    "WorkerPool",
+    "api_base_for",
+    "demo_manifest",
+    "embedded_redis",
+    "free_port",
+    "interrupts",
+    "local_stack",
+    "redis_server_binary",
+]
 
-__all__ = ["WorkerPool", "demo_command", "embedded_redis", "free_port", "redis_server_binary", "run_local"]
-
-EMULATOR_KEY = "emulator-key"
-DEMO_MANIFEST = Path("manifests") / "examples" / "catalogue.csv"
+EMULATOR_KEY: Final = "emulator-key"
+#: Where the emulator serves the reseller's dialect (its API root, as KONTEXT_API_BASE for that provider).
+RESELLER_PATH: Final = "/reseller/v1"
+DEMO_MANIFEST: Final = Path("manifests") / "examples" / "catalogue.csv"
 
 
 def demo_manifest() -> Path:
@@ -41,7 +48,7 @@ def demo_manifest() -> Path:
     for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
         if (base / DEMO_MANIFEST).exists():
             return base / DEMO_MANIFEST
-    raise click.ClickException(f"demo manifest {DEMO_MANIFEST} not found beside the package or in {Path.cwd()}")
+    raise ConfigError(f"demo manifest {DEMO_MANIFEST} not found beside the package or in {Path.cwd()}")
 
 
 def free_port() -> int:
@@ -205,40 +212,48 @@ class WorkerPool:
         self.stop()
 
 
+def api_base_for(provider: str, emulator_url: str) -> str:
+    """The base a provider's client needs on the emulator: its root for BFL, ``/reseller/v1`` for the reseller."""
+    return emulator_url + RESELLER_PATH if provider == "reseller" else emulator_url
+
+
 @contextlib.contextmanager
 def local_stack(
-    settings: Settings, *, emulator: bool, workers: int, emulator_options: Mapping[str, Any] | None = None
+    settings: Settings,
+    *,
+    emulator: bool,
+    workers: int,
+    emulator_options: Mapping[str, Any] | None = None,
+    announce: Callable[[str], None] = lambda _: None,
 ) -> Iterator[Settings]:
-    """Start what ``settings`` lacks (Redis, the emulator) and ``workers`` workers; yield the settings."""
+    """Start what ``settings`` lacks (Redis, the emulator) and ``workers`` workers; yield the settings.
+
+    Raises ConfigError when no API key is set and no emulator was asked for.
+    """
     with contextlib.ExitStack() as stack:
         s = settings
         if not s.redis_url:
             url = stack.enter_context(embedded_redis())
             s = s.with_(redis_url=url)
-            click.echo(f"started private Redis at {url}", err=True)
+            announce(f"started private Redis at {url}")
         if emulator:
-            from kontext_batch.emulator import Emulator, EmulatorConfig  # noqa: PLC0415
+            from kontext_batch.emulator import Emulator, EmulatorConfig  # noqa: PLC0415 - FastAPI is heavy
 
             emu = stack.enter_context(Emulator(EmulatorConfig(**(emulator_options or {}))))
-            s = s.with_(api_base=emu.base_url, api_key=s.api_key if s.api_key else Secret(EMULATOR_KEY))
-            click.echo(f"started Kontext emulator at {emu.base_url}", err=True)
+            s = s.with_(
+                api_base=api_base_for(s.provider, emu.base_url),
+                api_key=s.api_key if s.api_key else Secret(EMULATOR_KEY),
+            )
+            announce(f"started Kontext emulator at {emu.base_url} ({s.provider} API at {s.api_base})")
         if not s.api_key:
-            raise click.UsageError("KONTEXT_API_KEY is not set (add --emulator to run offline)")
+            raise ConfigError("KONTEXT_API_KEY is not set (add --emulator to run offline)")
         stack.enter_context(WorkerPool(s, n=workers))
-        click.echo(f"started {workers} worker process(es)", err=True)
+        announce(f"started {workers} worker process(es)")
         yield s
 
 
-def run_local(settings: Settings, req: RunRequest, *, emulator: bool, workers: int) -> int:
-    """``run --local``: the whole system on this machine for one run, then stop it all."""
-    from kontext_batch.cli import submit_and_follow  # noqa: PLC0415
-
-    with _interrupts(), local_stack(settings, emulator=emulator, workers=workers) as s:
-        return submit_and_follow(s, replace(req, wait=True))
-
-
 @contextlib.contextmanager
-def _interrupts() -> Iterator[None]:
+def interrupts() -> Iterator[None]:
     """Turn SIGINT and SIGTERM into KeyboardInterrupt so the `with` blocks stop every process we started.
 
     SIGINT is set explicitly: a command started in the background of a script inherits it ignored,
@@ -251,35 +266,6 @@ def _interrupts() -> Iterator[None]:
     old = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    except KeyboardInterrupt:
-        click.echo("interrupted: stopping everything this command started", err=True)
-        raise SystemExit(130) from None
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-
-
-@click.command("demo")
-@click.option("--output", "-o", default="./output/demo", show_default=True, help="Where outputs and results go.")
-@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option(
-    "--time-scale",
-    type=click.FloatRange(min=0.001),
-    default=0.25,
-    show_default=True,
-    help="Emulator speed: 1.0 is the real service's latency.",
-)
-def demo_command(output: str, n_workers: int, time_scale: float) -> None:
-    """Run the bundled catalogue manifest through the whole system, offline, and show where it went."""
-    from kontext_batch.cli import RunRequest, submit_and_follow  # noqa: PLC0415
-
-    s = Settings.from_env({k: v for k, v in os.environ.items() if k != "KONTEXT_API_BASE"})
-    s = s.with_(redis_url=None)
-    manifest = demo_manifest()
-    with (
-        _interrupts(),
-        local_stack(s, emulator=True, workers=n_workers, emulator_options={"time_scale": time_scale}) as s2,
-    ):
-        code = submit_and_follow(s2, RunRequest(str(manifest), output, force=True, wait=True, max_failures=1.0))
-    click.echo(f"demo finished: open {Path(output).resolve()}/results.csv", err=True)
-    sys.exit(0 if code in (0, 1) else code)

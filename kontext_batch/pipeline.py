@@ -8,52 +8,37 @@ Every step starts by claiming the job's fencing token, so a duplicate or stale m
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
 from typing import Any
 
-from PIL import Image
-
 from kontext_batch.api.models import KontextRequest, PollResult, Status
 from kontext_batch.api.retry import RetryPolicy
+from kontext_batch.completion import finalize, finish
+from kontext_batch.dispatch import dispatch
 from kontext_batch.errors import (
     AuthError,
-    InvalidImage,
     KontextBatchError,
     OutOfCredits,
     PermanentError,
     RetryableError,
     SampleExpired,
 )
-from kontext_batch.gate import Gate, Grant, StaleJob
+from kontext_batch.formats import conform_sample, request_format
+from kontext_batch.gate import Grant, StaleJob
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import split_job_ref
 from kontext_batch.manifest.staging import load_image_payload
-from kontext_batch.results import RESULTS_NAME, render_results
-from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
 
-__all__ = ["dispatch", "finalize", "finish", "poll_job", "redrive", "submit_job", "sweep"]
+__all__ = ["poll_job", "redrive", "submit_job", "sweep"]
 
 log = logging.getLogger("kontext_batch.pipeline")
 
 
-def dispatch(rt: Runtime, gate: Gate, *, keep_one: bool = False) -> Grant | None:
-    """Give free slots of ``gate`` to waiting rows and send their submit tasks.
-
-    With ``keep_one`` the first grant is returned instead of sent, for the caller to submit itself.
-    """
-    grants = rt.gate.dispatch(gate)
-    kept = grants.pop(0) if keep_one and grants else None
-    for g in grants:
-        rt.scheduler.submit(g.ref, g.token)
-    return kept
-
-
 def backoff_s(rt: Runtime, attempt: int, error: BaseException | None = None) -> float:
-    """The client's retry policy, applied as a countdown so no worker thread sleeps."""
+    """The retry policy's wait, applied as a countdown: the step gives its thread back meanwhile."""
     return RetryPolicy.from_settings(rt.settings).wait_s(attempt, error)
 
 
@@ -61,57 +46,11 @@ def build_request(rt: Runtime, spec: JobSpec) -> KontextRequest:
     """The API request for a row: http(s) inputs as URLs the API fetches, anything else as base64."""
     fields: dict[str, Any] = dict(spec.params)
     # Always explicit: providers differ in their default, and the output name's extension must match.
-    fields["output_format"] = spec.output_format
+    fields["output_format"] = request_format(spec.output_format, rt.provider.output_formats)
     names = ("input_image", "input_image_2", "input_image_3", "input_image_4")
     for name, uri in zip(names, spec.images, strict=False):
         fields[name] = load_image_payload(uri, cache=rt.payloads)
     return KontextRequest.build(prompt=spec.prompt, **fields)
-
-
-def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None = None, **fields: Any) -> None:
-    """Record a row's final result (once) and write results.csv if it was the run's last row."""
-    run_id, row = split_job_ref(ref)
-    job = job or {}
-    result: dict[str, Any] = {
-        "status": status,
-        "attempts": int(job.get("attempts", 0)),
-        "polls": int(job.get("polls", 0)),
-        "finished_at": time.time(),
-    }
-    for k in ("bfl_task_id", "cost_credits", "submitted_at"):
-        if job.get(k):
-            result[k] = job[k]
-    result.update({k: v for k, v in fields.items() if v is not None})
-    if "submitted_at" in result and "duration_s" not in result:
-        result["duration_s"] = round(result["finished_at"] - float(result["submitted_at"]), 3)
-    done = rt.runs.record(run_id, row, result, ref=ref)
-    if done is None:
-        return
-    total = int(rt.redis.hget(rt.keys.run(run_id), "total") or 0)
-    if done >= total:
-        finalize(rt, run_id)
-
-
-def finalize(rt: Runtime, run_id: str) -> str | None:
-    """Write results.csv to the run's output store and mark the run finished. Safe to repeat.
-
-    One writer at a time (a short Redis claim); returns None when another is writing it now. The
-    claim expires, so a writer killed mid-way leaves the run to the next sweep.
-    """
-    claim = rt.keys.run(run_id) + ":finalizing"
-    if not rt.redis.set(claim, "1", nx=True, ex=300):
-        return None
-    try:
-        meta = rt.runs.meta(run_id)
-        store = rt.store(meta["output"])
-        uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
-        status = "cancelled" if meta.get("status") == "cancelled" else "finished"
-        rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
-        rt.runs.close_run(run_id)
-    finally:
-        rt.redis.delete(claim)
-    log.info("run %s %s: %s", run_id, status, uri)
-    return uri
 
 
 def _end_active(rt: Runtime, ref: str, job: dict[str, str], *, keep_one: bool = False) -> Grant | None:
@@ -124,8 +63,7 @@ def _end_active(rt: Runtime, ref: str, job: dict[str, str], *, keep_one: bool = 
 
 
 def _count_execution(rt: Runtime, ref: str) -> None:
-    # Every delivered message counts, stale no-ops too: the benchmark's "task executions per job".
-    rt.redis.hincrby(rt.keys.run(split_job_ref(ref)[0]), "task_executions", 1)
+    rt.runs.count_execution(split_job_ref(ref)[0])
 
 
 def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> None:
@@ -260,14 +198,13 @@ def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str]
         return
     try:
         sample = rt.provider.download(res.sample_url)
-        _check_image(sample.content)
+        data, content_type, transcoded_from = conform_sample(sample.content, spec.output_format)
         store = rt.store(rt.runs.meta(run_id)["output"])
-        uri = store.put(spec.output_name, sample.content, content_type=sample.content_type)
-        store.put(
-            spec.sidecar_name,
-            json.dumps(_sidecar(run_id, spec, job, res, sample.content_type), indent=1).encode(),
-            content_type="application/json",
-        )
+        uri = store.put(spec.output_name, data, content_type=content_type)
+        side = _sidecar(run_id, spec, job, res, content_type)
+        if transcoded_from:
+            side["transcoded_from"] = transcoded_from
+        store.put(spec.sidecar_name, json.dumps(side, indent=1).encode(), content_type="application/json")
     except SampleExpired as exc:
         if rt.settings.resubmit_expired and int(job.get("attempts", 0)) < rt.settings.max_attempts:
             _resubmit_expired(rt, ref, spec, res)
@@ -287,14 +224,6 @@ def _store(rt: Runtime, ref: str, token: int, spec: JobSpec, job: dict[str, str]
         finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}", seed=res.seed)
         return
     finish(rt, ref, "succeeded", job, output_uri=uri, seed=res.seed)
-
-
-def _check_image(data: bytes) -> None:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean the same here
-        raise InvalidImage(f"sample is not a decodable image ({len(data)} bytes): {exc}") from None
 
 
 def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, content_type: str) -> dict[str, Any]:
@@ -335,6 +264,11 @@ def _resubmit_expired(rt: Runtime, ref: str, spec: JobSpec, res: PollResult) -> 
 def redrive(rt: Runtime, stale: StaleJob) -> None:
     """Send again a job whose worker went quiet (killed, or Redis lost its message)."""
     if not stale.gate_id:
+        return
+    run_id, row = split_job_ref(stale.ref)
+    if rt.runs.is_final(run_id, row):
+        # Its worker recorded the result and died before forgetting the job: nothing to send.
+        rt.gate.retire(stale.ref)
         return
     gate = rt.gate_by_id(stale.gate_id)
     if stale.state in ("polling", "storing"):

@@ -17,6 +17,7 @@ from typing import Any, Final, Literal
 import redis
 
 from kontext_batch.keys import Keys
+from kontext_batch.redisio import batched, decode
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 
@@ -33,8 +34,6 @@ FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
 _RECORD: Final = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-redis.call('ZREM', KEYS[4], ARGV[4])
-redis.call('DEL', KEYS[5])
 return redis.call('INCR', KEYS[2])
 """
 
@@ -103,7 +102,7 @@ class RunStore:
             self.r.hdel(self.keys.run(run_id), *fields)
 
     def meta(self, run_id: str) -> dict[str, str]:
-        return {_s(k): _s(v) for k, v in self.r.hgetall(self.keys.run(run_id)).items()}
+        return {decode(k): decode(v) for k, v in self.r.hgetall(self.keys.run(run_id)).items()}
 
     def exists(self, run_id: str) -> bool:
         return bool(self.r.exists(self.keys.run(run_id)))
@@ -111,15 +110,8 @@ class RunStore:
     def put_rows(self, run_id: str, rows: Iterable[tuple[int, dict[str, Any]]]) -> int:
         key = self.keys.rows(run_id)
         n = 0
-        batch: dict[Any, Any] = {}
-        for row, spec in rows:
-            batch[str(row)] = json.dumps(spec, separators=(",", ":"))
-            if len(batch) >= 1000:
-                self.r.hset(key, mapping=batch)
-                n += len(batch)
-                batch = {}
-        if batch:
-            self.r.hset(key, mapping=batch)
+        for batch in batched(rows):
+            self.r.hset(key, mapping={str(row): json.dumps(spec, separators=(",", ":")) for row, spec in batch})
             n += len(batch)
         return n
 
@@ -133,23 +125,45 @@ class RunStore:
     def set_row(self, run_id: str, row: int, spec: dict[str, Any]) -> None:
         self.r.hset(self.keys.rows(run_id), str(row), json.dumps(spec, separators=(",", ":")))
 
-    def record(self, run_id: str, row: int, result: dict[str, Any], *, ref: str) -> int | None:
+    def record(self, run_id: str, row: int, result: dict[str, Any]) -> int | None:
         """Write a row's final result once. Returns the run's new done-count, or None if already final."""
         n = self._record(
-            keys=[
-                self.keys.results(run_id),
-                self.keys.ndone(run_id),
-                self.keys.counts(run_id),
-                self.keys.watch,
-                self.keys.job(ref),
-            ],
-            args=[str(row), json.dumps(result, separators=(",", ":")), result["status"], ref],
+            keys=[self.keys.results(run_id), self.keys.ndone(run_id), self.keys.counts(run_id)],
+            args=[str(row), json.dumps(result, separators=(",", ":")), result["status"]],
         )
         return None if int(n) < 0 else int(n)
 
-    def result(self, run_id: str, row: int) -> dict[str, Any] | None:
-        raw = self.r.hget(self.keys.results(run_id), str(row))
-        return None if raw is None else dict(json.loads(raw))
+    def count_execution(self, run_id: str) -> None:
+        """One more task message delivered for this run (stale no-ops too): the benchmark's figure."""
+        self.r.hincrby(self.keys.run(run_id), "task_executions", 1)
+
+    def is_final(self, run_id: str, row: int) -> bool:
+        return bool(self.r.hexists(self.keys.results(run_id), str(row)))
+
+    def total(self, run_id: str) -> int:
+        return int(self.r.hget(self.keys.run(run_id), "total") or 0)
+
+    def claim_finalizing(self, run_id: str, ttl_s: int = 300) -> bool:
+        """Become the run's one results writer for up to ``ttl_s`` (a writer that dies lets it expire)."""
+        return bool(self.r.set(self.keys.finalizing(run_id), "1", nx=True, ex=ttl_s))
+
+    def release_finalizing(self, run_id: str) -> None:
+        self.r.delete(self.keys.finalizing(run_id))
+
+    def delete(self, run_id: str) -> None:
+        """Forget a run that was never queued (its manifest was refused part-way through)."""
+        pipe = self.r.pipeline(transaction=True)
+        for key in (
+            self.keys.run(run_id),
+            self.keys.rows(run_id),
+            self.keys.results(run_id),
+            self.keys.counts(run_id),
+            self.keys.ndone(run_id),
+        ):
+            pipe.delete(key)
+        pipe.zrem(self.keys.runs, run_id)
+        pipe.srem(self.keys.open_runs, run_id)
+        pipe.execute()
 
     def reopen(self, run_id: str, rows: Iterable[int], statuses: Iterable[str]) -> list[int]:
         """Forget the results of these rows if their status is one of ``statuses`` (for ``retry``)."""
@@ -171,8 +185,8 @@ class RunStore:
         meta, counts, ndone = pipe.execute()
         return RunInfo(
             id=run_id,
-            meta={_s(k): _s(v) for k, v in meta.items()},
-            counts={_s(k): int(v) for k, v in counts.items() if int(v)},
+            meta={decode(k): decode(v) for k, v in meta.items()},
+            counts={decode(k): int(v) for k, v in counts.items() if int(v)},
             ndone=int(ndone or 0),
         )
 
@@ -184,7 +198,7 @@ class RunStore:
 
     def complete_but_open(self) -> list[str]:
         """Open runs whose every row is final: their results file is due (a lost reply can skip it)."""
-        ids = [_s(x) for x in self.r.smembers(self.keys.open_runs)]
+        ids = [decode(x) for x in self.r.smembers(self.keys.open_runs)]
         if not ids:
             return []
         pipe = self.r.pipeline(transaction=False)
@@ -197,12 +211,12 @@ class RunStore:
             run_id
             for i, run_id in enumerate(ids)
             if got[3 * i] is not None
-            and _s(got[3 * i + 1]) != "enqueuing"
+            and decode(got[3 * i + 1]) != "enqueuing"
             and int(got[3 * i + 2] or 0) >= int(got[3 * i])
         ]
 
     def list_runs(self, limit: int = 20) -> list[str]:
-        return [_s(x) for x in self.r.zrevrange(self.keys.runs, 0, limit - 1)]
+        return [decode(x) for x in self.r.zrevrange(self.keys.runs, 0, limit - 1)]
 
     def iter_results(self, run_id: str, total: int, *, batch: int = 1000) -> Iterator[tuple[int, Any, Any]]:
         """``(row, spec, result)`` for rows 1..total in manifest order; result is None while pending."""
@@ -232,7 +246,3 @@ def _enc(v: Any) -> str:
     if isinstance(v, str):
         return v
     return json.dumps(v)
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kontext_batch.api.provider import make_provider
+from kontext_batch.dispatch import dispatch
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
-from kontext_batch.pipeline import dispatch, poll_job, submit_job
+from kontext_batch.pipeline import poll_job, submit_job
 from kontext_batch.polling import PollPlanner
 from kontext_batch.runtime import Runtime, connect_redis
 from kontext_batch.settings import Settings
@@ -68,10 +69,16 @@ def inline_runtime(settings: Settings, scheduler: InlineScheduler) -> Runtime:
 
 
 def start_specs(rt: Runtime, run_id: str, output: str, specs: list[JobSpec]) -> None:
-    """Register a run of ready-made specs and queue them, as enqueue.start_run would."""
-    rt.runs.register(
-        run_id, {"id": run_id, "output": output, "total": len(specs), "status": "running", "extra_columns": []}
-    )
+    """Register a run of ready-made specs and queue them, as runner.start_run would."""
+    meta = {
+        "id": run_id,
+        "output": output,
+        "total": len(specs),
+        "status": "running",
+        "extra_columns": [],
+        "fp": rt.settings.api_key.fingerprint,
+    }
+    rt.runs.register(run_id, meta)
     rt.runs.put_rows(run_id, [(s.row, s.to_json()) for s in specs])
     for endpoint in {s.endpoint for s in specs}:
         gate = rt.gate_for(endpoint)

@@ -267,8 +267,8 @@ def test_a_redirect_into_loopback_is_refused_by_default(srv: LocalServer) -> Non
 
 
 def test_start_run_reads_the_setting_and_inputs_root(tmp_path: Path, srv: LocalServer, redis_url: str) -> None:
-    from kontext_batch.enqueue import start_run  # noqa: PLC0415 - needs Redis, like the fixture
     from kontext_batch.errors import ManifestError  # noqa: PLC0415
+    from kontext_batch.runner import RunRequest, start_run  # noqa: PLC0415 - needs Redis, like the fixture
     from kontext_batch.runtime import Runtime  # noqa: PLC0415
     from tests.pipeline_support import InlineScheduler, inline_runtime  # noqa: PLC0415
 
@@ -279,10 +279,10 @@ def test_start_run_reads_the_setting_and_inputs_root(tmp_path: Path, srv: LocalS
     path = manifest(tmp_path, srv.url("/ok.png"))
     out = f"memory://run-{tmp_path.name}"
     with pytest.raises(ManifestError, match="loopback"):
-        start_run(runtime(), str(path), output=out, default_model="pro")
-    assert start_run(runtime(allow_private_urls=True), str(path), output=out, default_model="pro").total == 1
+        start_run(runtime(), RunRequest(str(path), out))
+    assert start_run(runtime(allow_private_urls=True), RunRequest(str(path), out)).total == 1
     (tmp_path / "inputs").mkdir()
     (tmp_path / "a.png").write_bytes(png())
     local = manifest(tmp_path, "a.png")
     with pytest.raises(ManifestError, match="outside the inputs folder"):
-        start_run(runtime(), str(local), output=out, default_model="pro", inputs_root=tmp_path / "inputs")
+        start_run(runtime(), RunRequest(str(local), out, inputs_root=tmp_path / "inputs"))

@@ -16,6 +16,25 @@ from tests.e2e_support import write_csv
 pytestmark = pytest.mark.e2e
 
 
+def _redis_servers(*, port: str | None = None, parent: int | None = None) -> list[int]:
+    """Live redis-server processes on ``port`` or started by ``parent``. redis-server rewrites its
+    command line to ``redis-server 127.0.0.1:PORT``, so look for that, not for its ``--port``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if "redis-server" not in cmdline or state == "Z":
+            continue
+        if (port is not None and f":{port}" in cmdline) or (parent is not None and int(ppid) == parent):
+            found.append(int(proc.name))
+    return found
+
+
 def _children(pid: int) -> list[int]:
     """Every process whose command line names this run's parent pid (workers are named after it)."""
     out = subprocess.run(["pgrep", "-f", "--", f"-{pid}@"], capture_output=True, text=True, check=False).stdout
@@ -55,6 +74,8 @@ def _interrupt_once_started(proc: subprocess.Popen[str], sig: signal.Signals) ->
         time.sleep(0.2)
     workers = _children(proc.pid)
     assert len(workers) == 2, "the local stack never started its workers"
+    started = _redis_servers(parent=proc.pid)
+    assert len(started) == 1, "the local stack never started its Redis"
     redis_port_line = ""
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -67,5 +88,4 @@ def _interrupt_once_started(proc: subprocess.Popen[str], sig: signal.Signals) ->
     assert redis_port_line
     port = redis_port_line.rsplit(":", 1)[1].split("/")[0]
     assert _children(proc.pid) == []
-    leftover = subprocess.run(["pgrep", "-f", "--", f"--port {port} "], capture_output=True, text=True, check=False)
-    assert leftover.stdout.strip() == ""
+    assert _redis_servers(port=port) == []

@@ -48,6 +48,7 @@ class KontextClient(ClientBase):
 
     name: str = "bfl"
     api_hosts = BFL_API_HOSTS
+    output_formats: tuple[str, ...] = ("jpeg", "png", "webp")
 
     def __init__(
         self,

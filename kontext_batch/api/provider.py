@@ -29,6 +29,7 @@ class KontextProvider(Protocol):
     """Submit, poll, download: the three calls every provider dialect offers. Thread-safe."""
 
     name: str
+    output_formats: tuple[str, ...]  # what ``output_format`` may ask for
 
     def submit(self, endpoint: str, request: KontextRequest) -> Task:
         """Create a task; raises RequestInvalid before sending what the dialect cannot express."""

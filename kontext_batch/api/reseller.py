@@ -76,6 +76,7 @@ class ResellerClient(ClientBase):
     """
 
     name: str = "reseller"
+    output_formats: tuple[str, ...] = ("jpeg", "png")
 
     def __init__(
         self,

@@ -2,7 +2,10 @@
 
 The project's test double and a product feature (``kontext-batch emulator``): submit, poll on the
 host ``polling_url`` names, download signed expiring samples that are real images, with BFL's
-limits (24 active per key, 6 for max), credits, webhooks and injectable faults.
+limits (24 active per key, 6 for max, both configurable per key), credits per key, webhooks and
+injectable faults. ``render="fast"`` trades each task's own image for one shared image per size and
+format, for load tests. It reads the API's documents itself and imports nothing from
+``kontext_batch.api``, so the client's mistakes show up against it.
 """
 
 from kontext_batch.emulator.app import create_app
@@ -12,6 +15,7 @@ from kontext_batch.emulator.config import (
     EmulatorConfig,
     LatencySpec,
     parse_fault,
+    parse_key_value,
     parse_latency,
     parse_max_active,
 )
@@ -25,6 +29,7 @@ __all__ = [
     "create_app",
     "emulator_command",
     "parse_fault",
+    "parse_key_value",
     "parse_latency",
     "parse_max_active",
     "run",

@@ -9,7 +9,7 @@ route                                       what
 ``POST /reseller/v1/tasks``                 submit (reseller dialect)
 ``GET /reseller/v1/tasks/{id}``             poll (reseller dialect)
 ``GET /delivery/results/{id}/sample.EXT``   signed, expiring sample download
-``GET /_emulator/stats``                    counters, per-key active/peak, per-task records
+``GET /_emulator/stats``                    counters, per-key block ``keys``, per-task records
 ``POST /_emulator/credits|faults|reset``    admin: set a key's credits, replace fault rates, reset
 ==========================================  ===================================================
 """

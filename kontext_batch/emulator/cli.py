@@ -11,9 +11,11 @@ from typing import TypeVar
 import click
 
 from kontext_batch.emulator.config import (
+    FAULT_KINDS,
     EmulatorConfig,
     LatencySpec,
     parse_fault,
+    parse_key_value,
     parse_latency,
     parse_max_active,
 )
@@ -61,12 +63,25 @@ def _parse_all(parser: Callable[[str], T], values: tuple[str, ...], param: str) 
     metavar="ENDPOINT=N",
     help="Active-task cap per key; total=N for all endpoints (repeat).",
 )
+@click.option(
+    "--key-max-active",
+    multiple=True,
+    metavar="KEY=N",
+    help="One key's active-task cap over all endpoints, instead of total=N (repeat for each key).",
+)
 @click.option("--credits", type=float, default=None, help="Credits per key (default: unlimited).")
+@click.option(
+    "--key-credits",
+    multiple=True,
+    metavar="KEY=N",
+    help="One key's starting credits, instead of --credits (repeat for each key).",
+)
 @click.option(
     "--fault",
     multiple=True,
     metavar="KIND=RATE",
-    help="Inject faults: 500, 503, 429, timeout, disconnect, request-moderated, content-moderated, error.",
+    help=f"Inject faults: {', '.join(FAULT_KINDS)}. accepted-lost creates and bills the task, then drops "
+    "the connection without an answer.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for latency, outcome and fault draws.")
 @click.option(
@@ -80,6 +95,15 @@ def _parse_all(parser: Callable[[str], T], values: tuple[str, ...], param: str) 
     "--webhook-form", type=click.Choice(["bfl", "alt"]), default="bfl", show_default=True, help="Webhook payload shape."
 )
 @click.option(
+    "--render",
+    type=click.Choice(["full", "fast"]),
+    default="full",
+    show_default=True,
+    help="Samples: full = each task's own edit of its inputs; fast = one plain image per size and format, "
+    "rendered once and reused (about 1 ms of CPU per task, for load tests). Both are real images of the "
+    "requested size and format.",
+)
+@click.option(
     "--no-host-swap", is_flag=True, help="polling_url keeps the submit host (no 127.0.0.1 <-> localhost swap)."
 )
 def emulator_command(
@@ -89,11 +113,14 @@ def emulator_command(
     latency: tuple[str, ...],
     time_scale: float,
     max_active: tuple[str, ...],
+    key_max_active: tuple[str, ...],
     credits: float | None,
+    key_credits: tuple[str, ...],
     fault: tuple[str, ...],
     seed: int | None,
     default_ratio: str,
     webhook_form: str,
+    render: str,
     no_host_swap: bool,
 ) -> None:
     """Serve an offline FLUX.1 Kontext API (BFL and reseller dialects) for tests, CI and demos."""
@@ -101,6 +128,10 @@ def emulator_command(
     latencies.update(_parse_all(parse_latency, latency, "--latency"))
     caps = dict(_parse_all(parse_max_active, max_active, "--max-active"))
     total = caps.pop("total", 24)
+    key_caps = _parse_all(lambda v: parse_key_value(v, "--key-max-active"), key_max_active, "--key-max-active")
+    if any(n != int(n) or n < 1 for _, n in key_caps):
+        raise click.BadParameter("N must be a whole number >= 1", param_hint="--key-max-active")
+    key_balances = _parse_all(lambda v: parse_key_value(v, "--key-credits"), key_credits, "--key-credits")
     per_endpoint = {"flux-kontext-max": 6} | caps
     try:
         config = EmulatorConfig(
@@ -109,12 +140,15 @@ def emulator_command(
             time_scale=time_scale,
             max_active=per_endpoint,
             max_active_total=total,
+            max_active_total_by_key={k: int(n) for k, n in key_caps},
             credits=credits,
+            credits_by_key=dict(key_balances),
             faults=dict(_parse_all(parse_fault, fault, "--fault")),
             seed=seed,
             default_ratio="input" if default_ratio == "input" else "1:1",
             poll_host_swap=not no_host_swap,
             webhook_form="alt" if webhook_form == "alt" else "bfl",
+            render="fast" if render == "fast" else "full",
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -13,6 +13,9 @@ CLI option string                      parsed by / meaning
 ``--max-active flux-kontext-max=6``    :func:`parse_max_active`: active tasks per key and endpoint
 ``--max-active total=24``              the per-key cap over all endpoints
 ``--fault 500=0.1``                    :func:`parse_fault`: 10 % of submits and polls answer 500
+``--fault accepted-lost=0.02``         2 % of submits create the task, then drop the connection
+``--key-max-active KEY=4``             :func:`parse_key_value`: this key's cap over all endpoints
+``--key-credits KEY=100``              this key's starting credits
 =====================================  =============================================================
 """
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 __all__ = [
+    "ACCEPTED_FAULTS",
     "DEFAULT_COSTS",
     "FAULT_KINDS",
     "OUTCOME_FAULTS",
@@ -32,6 +36,7 @@ __all__ = [
     "EmulatorConfig",
     "LatencySpec",
     "parse_fault",
+    "parse_key_value",
     "parse_latency",
     "parse_max_active",
 ]
@@ -40,7 +45,9 @@ __all__ = [
 REQUEST_FAULTS: Final = ("500", "503", "429", "timeout", "disconnect")
 #: Faults that decide a task's final status at submit.
 OUTCOME_FAULTS: Final = ("request-moderated", "content-moderated", "error")
-FAULT_KINDS: Final = REQUEST_FAULTS + OUTCOME_FAULTS
+#: Faults drawn after a submit created its task: ``accepted-lost`` drops the answer (the task stays).
+ACCEPTED_FAULTS: Final = ("accepted-lost",)
+FAULT_KINDS: Final = REQUEST_FAULTS + OUTCOME_FAULTS + ACCEPTED_FAULTS
 
 #: Credits per image; endpoints not listed cost ``DEFAULT_COST``.
 DEFAULT_COSTS: Final[dict[str, float]] = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
@@ -106,20 +113,24 @@ def _default_costs() -> dict[str, float]:
 class EmulatorConfig:
     """Everything an emulator instance does differently from another. Defaults mimic BFL's API.
 
-    ``api_keys`` empty means any non-empty key is accepted. ``credits`` is per key (None: no limit).
-    ``max_active`` caps active tasks per key and endpoint, ``max_active_total`` per key over all
-    endpoints (a flux-kontext-max task counts in both). ``faults`` maps a kind of
+    ``api_keys`` empty means any non-empty key is accepted. ``credits`` is each key's starting balance
+    (None: no limit). ``max_active`` caps active tasks per key and endpoint, ``max_active_total`` per
+    key over all endpoints (a flux-kontext-max task counts in both). ``max_active_total_by_key`` and
+    ``credits_by_key`` override those two for single keys (mapping the key itself; the emulator keeps
+    only its fingerprint, and neither the keys nor these maps appear in the repr). ``faults`` maps a kind of
     :data:`FAULT_KINDS` to a rate 0..1. ``poll_host_swap`` makes ``polling_url`` name the other
     loopback host (127.0.0.1 <-> localhost) and ``not_found_on_submit_host`` makes polls on the
     submit host answer "Task not found", as a client that rebuilds poll URLs would see in production.
     """
 
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     latency: dict[str, LatencySpec] = field(default_factory=_default_latency)
     time_scale: float = 1.0
     max_active: dict[str, int] = field(default_factory=_default_max_active)
     max_active_total: int = 24
+    max_active_total_by_key: dict[str, int] = field(default_factory=dict, repr=False)
     credits: float | None = None
+    credits_by_key: dict[str, float | None] = field(default_factory=dict, repr=False)
     faults: dict[str, float] = field(default_factory=dict)
     seed: int | None = None
     default_ratio: Literal["1:1", "input"] = "1:1"
@@ -130,15 +141,26 @@ class EmulatorConfig:
     costs: dict[str, float] = field(default_factory=_default_costs)
     #: Rendered samples held in memory at most (MiB); the oldest, downloaded first, are dropped past it.
     sample_cache_mb: float = 1024.0
+    #: ``full``: each Ready task's own image (inputs, prompt, seed). ``fast``: one plain image per
+    #: (width, height, format), rendered once and shared: load tests measure the pipeline, not Pillow.
+    render: Literal["full", "fast"] = "full"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):
             raise ValueError(f"time_scale must be > 0, got {self.time_scale!r}")
-        if self.max_active_total < 1 or any(n < 1 for n in self.max_active.values()):
+        caps = [self.max_active_total, *self.max_active.values(), *self.max_active_total_by_key.values()]
+        if any(n < 1 for n in caps):
             raise ValueError("max_active caps must be >= 1")
+        by_key = [*self.max_active_total_by_key, *self.credits_by_key]
+        if any(not isinstance(k, str) or not k for k in by_key):
+            raise ValueError("keys of max_active_total_by_key and credits_by_key must be non-empty strings")
+        if any(c is not None and not (math.isfinite(c) and c >= 0) for c in self.credits_by_key.values()):
+            raise ValueError("credits_by_key values must be None or numbers >= 0")
         check_faults(self.faults)
         if self.default_ratio not in ("1:1", "input"):
             raise ValueError(f"default_ratio must be '1:1' or 'input', got {self.default_ratio!r}")
+        if self.render not in ("full", "fast"):
+            raise ValueError(f"render must be 'full' or 'fast', got {self.render!r}")
         if self.webhook_form not in ("bfl", "alt"):
             raise ValueError(f"webhook_form must be 'bfl' or 'alt', got {self.webhook_form!r}")
         if any(not isinstance(k, str) or not k for k in self.api_keys):
@@ -227,3 +249,20 @@ def parse_max_active(spec: str) -> tuple[str, int]:
     if n < 1:
         raise ValueError(f"bad max-active {spec!r}: N must be >= 1")
     return name, n
+
+
+def parse_key_value(spec: str, what: str) -> tuple[str, float]:
+    """``"KEY=4"`` -> ``("KEY", 4.0)``; the last ``=`` splits, so a key may contain ``=``.
+
+    Raised ValueError never repeats ``spec``: it holds an API key.
+    """
+    key, sep, value = spec.rpartition("=")
+    if not sep or not key:
+        raise ValueError(f"bad {what}: use KEY=NUMBER")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"bad {what}: the part after the last '=' must be a number") from None
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"bad {what}: the number must be >= 0")
+    return key, number

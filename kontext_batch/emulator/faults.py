@@ -11,6 +11,12 @@ carrying the response to send, so a faulted submit never creates a task:
 ``timeout``     holds the request ``stall_s`` real seconds (past any sane client timeout), then 504
 ``disconnect``  starts a 200 with a Content-Length and closes the connection mid-body
 ==============  ===============================================================================
+
+``accepted-lost`` is drawn later, by the submit routes once the task exists (created, charged,
+counted against the cap): :func:`accepted_lost` then raises :class:`FaultInjected` with a
+:class:`DroppedConnection`, which aborts the connection before a byte of the answer is sent, as a
+proxy that crashes after forwarding the request would. The client sees a transport error for a
+task that runs and bills.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from kontext_batch.emulator.config import ACCEPTED_FAULTS
 from kontext_batch.emulator.runtime import Runtime
 
-__all__ = ["DISCONNECT_LOG_MESSAGE", "FaultInjected", "fault_gate"]
+__all__ = ["DISCONNECT_LOG_MESSAGE", "DroppedConnection", "FaultInjected", "accepted_lost", "fault_gate"]
 
 #: What uvicorn logs when a response is cut short on purpose; the server filters it out.
 DISCONNECT_LOG_MESSAGE = "ASGI callable returned without completing response."
@@ -59,6 +66,34 @@ class _CutShort(Response):
         await send({"type": "http.response.body", "body": b'{"id": "', "more_body": True})
 
 
+class DroppedConnection(Response):
+    """Aborts the request's connection without sending anything (via ``Runtime.drop_connection``).
+
+    Where the server offers no way to abort (no uvicorn underneath), it falls back to cutting a
+    response short, which a client also sees as a dropped connection.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = scope["app"].state.runtime
+        if runtime.drop_connection is not None and await runtime.drop_connection(scope):
+            return
+        await _CutShort()(scope, receive, send)
+
+
+def accepted_lost(runtime: Runtime) -> None:
+    """Called by a submit route after its task exists: raise FaultInjected when the answer is to be lost."""
+    if runtime.state.draw_fault(ACCEPTED_FAULTS) is not None:
+        raise FaultInjected(DroppedConnection())
+
+
+def _key_of(request: Request) -> str | None:
+    """The API key a request carries, in either dialect's header."""
+    if key := request.headers.get("x-key"):
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def _error(dialect: str, status: int, code: str, message: str) -> JSONResponse:
     if dialect == "reseller":
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
@@ -82,6 +117,8 @@ def fault_gate(
                 raise FaultInjected(HTMLResponse(_HTML_503, status_code=503))
             raise FaultInjected(_error(dialect, 503, "service_unavailable", "Service temporarily unavailable"))
         if kind == "429":
+            if (fp := runtime.state.authenticate(_key_of(request))) is not None:
+                runtime.state.key(fp).answers_429 += 1
             response = _error(dialect, 429, "rate_limited", "Too many requests, slow down")
             response.headers["Retry-After"] = "1"
             raise FaultInjected(response)

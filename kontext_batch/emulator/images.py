@@ -6,7 +6,11 @@ strip with the prompt's first words and the seed. Everything derives from (input
 size, format), so the same request renders byte-identical files and another seed another file.
 Text-only requests get a gradient and a pattern drawn from the prompt's hash.
 
-Rendering is CPU work: callers run :func:`render` in a thread, never on the event loop.
+:func:`render_placeholder` is the cheap render mode's image: it depends on (size, format) alone, so
+one rendering serves every task of that size and format (see :mod:`.placeholders`).
+
+Rendering is CPU work: callers run :func:`render` and :func:`render_placeholder` in a thread,
+never on the event loop.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Final
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from kontext_batch.api.models import ASPECT_MAX, ASPECT_MIN, parse_aspect_ratio
+from kontext_batch.emulator.aspect import TALLEST, WIDEST, parse_aspect_ratio
 
 __all__ = [
     "KONTEXT_BUCKETS",
@@ -39,6 +43,7 @@ __all__ = [
     "decode_base64_image",
     "megapixels",
     "render",
+    "render_placeholder",
 ]
 
 MAX_INPUT_BYTES: Final = 20 * 1024 * 1024
@@ -73,7 +78,7 @@ def content_type(output_format: str) -> str:
 
 def bucket_for_ratio(width: float, height: float) -> tuple[int, int]:
     """The bucket nearest in (log) aspect ratio to width:height, clamped to 21:9..9:21."""
-    ratio = min(max(width / height, float(ASPECT_MIN)), float(ASPECT_MAX))
+    ratio = min(max(width / height, TALLEST[0] / TALLEST[1]), WIDEST[0] / WIDEST[1])
     return min(KONTEXT_BUCKETS, key=lambda b: abs(math.log(b[0] / b[1]) - math.log(ratio)))
 
 
@@ -264,10 +269,22 @@ def render(spec: RenderSpec) -> bytes:
     if len(spec.inputs) > 1:
         _insets(img, spec.inputs[1:])
     _caption(img, spec.prompt, spec.seed)
+    return _encode(img, spec.output_format)
+
+
+def render_placeholder(width: int, height: int, output_format: str) -> bytes:
+    """A plain gradient of ``width`` x ``height`` labelled as a placeholder, encoded in ``output_format``."""
+    ramp = Image.linear_gradient("L").resize((width, height))
+    img = ImageOps.colorize(ramp, black=(40, 60, 110), white=(170, 190, 230)).convert("RGB")
+    _caption(img, f"emulator placeholder {width}x{height} {output_format}", 0)
+    return _encode(img, output_format)
+
+
+def _encode(img: Image.Image, output_format: str) -> bytes:
     out = io.BytesIO()
-    if spec.output_format == "jpeg":
+    if output_format == "jpeg":
         img.save(out, "JPEG", quality=90)
-    elif spec.output_format == "webp":
+    elif output_format == "webp":
         img.save(out, "WEBP", quality=85, method=4)
     else:
         img.save(out, "PNG", compress_level=3)

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, HttpUrl, field_validator
 
-from kontext_batch.api.models import parse_aspect_ratio
-from kontext_batch.emulator.faults import fault_gate
+from kontext_batch.emulator.aspect import parse_aspect_ratio
+from kontext_batch.emulator.faults import accepted_lost, fault_gate
 from kontext_batch.emulator.images import InputImageError
 from kontext_batch.emulator.runtime import Runtime, SubmitParams
 from kontext_batch.emulator.state import READY, TASK_NOT_FOUND, UNLIMITED_CREDITS, Rejected, TaskRecord
@@ -120,6 +120,7 @@ async def submit(
         raise HTTPException(status_code=400, detail=str(exc)) from None
     except Rejected as exc:
         raise HTTPException(status_code=exc.status, detail=exc.message) from None
+    accepted_lost(runtime)
     out: dict[str, Any] = {"id": task.id}
     if task.webhook_url is not None:
         out.update(status="Pending", webhook_url=task.webhook_url)

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 
-from kontext_batch.api.models import parse_aspect_ratio
-from kontext_batch.emulator.faults import fault_gate
+from kontext_batch.emulator.aspect import parse_aspect_ratio
+from kontext_batch.emulator.faults import accepted_lost, fault_gate
 from kontext_batch.emulator.images import InputImageError
 from kontext_batch.emulator.routes_bfl import request_host, runtime_of
 from kontext_batch.emulator.runtime import SubmitParams
@@ -109,6 +109,7 @@ async def create_task(
         raise ResellerError(400, "invalid_image", str(exc)) from None
     except Rejected as exc:
         raise ResellerError(exc.status, _REJECT_CODES.get(exc.status, "rejected"), exc.message) from None
+    accepted_lost(runtime_of(request))
     return {"id": task.id, "status": "pending", "model": body.model}
 
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 import httpx
+from starlette.types import Scope
 
 from kontext_batch.emulator import images
 from kontext_batch.emulator.config import EmulatorConfig
 from kontext_batch.emulator.images import InputImageError, RenderSpec
+from kontext_batch.emulator.placeholders import PlaceholderSamples
 from kontext_batch.emulator.state import READY, REQUEST_MODERATED, EmulatorState, TaskRecord
 from kontext_batch.emulator.webhooks import deliver_webhook
 
@@ -65,10 +67,16 @@ class Runtime:
         self._pool: ThreadPoolExecutor | None = None
         self._check_pool: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.placeholders = PlaceholderSamples()
         self.stopping = asyncio.Event()
+        #: Set by the server: aborts the connection a request (its ASGI scope) came on, without an
+        #: answer; returns False when it cannot find it. None where the server offers no such thing.
+        self.drop_connection: Callable[[Scope], Awaitable[bool]] | None = None
 
     async def start(self) -> None:
         self.stopping = asyncio.Event()
+        # Futures belong to one event loop: a restarted app starts with an empty cache.
+        self.placeholders = PlaceholderSamples()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=True)
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="emulator-render")
         # Input checks get their own threads: a submit must not queue behind a burst of renders.
@@ -136,6 +144,21 @@ class Runtime:
             return
         self.state.hold_sample(task, len(fut.result()))
 
+    def _start_sample(self, task: TaskRecord, params: SubmitParams, inputs: list[bytes]) -> None:
+        """Give ``task`` the future of its sample: its own render, or the shared placeholder (fast)."""
+        width, height = task.size
+        if self.config.render == "fast":
+            before = self.placeholders.renders
+            # Shared bytes are not the task's own: they stay out of the per-task memory account.
+            task.sample = self.placeholders.sample(self._pool, width, height, task.output_format)
+            self.state.samples_rendered += self.placeholders.renders - before
+            return
+        spec = RenderSpec(params.prompt, task.seed, width, height, task.output_format, inputs)
+        loop = asyncio.get_running_loop()
+        task.sample = loop.run_in_executor(self._pool, images.render, spec)
+        self.state.samples_rendered += 1
+        task.sample.add_done_callback(partial(self._rendered, task))
+
     async def submit(
         self,
         *,
@@ -182,12 +205,9 @@ class Runtime:
         )
         state.add(task)
         if outcome == READY:
-            spec = RenderSpec(params.prompt, seed, size[0], size[1], params.output_format, [d for d, _ in inputs])
-            loop = asyncio.get_running_loop()
-            task.sample = loop.run_in_executor(self._pool, images.render, spec)
-            task.sample.add_done_callback(partial(self._rendered, task))
+            self._start_sample(task, params, [d for d, _ in inputs])
         if params.webhook_url:
-            job = asyncio.create_task(deliver_webhook(self, task))
+            job = asyncio.create_task(deliver_webhook(state, self.http, task, self.config.webhook_form))
             self._background.add(job)
             job.add_done_callback(self._background.discard)
         return task

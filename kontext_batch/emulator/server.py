@@ -12,6 +12,7 @@ address is known before the first request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -22,15 +23,19 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import Scope
 
 from kontext_batch.emulator.app import create_app
 from kontext_batch.emulator.config import EmulatorConfig
 from kontext_batch.emulator.faults import DISCONNECT_LOG_MESSAGE
 from kontext_batch.emulator.runtime import Runtime
+from kontext_batch.secret import Secret
 
 __all__ = ["Emulator", "run"]
 
 _START_TIMEOUT_S = 15.0
+#: Event-loop turns to wait for uvicorn to notice an aborted connection (it takes one or two).
+_ABORT_SETTLE_TURNS = 50
 
 
 class _QuietDisconnects(logging.Filter):
@@ -50,6 +55,28 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._runtime = runtime
         self._on_ready = on_ready
+        runtime.drop_connection = self._drop_connection
+
+    async def _drop_connection(self, scope: Scope) -> bool:
+        """Abort the connection that carried ``scope``'s request, before any byte of an answer.
+
+        uvicorn keeps one protocol object per connection in ``server_state.connections``; the one
+        whose peer address is the request's ``client`` is ours. Once it has seen the connection go,
+        it sends nothing for the request (no 500) and logs nothing.
+        """
+        client = scope.get("client")
+        for conn in list(self.server_state.connections):
+            transport = getattr(conn, "transport", None)
+            if client is None or transport is None or getattr(conn, "client", None) != tuple(client):
+                continue
+            transport.abort()
+            cycle = getattr(conn, "cycle", None)
+            for _ in range(_ABORT_SETTLE_TURNS):
+                if cycle is None or getattr(cycle, "disconnected", True):
+                    break
+                await asyncio.sleep(0)
+            return True
+        return False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -104,7 +131,7 @@ class Emulator:
     """The emulator on a free port in a background thread; a context manager.
 
     ``base_url`` is ``http://127.0.0.1:PORT`` (the host given, or 127.0.0.1 for a wildcard bind).
-    ``stats``, ``set_credits``, ``set_faults`` and ``reset`` go through the admin HTTP routes.
+    ``stats``, ``key_stats``, ``set_credits``, ``set_faults`` and ``reset`` go through the admin HTTP routes.
     """
 
     def __init__(self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -167,6 +194,11 @@ class Emulator:
         resp = self._admin().get("/_emulator/stats", params={"tasks": str(tasks).lower()})
         resp.raise_for_status()
         result: dict[str, Any] = resp.json()
+        return result
+
+    def key_stats(self, key: str) -> dict[str, Any]:
+        """``stats()["keys"]`` entry of ``key`` (stats name keys by fingerprint only). KeyError if unseen."""
+        result: dict[str, Any] = self.stats(tasks=False)["keys"][Secret(key).fingerprint]
         return result
 
     def set_credits(self, key: str, credits: float | None) -> None:

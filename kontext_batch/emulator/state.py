@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 from kontext_batch.emulator.config import OUTCOME_FAULTS, EmulatorConfig, check_faults
 from kontext_batch.secret import Secret
 
-__all__ = ["EmulatorState", "Rejected", "TaskRecord", "fingerprint"]
+__all__ = ["EmulatorState", "KeyCounters", "Rejected", "TaskRecord", "fingerprint"]
 
 PENDING: Final = "Pending"
 READY: Final = "Ready"
@@ -118,12 +118,29 @@ def _nested_counts() -> dict[str, Counter[str]]:
     return {}
 
 
+@dataclass
+class KeyCounters:
+    """One key's share of the stats; active and peak counts live in ``EmulatorState.active``/``peak``."""
+
+    #: Tasks created for this key: every admitted submit, whether its answer reached the client or not.
+    tasks_created: int = 0
+    #: Submits refused for a full active cap.
+    rejected_429: int = 0
+    #: Every 429 this key was answered: cap refusals plus injected ``429`` faults.
+    answers_429: int = 0
+    rejected_402: int = 0
+    #: Credits charged, counted even when the key has no credit limit.
+    credits_spent: float = 0.0
+
+
 class EmulatorState:
     """All mutable emulator state. Create one per app; :meth:`reset` returns it to the config's."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._allowed = {fingerprint(k) for k in config.api_keys}
+        self._cap_by_key = {fingerprint(k): n for k, n in config.max_active_total_by_key.items()}
+        self._credits_by_key = {fingerprint(k): c for k, c in config.credits_by_key.items()}
         self.signing_key = secrets.token_bytes(32)
         self.reset()
 
@@ -137,9 +154,11 @@ class EmulatorState:
         self._held: dict[str, int] = {}  # task id -> bytes of its rendered sample, oldest first
         self._held_bytes = 0
         self.samples_evicted = 0
+        self.samples_rendered = 0
         self.active: dict[str, Counter[str]] = _nested_counts()
         self.peak: dict[str, Counter[str]] = _nested_counts()
         self.credits: dict[str, float | None] = {}
+        self.keys: dict[str, KeyCounters] = {fp: KeyCounters() for fp in sorted(self._allowed)}
         self.submits = self.rejected_429 = self.rejected_402 = self.polls = self.downloads = 0
         self.webhooks_sent = self.webhooks_failed = 0
         self.final_status: Counter[str] = Counter()
@@ -161,7 +180,17 @@ class EmulatorState:
         return fp
 
     def credits_of(self, fp: str) -> float | None:
-        return self.credits.get(fp, self.config.credits)
+        if fp in self.credits:
+            return self.credits[fp]
+        return self._credits_by_key.get(fp, self.config.credits)
+
+    def cap_of(self, fp: str) -> int:
+        """The key's active-task cap over all endpoints."""
+        return self._cap_by_key.get(fp, self.config.max_active_total)
+
+    def key(self, fp: str) -> KeyCounters:
+        """The key's counters, created on first use (any key is accepted when api_keys is empty)."""
+        return self.keys.setdefault(fp, KeyCounters())
 
     def set_credits(self, key: str, credits: float | None) -> None:
         self.credits[fingerprint(key)] = credits
@@ -226,26 +255,35 @@ class EmulatorState:
         """Check caps and credits for one more task; raise :class:`Rejected`, else charge and return cost."""
         self.sweep()
         counts = self.active.setdefault(fp, Counter(total=0))
+        counters = self.key(fp)
         cap = self.config.max_active.get(endpoint)
+        total_cap = self.cap_of(fp)
+        message = None
         if cap is not None and counts[endpoint] >= cap:
+            message = f"Too many active tasks for {endpoint}: the limit is {cap} per account"
+        elif counts["total"] >= total_cap:
+            message = f"Too many active tasks: the limit is {total_cap} per account"
+        if message is not None:
             self.rejected_429 += 1
-            raise Rejected(429, f"Too many active tasks for {endpoint}: the limit is {cap} per account")
-        if counts["total"] >= self.config.max_active_total:
-            self.rejected_429 += 1
-            raise Rejected(429, f"Too many active tasks: the limit is {self.config.max_active_total} per account")
+            counters.rejected_429 += 1
+            counters.answers_429 += 1
+            raise Rejected(429, message)
         cost = self.config.cost_for(endpoint)
         balance = self.credits_of(fp)
         if balance is not None:
             if balance < cost:
                 self.rejected_402 += 1
+                counters.rejected_402 += 1
                 raise Rejected(402, "Insufficient credits")
             self.credits[fp] = balance - cost
+        counters.credits_spent += cost
         return cost
 
     def add(self, task: TaskRecord) -> None:
         """Register an admitted task; it is active until ready_at unless moderated at once."""
         self.tasks[task.id] = task
         self.submits += 1
+        self.key(task.key_fp).tasks_created += 1
         if task.outcome == REQUEST_MODERATED:
             self._retire(task)
             return
@@ -301,11 +339,25 @@ class EmulatorState:
 
     # -- stats ------------------------------------------------------------------------------------
 
+    def _key_stats(self, fp: str, counters: KeyCounters) -> dict[str, Any]:
+        return {
+            "tasks_created": counters.tasks_created,
+            "active": dict(self.active.get(fp, Counter(total=0))),
+            "peak_active": dict(self.peak.get(fp, Counter(total=0))),
+            "max_active_total": self.cap_of(fp),
+            "rejected_429": counters.rejected_429,
+            "answers_429": counters.answers_429,
+            "rejected_402": counters.rejected_402,
+            "credits": self.credits_of(fp),
+            "credits_spent": counters.credits_spent,
+        }
+
     def stats(self, include_tasks: bool = True) -> dict[str, Any]:
         self.sweep()
         polls = [t.polls for t in self.tasks.values()]
         out: dict[str, Any] = {
             "submits": self.submits,
+            "tasks_created": self.submits,
             "rejected_429": self.rejected_429,
             "rejected_402": self.rejected_402,
             "polls": self.polls,
@@ -320,7 +372,9 @@ class EmulatorState:
             "webhooks_failed": self.webhooks_failed,
             "samples_held_bytes": self._held_bytes,
             "samples_evicted": self.samples_evicted,
+            "samples_rendered": self.samples_rendered,
             "credits": dict(self.credits),
+            "keys": {fp: self._key_stats(fp, c) for fp, c in self.keys.items()},
         }
         if include_tasks:
             now = self.now()

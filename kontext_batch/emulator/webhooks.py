@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from kontext_batch.emulator.state import READY, EmulatorState, TaskRecord
-
-if TYPE_CHECKING:
-    from kontext_batch.emulator.runtime import Runtime
 
 __all__ = ["deliver_webhook", "webhook_payload"]
 
@@ -56,20 +53,19 @@ def webhook_payload(state: EmulatorState, task: TaskRecord, form: str) -> dict[s
     }
 
 
-async def deliver_webhook(runtime: Runtime, task: TaskRecord) -> None:
-    """Wait until ``task`` is terminal, then POST its outcome to its webhook_url (one retry)."""
-    state = runtime.state
+async def deliver_webhook(state: EmulatorState, http: httpx.AsyncClient, task: TaskRecord, form: str) -> None:
+    """Wait until ``task`` is terminal, then POST its outcome in ``form`` to its webhook_url (one retry)."""
     delay = task.ready_at - state.now()
     if delay > 0:
         await asyncio.sleep(delay)
     state.sweep()
     if task.webhook_url is None:
         return
-    payload = webhook_payload(state, task, runtime.config.webhook_form)
+    payload = webhook_payload(state, task, form)
     headers = {"X-Webhook-Secret": task.webhook_secret} if task.webhook_secret else {}
     for attempt in (1, 2):
         try:
-            resp = await runtime.http.post(task.webhook_url, json=payload, headers=headers)
+            resp = await http.post(task.webhook_url, json=payload, headers=headers)
             if resp.status_code < 500:
                 state.webhooks_sent += 1
                 return

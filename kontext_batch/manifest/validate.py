@@ -1,19 +1,19 @@
 """Validate a whole manifest before a run: every row's fields, every input image, and the price.
 
-Streams like the reader: only errors are kept (the first ``max_errors``, plus a count), so a
-1,000,000-row manifest validates in bounded memory. Image checks run on a small thread pool (they
-are mostly I/O); each distinct image source is read and decoded once.
+:func:`iter_checked_rows` is the one pass over a manifest: it streams like the reader and adds each
+row's image errors. ``validate`` reduces it to a :class:`ValidationReport`; a run
+(:mod:`kontext_batch.runner`) turns each checked row into a job or an ``invalid`` result as it goes.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final, NamedTuple, TextIO
 
 from kontext_batch.api.models import ENDPOINT_COST_CREDITS
 from kontext_batch.errors import RowError
@@ -24,15 +24,17 @@ from kontext_batch.manifest.images import (
     describe_image_error,
     resolve_image_ref,
 )
-from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef
+from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef, ManifestRow
 from kontext_batch.manifest.reader import RowOutcome, iter_manifest
 from kontext_batch.netguard import FetchPolicy
 
 __all__ = [
     "DEFAULT_COST_CREDITS",
     "USD_PER_CREDIT",
+    "CheckedRow",
     "ValidationReport",
     "cost_credits_for",
+    "iter_checked_rows",
     "render_report",
     "validate_manifest",
 ]
@@ -72,6 +74,21 @@ class ValidationReport:
     def cost_usd(self) -> float:
         return round(self.cost_credits * USD_PER_CREDIT, 2)
 
+    def add(self, checked: CheckedRow, *, max_errors: int) -> None:
+        """Count one checked row; keep its errors while fewer than ``max_errors`` are kept."""
+        self.rows_total += 1
+        if checked.errors:
+            self.errors_total += len(checked.errors)
+            room = max_errors - len(self.errors)
+            self.errors.extend(checked.errors[: max(room, 0)])
+        elif checked.outcome.value is not None:
+            self.rows_valid += 1
+
+    def set_endpoints(self, endpoints: Mapping[str, int]) -> None:
+        """The valid rows per endpoint, and the price they add up to."""
+        self.per_endpoint = dict(sorted(endpoints.items()))
+        self.cost_credits = sum(n * cost_credits_for(e) for e, n in endpoints.items())
+
     @property
     def estimated_endpoints(self) -> list[str]:
         """Endpoints priced at the default because the price table does not list them."""
@@ -91,6 +108,65 @@ def _refs_of(outcome: RowOutcome, base_dir: Path, inputs_root: Path | None) -> l
     return refs
 
 
+class CheckedRow(NamedTuple):
+    """One manifest row after every check: the reader's outcome and all its errors, image errors included."""
+
+    outcome: RowOutcome
+    errors: list[RowError]
+
+    @property
+    def row(self) -> ManifestRow | None:
+        """The row when it passed every check, else None."""
+        return self.outcome.value if not self.errors else None
+
+
+def iter_checked_rows(
+    path: str | Path,
+    *,
+    default_model: str = "pro",
+    check_images: bool = True,
+    fmt: str | None = None,
+    stdin: TextIO | None = None,
+    cache: ImageCache | None = None,
+    workers: int = 8,
+    timeout_s: float = 30.0,
+    fetch: FetchPolicy | None = None,
+    inputs_root: Path | None = None,
+) -> Iterator[CheckedRow]:
+    """Every row of the manifest at ``path`` (``-``: stdin), in order, with its field and image errors.
+
+    The one pass over a manifest that both ``validate`` and a run make. Image checks run on a small
+    thread pool, at most a window of rows ahead; each distinct image source is read and decoded once
+    per ``cache``. Raises ManifestError for file-level problems, as the reader does.
+
+    ``fetch`` governs input image URLs (build it with ``FetchPolicy.from_settings``; default:
+    loopback/private/link-local addresses refused). ``inputs_root`` confines local input images to
+    one folder (symlinks resolved); a path outside it is a row error.
+    """
+    cache = cache or ImageCache()
+    base_dir = Path.cwd() if str(path) == "-" else Path(path).resolve().parent
+
+    def checked(outcome: RowOutcome, refs: list[ImageRef], futures: list[Future[ImageInfo]]) -> CheckedRow:
+        errors = list(outcome.errors)
+        for ref, fut in zip(refs, futures, strict=True):
+            exc = fut.exception()
+            if exc is not None:
+                errors.append(RowError(outcome.row, ref.field, describe_image_error(ref, exc)))
+        return CheckedRow(outcome, errors)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="validate") as pool:
+        pending: deque[tuple[RowOutcome, list[ImageRef], list[Future[ImageInfo]]]] = deque()
+        rows = iter_manifest(path, default_model=default_model, fmt=fmt, stdin=stdin, inputs_root=inputs_root)
+        for outcome in rows:
+            refs = _refs_of(outcome, base_dir, inputs_root) if check_images else []
+            futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s, fetch=fetch) for ref in refs]
+            pending.append((outcome, refs, futures))
+            while len(pending) > _WINDOW or (pending and all(f.done() for f in pending[0][2])):
+                yield checked(*pending.popleft())
+        while pending:
+            yield checked(*pending.popleft())
+
+
 def validate_manifest(
     path: str | Path,
     *,
@@ -107,49 +183,28 @@ def validate_manifest(
 ) -> ValidationReport:
     """Check every row of the manifest at ``path`` (``-``: stdin) and price the valid ones.
 
-    ``fetch`` governs input image URLs (build it with ``FetchPolicy.from_settings``; default:
-    loopback/private/link-local addresses refused). ``inputs_root`` confines local input images to
-    one folder.
-
-    Raises ManifestError for file-level problems (no rows, wrong delimiter, ...), as the reader does.
-    Pass the ``cache`` on to staging so it does not read the images again.
+    Keeps only the first ``max_errors`` errors (and a count), so a 1,000,000-row manifest validates
+    in bounded memory. Raises ManifestError for file-level problems (no rows, wrong delimiter, ...).
+    ``fetch`` and ``inputs_root``: as for :func:`iter_checked_rows`.
     """
     report = ValidationReport(path=str(path), images_checked=check_images)
-    cache = cache or ImageCache()
-    base_dir = Path.cwd() if str(path) == "-" else Path(path).resolve().parent
     endpoints: Counter[str] = Counter()
-
-    def record(outcome: RowOutcome, refs: list[ImageRef], futures: list[Future[ImageInfo]]) -> None:
-        errors = list(outcome.errors)
-        for ref, fut in zip(refs, futures, strict=True):
-            exc = fut.exception()
-            if exc is not None:
-                errors.append(RowError(outcome.row, ref.field, describe_image_error(ref, exc)))
-        report.rows_total += 1
-        if errors:
-            report.errors_total += len(errors)
-            room = max_errors - len(report.errors)
-            report.errors.extend(errors[: max(room, 0)])
-        elif outcome.value is not None:
-            report.rows_valid += 1
-            endpoints[outcome.value.endpoint] += 1
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="validate") as pool:
-        pending: deque[tuple[RowOutcome, list[ImageRef], list[Future[ImageInfo]]]] = deque()
-        rows: Iterator[RowOutcome] = iter_manifest(
-            path, default_model=default_model, fmt=fmt, stdin=stdin, inputs_root=inputs_root
-        )
-        for outcome in rows:
-            refs = _refs_of(outcome, base_dir, inputs_root) if check_images else []
-            futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s, fetch=fetch) for ref in refs]
-            pending.append((outcome, refs, futures))
-            while len(pending) > _WINDOW or (pending and all(f.done() for f in pending[0][2])):
-                record(*pending.popleft())
-        while pending:
-            record(*pending.popleft())
-
-    report.per_endpoint = dict(sorted(endpoints.items()))
-    report.cost_credits = sum(n * cost_credits_for(e) for e, n in endpoints.items())
+    for checked in iter_checked_rows(
+        path,
+        default_model=default_model,
+        check_images=check_images,
+        fmt=fmt,
+        stdin=stdin,
+        cache=cache,
+        workers=workers,
+        timeout_s=timeout_s,
+        fetch=fetch,
+        inputs_root=inputs_root,
+    ):
+        report.add(checked, max_errors=max_errors)
+        if checked.row is not None:
+            endpoints[checked.row.endpoint] += 1
+    report.set_endpoints(endpoints)
     return report
 
 

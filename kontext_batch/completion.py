@@ -1,0 +1,71 @@
+"""A row's final result, and a run's end: recorded once, counted, and written out as results.csv.
+
+Below both sides: workers finish rows as their tasks end; the enqueue side finishes rows that never
+reach a worker (invalid, skipped, cancelled while waiting) and finalizes a run that is complete at
+once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kontext_batch.keys import split_job_ref
+from kontext_batch.results import RESULTS_NAME, render_results
+from kontext_batch.runs import RowStatus
+from kontext_batch.runtime import Runtime
+
+__all__ = ["finalize", "finish", "record_now"]
+
+log = logging.getLogger("kontext_batch.completion")
+
+
+def record_now(rt: Runtime, run_id: str, row: int, result: dict[str, Any]) -> None:
+    """Record a row that never became a job (invalid, skipped); finalize the run if it was the last."""
+    done = rt.runs.record(run_id, row, {**result, "finished_at": time.time()})
+    if done is not None and done >= rt.runs.total(run_id) and rt.runs.meta(run_id).get("status") != "enqueuing":
+        finalize(rt, run_id)
+
+
+def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None = None, **fields: Any) -> None:
+    """Record a job's final result (once), forget the job, and write results.csv if it was the run's last row."""
+    run_id, row = split_job_ref(ref)
+    job = job or {}
+    result: dict[str, Any] = {
+        "status": status,
+        "attempts": int(job.get("attempts", 0)),
+        "polls": int(job.get("polls", 0)),
+        "finished_at": time.time(),
+    }
+    for k in ("bfl_task_id", "cost_credits", "submitted_at"):
+        if job.get(k):
+            result[k] = job[k]
+    result.update({k: v for k, v in fields.items() if v is not None})
+    if "submitted_at" in result and "duration_s" not in result:
+        result["duration_s"] = round(result["finished_at"] - float(result["submitted_at"]), 3)
+    done = rt.runs.record(run_id, row, result)
+    rt.gate.retire(ref)
+    if done is not None and done >= rt.runs.total(run_id):
+        finalize(rt, run_id)
+
+
+def finalize(rt: Runtime, run_id: str) -> str | None:
+    """Write results.csv to the run's output store and mark the run finished. Safe to repeat.
+
+    One writer at a time (a short Redis claim); returns None when another is writing it now. The
+    claim expires, so a writer killed mid-way leaves the run to the next sweep.
+    """
+    if not rt.runs.claim_finalizing(run_id):
+        return None
+    try:
+        meta = rt.runs.meta(run_id)
+        store = rt.store(meta["output"])
+        uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
+        status = "cancelled" if meta.get("status") == "cancelled" else "finished"
+        rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
+        rt.runs.close_run(run_id)
+    finally:
+        rt.runs.release_finalizing(run_id)
+    log.info("run %s %s: %s", run_id, status, uri)
+    return uri

@@ -1,0 +1,320 @@
+"""Run a manifest: one pass that checks, stages and records every row, then queue the run and follow it.
+
+    manifest --iter_checked_rows--> JobSpec (valid) | invalid result --> Redis --> gate wait lists
+
+Nothing is queued unless every row is valid, or the caller asked to record invalid rows as
+``invalid``: rows go to the gates' wait lists only after the pass ends. A refused run is deleted from
+Redis. Local input images are staged (content-addressed, so a refused run leaves at most a cache of
+inputs behind, never an output). Rows whose output already exists for the same inputs and
+parameters are recorded ``skipped`` unless ``force``.
+
+Nothing here prints: :func:`follow` reports through a callback and returns a :class:`RunOutcome`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from kontext_batch.completion import finalize, record_now
+from kontext_batch.dispatch import dispatch
+from kontext_batch.errors import InvalidImage, ManifestError, RowError
+from kontext_batch.jobspec import JobSpec
+from kontext_batch.keys import job_ref
+from kontext_batch.manifest.images import ImageCache, describe_image_error
+from kontext_batch.manifest.model import ManifestRow
+from kontext_batch.manifest.staging import StagedImage, stage_image
+from kontext_batch.manifest.validate import CheckedRow, ValidationReport, iter_checked_rows
+from kontext_batch.netguard import FetchPolicy
+from kontext_batch.redisio import BATCH, batched
+from kontext_batch.runs import RunInfo, new_run_id
+from kontext_batch.runtime import Runtime
+from kontext_batch.storage import ObjectNotFound, ObjectStore
+
+__all__ = ["Progress", "QueuedRun", "RunOutcome", "RunRequest", "follow", "outcome_of", "start_run"]
+
+MAX_ERRORS_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``run`` was asked to do; ``--local`` and ``demo`` hand the same value on."""
+
+    manifest: str
+    output: str
+    model: str = "pro"
+    skip_invalid: bool = False
+    force: bool = False
+    wait: bool = False
+    max_failures: float = 0
+    inputs_root: Path | None = None  # local input images must lie in this folder (symlinks resolved)
+
+
+@dataclass
+class QueuedRun:
+    """What :func:`start_run` did: the run's id and how its rows were accounted for."""
+
+    run_id: str
+    total: int = 0
+    queued: int = 0
+    invalid: int = 0
+    skipped: int = 0
+    report: ValidationReport = field(default_factory=lambda: ValidationReport(path=""), repr=False)
+
+    @property
+    def cost_credits(self) -> int:
+        return self.report.cost_credits
+
+
+def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> QueuedRun:
+    """Check, register and queue ``req.manifest`` (``-``: ``stdin``) in one pass over it.
+
+    Raises ManifestError (nothing queued, the run forgotten) when a row is invalid and
+    ``req.skip_invalid`` is off, or for file-level problems; StorageError when the output store
+    cannot be written; OSError when the manifest cannot be read.
+    """
+    store = rt.store(req.output)
+    run_id = new_run_id()
+    rt.runs.register(
+        run_id,
+        {
+            "id": run_id,
+            "manifest": str(Path(req.manifest).resolve()) if req.manifest != "-" else "-",
+            "output": store.url,
+            "total": 0,
+            "default_model": req.model,
+            "status": "enqueuing",
+            "created_at": time.time(),
+            "fp": rt.settings.api_key.fingerprint,
+            "force": int(req.force),
+        },
+    )
+    try:
+        queued = _Enqueue(rt, run_id, store, req).run(stdin)
+    except BaseException:
+        rt.runs.delete(run_id)  # nothing of it waits in a gate yet
+        raise
+    return queued
+
+
+class _Enqueue:
+    """The state of one pass: rows buffered for Redis, row numbers waiting per endpoint."""
+
+    def __init__(self, rt: Runtime, run_id: str, store: ObjectStore, req: RunRequest) -> None:
+        self.rt = rt
+        self.run_id = run_id
+        self.store = store
+        self.req = req
+        self.cache = ImageCache()
+        self.out = QueuedRun(run_id=run_id, report=ValidationReport(path=req.manifest, images_checked=True))
+        self.existing = set() if req.force else _existing_outputs(store)
+        self.extra_cols: dict[str, None] = {}
+        self.specs: list[tuple[int, dict[str, Any]]] = []
+        self.waiting: dict[str, array[int]] = {}
+        self.endpoints: Counter[str] = Counter()
+
+    def run(self, stdin: TextIO | None) -> QueuedRun:
+        report = self.out.report
+        rows = iter_checked_rows(
+            self.req.manifest,
+            default_model=self.req.model,
+            stdin=stdin,
+            cache=self.cache,
+            fetch=FetchPolicy.from_settings(self.rt.settings),
+            inputs_root=self.req.inputs_root,
+        )
+        for read in rows:
+            refused = report.errors_total > 0 and not self.req.skip_invalid  # only checking from here on
+            staged: list[StagedImage] = []
+            checked = read
+            if read.row is not None and not refused:
+                staged, checked = self._stage(read, read.row)
+            report.add(checked, max_errors=MAX_ERRORS_KEPT)
+            if checked.row is not None:
+                self.endpoints[checked.row.endpoint] += 1
+            if report.errors_total > 0 and not self.req.skip_invalid:
+                continue
+            if checked.row is None:
+                self._invalid(checked)
+            else:
+                self._valid(checked.row, staged)
+            if len(self.specs) >= BATCH:
+                self._flush()
+        if report.errors_total and not self.req.skip_invalid:
+            raise ManifestError(report.errors)
+        report.set_endpoints(self.endpoints)
+        self._flush()
+        return self._queue()
+
+    def _stage(self, checked: CheckedRow, row: ManifestRow) -> tuple[list[StagedImage], CheckedRow]:
+        staged: list[StagedImage] = []
+        for ref in row.images:
+            try:
+                staged.append(stage_image(ref, self.store, self.cache))
+            except (InvalidImage, ObjectNotFound) as exc:
+                # The file changed between its check and now: the row is invalid, not the run.
+                return [], CheckedRow(checked.outcome, [RowError(row.row, ref.field, describe_image_error(ref, exc))])
+        return staged, checked
+
+    def _invalid(self, checked: CheckedRow) -> None:
+        raw = checked.outcome.raw or {}
+        row = checked.outcome.row
+        self.specs.append(
+            (row, {"row": row, "id": raw.get("id") or str(row), "prompt": raw.get("prompt", ""), "extra": {}})
+        )
+        self._flush()  # the result must find its spec
+        error = "; ".join(f"{e.field}: {e.msg}" for e in checked.errors)
+        record_now(self.rt, self.run_id, row, {"status": "invalid", "error": error})
+        self.out.invalid += 1
+
+    def _valid(self, row: ManifestRow, staged: list[StagedImage]) -> None:
+        for col in row.extra:
+            self.extra_cols.setdefault(col, None)
+        spec = JobSpec(
+            row=row.row,
+            id=row.id,
+            endpoint=row.endpoint,
+            prompt=row.prompt,
+            params=dict(row.params),
+            images=[s.uri for s in staged],
+            digests=[s.sha256 for s in staged],
+            output_name=row.output_name,
+            output_format=row.output_format,
+            extra=dict(row.extra),
+        )
+        self.specs.append((row.row, spec.to_json()))
+        done_uri = _already_done(self.store, self.existing, spec)
+        if done_uri is not None:
+            self._flush()
+            record_now(self.rt, self.run_id, row.row, {"status": "skipped", "output_uri": done_uri})
+            self.out.skipped += 1
+            return
+        self.waiting.setdefault(row.endpoint, array("I")).append(row.row)
+        self.out.queued += 1
+
+    def _flush(self) -> None:
+        if self.specs:
+            self.rt.runs.put_rows(self.run_id, self.specs)
+            self.specs.clear()
+
+    def _queue(self) -> QueuedRun:
+        rt, run_id, out = self.rt, self.run_id, self.out
+        out.total = out.report.rows_total
+        rt.runs.update(
+            run_id,
+            total=out.total,
+            extra_columns=list(self.extra_cols),
+            queued=out.queued,
+            skipped=out.skipped,
+            invalid=out.invalid,
+        )
+        for endpoint, rows in self.waiting.items():
+            gate = rt.gate_for(endpoint)
+            for chunk in batched(rows):
+                rt.gate.enqueue(gate, (job_ref(run_id, r) for r in chunk))
+        rt.runs.update(run_id, status="running")
+        for endpoint in self.waiting:
+            dispatch(rt, rt.gate_for(endpoint))
+        if rt.runs.info(run_id).ndone >= out.total:
+            finalize(rt, run_id)
+        return out
+
+
+def _existing_outputs(store: ObjectStore) -> set[str]:
+    return {n for n in store.list() if not n.startswith("_inputs/")}
+
+
+def _already_done(store: ObjectStore, existing: set[str], spec: JobSpec) -> str | None:
+    if spec.output_name not in existing or spec.sidecar_name not in existing:
+        return None
+    try:
+        side = json.loads(store.get(spec.sidecar_name))
+    except (OSError, ValueError):
+        return None
+    return store.uri(spec.output_name) if side.get("job_key") == spec.job_key else None
+
+
+# --- following a run ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One look at a run while following it."""
+
+    info: RunInfo
+    elapsed_s: float
+    rows_per_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        left = self.info.total - self.info.ndone
+        return left / self.rows_per_s if self.rows_per_s > 0 else None
+
+
+OutcomeKind = Literal["succeeded", "rows_failed", "stopped", "timed_out"]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a followed run ended. ``kind`` decides the exit code; the CLI maps it."""
+
+    info: RunInfo
+    kind: OutcomeKind
+    failed: int
+
+    @property
+    def results_uri(self) -> str | None:
+        return self.info.meta.get("results_uri")
+
+    @property
+    def stopped_reason(self) -> str | None:
+        return self.info.meta.get("stopped_reason") or None
+
+
+def outcome_of(info: RunInfo, *, max_failures: float = 0) -> RunOutcome:
+    """Judge a run: stopped (credits, key, cancel) beats failed rows beyond ``max_failures``
+    (a count, or a fraction of the rows when below 1)."""
+    failed = sum(v for k, v in info.counts.items() if k not in ("succeeded", "skipped"))
+    allowed = max_failures * info.total if 0 < max_failures < 1 else max_failures
+    if info.meta.get("stopped") or info.status == "cancelled":
+        kind: OutcomeKind = "stopped"
+    elif failed > allowed:
+        kind = "rows_failed"
+    else:
+        kind = "succeeded"
+    return RunOutcome(info, kind, failed)
+
+
+def follow(
+    rt: Runtime,
+    run_id: str,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    max_failures: float = 0,
+    interval_s: float = 1.0,
+    timeout_s: float | None = None,
+) -> RunOutcome:
+    """Look at the run every ``interval_s`` until it is final (or ``timeout_s`` passed).
+
+    Calls ``on_progress`` with each look, the last one included; prints nothing.
+    """
+    start = time.monotonic()
+    first_done: int | None = None
+    while True:
+        info = rt.runs.info(run_id)
+        first_done = info.ndone if first_done is None else first_done
+        elapsed = time.monotonic() - start
+        rate = (info.ndone - first_done) / elapsed if elapsed > 0 else 0.0
+        if on_progress is not None:
+            on_progress(Progress(info, elapsed, rate))
+        if info.finished:
+            return outcome_of(info, max_failures=max_failures)
+        if timeout_s is not None and elapsed >= timeout_s:
+            return RunOutcome(info, "timed_out", 0)
+        time.sleep(interval_s)

@@ -1,0 +1,108 @@
+"""`run` through the runner, as a user calls it: `--local --emulator`, `demo`, stdin, `--skip-invalid`.
+
+Each test is the CLI as a real process with its private Redis, emulator and worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.e2e_support import product_image, read_results, write_csv
+
+pytestmark = pytest.mark.e2e
+
+
+def _cli(*args: str, cwd: Path, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "kontext_batch", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("provider", ["bfl", "reseller"])
+def test_run_local_emulator_with_each_provider(tmp_path: Path, provider: str) -> None:
+    product_image(tmp_path / "shoe.jpg", (120, 40, 40))
+    rows = [{"id": f"r{i}", "prompt": f"white background {i}", "input_image": "shoe.jpg"} for i in range(4)]
+    manifest = write_csv(tmp_path / "m.csv", ["id", "prompt", "input_image"], rows)
+    proc = _cli(
+        "run",
+        str(manifest),
+        "--local",
+        "--emulator",
+        "-o",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+        KONTEXT_PROVIDER=provider,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if provider == "reseller":
+        assert "/reseller/v1" in proc.stderr  # the base the reseller's client needs, announced
+    results = read_results((tmp_path / "out" / "results.csv").read_bytes())
+    assert [r["status"] for r in results] == ["succeeded"] * 4
+    assert all((tmp_path / "out" / f"r{i}.png").stat().st_size > 0 for i in range(4))
+
+
+@pytest.mark.parametrize("provider", ["bfl", "reseller"])
+def test_demo_with_each_provider(tmp_path: Path, provider: str) -> None:
+    out = tmp_path / "demo"
+    proc = _cli("demo", "-o", str(out), "--time-scale", "0.05", cwd=tmp_path, KONTEXT_PROVIDER=provider)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results((out / "results.csv").read_bytes())
+    assert len(results) == 20
+    assert {r["status"] for r in results} == {"succeeded"}
+
+
+def test_skip_invalid_with_a_broken_image_finishes_with_that_row_invalid(tmp_path: Path) -> None:
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    product_image(tmp_path / "ok.jpg", (40, 40, 120))
+    rows = [
+        {"id": "bad", "prompt": "white background", "input_image": "broken.jpg"},
+        {"id": "good", "prompt": "white background", "input_image": "ok.jpg"},
+    ]
+    manifest = write_csv(tmp_path / "m.csv", ["id", "prompt", "input_image"], rows)
+    args = ("run", str(manifest), "--local", "--emulator", "--skip-invalid", "--max-failures", "1")
+    proc = _cli(*args, "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["id"]: r for r in read_results((tmp_path / "out" / "results.csv").read_bytes())}
+    assert results["bad"]["status"] == "invalid"
+    assert "input_image" in results["bad"]["error"]
+    assert results["good"]["status"] == "succeeded"
+
+
+def test_stdin_manifest_resolves_relative_paths_against_the_current_folder(tmp_path: Path) -> None:
+    product_image(tmp_path / "images" / "mug.jpg", (30, 90, 30))
+    text = "id,prompt,input_image\nmug,matte black mug,images/mug.jpg\n"
+    proc = _cli("run", "-", "--local", "--emulator", "-o", str(tmp_path / "out"), cwd=tmp_path, stdin=text)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = read_results((tmp_path / "out" / "results.csv").read_bytes())
+    assert result["status"] == "succeeded"
+
+
+def test_a_refused_manifest_leaves_no_run_behind(tmp_path: Path, redis_url: str) -> None:
+    rows = [{"prompt": "fine"}, {"prompt": ""}, {"prompt": "also fine"}]
+    manifest = write_csv(tmp_path / "m.csv", ["prompt"], rows)
+    proc = _cli(
+        "run",
+        str(manifest),
+        "-o",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+        KONTEXT_REDIS_URL=redis_url,
+        KONTEXT_API_KEY="k-refused",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "row 2" in proc.stderr
+    assert redis.Redis.from_url(redis_url).keys("*") == []  # no run, no row, no wait list

@@ -425,7 +425,7 @@ def _raise_for_status(url: str, code: int) -> None:
         raise ObjectNotFound(url)
     if code == 429 or code >= 500:
         raise StorageUnavailable(f"{url}: HTTP {code}")
-    if code >= 400 or code < 200 or code >= 300:
+    if not 200 <= code < 300:
         raise StorageError(f"{url}: HTTP {code}")
 
 

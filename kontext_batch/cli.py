@@ -24,6 +24,7 @@ from kontext_batch.control import cancel_run, retry_run
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, OverBudget
 from kontext_batch.local import demo_manifest, interrupts, local_stack
 from kontext_batch.manifest.validate import render_report, validate_manifest
+from kontext_batch.netguard import FetchPolicy
 from kontext_batch.results import render_results
 from kontext_batch.runner import Progress, RunOutcome, RunRequest, RunView, follow, start_run, view_run
 from kontext_batch.runtime import Runtime
@@ -93,6 +94,16 @@ def _say(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+INPUTS_ROOT = click.option(
+    "--inputs-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="KONTEXT_INPUTS_ROOT",
+    show_envvar=True,
+    default=None,
+    help="Refuse local input images outside this folder (symlinks resolved).",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kontext-batch")
 def cli() -> None:
@@ -103,12 +114,22 @@ def cli() -> None:
 @click.argument("manifest")
 @click.option("--model", envvar="KONTEXT_MODEL", default="pro", show_default=True, help="Model for rows without one.")
 @click.option("--no-images", is_flag=True, help="Skip reading and decoding the input images.")
+@INPUTS_ROOT
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate(manifest: str, model: str, no_images: bool, as_json: bool) -> None:
+@click.pass_context
+def validate(
+    ctx: click.Context, manifest: str, model: str, no_images: bool, inputs_root: Path | None, as_json: bool
+) -> None:
     """Check every row of MANIFEST (`-`: stdin) and print the run's cost. Exit 0 only when every row is valid."""
 
     try:
-        report = validate_manifest(manifest, default_model=model, check_images=not no_images)
+        report = validate_manifest(
+            manifest,
+            default_model=model,
+            check_images=not no_images,
+            fetch=FetchPolicy.from_settings(_settings(ctx)),
+            inputs_root=inputs_root,
+        )
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -159,6 +180,7 @@ def validate(manifest: str, model: str, no_images: bool, as_json: bool) -> None:
     default=None,
     help="Credits the run may spend (1 credit = $0.01): refused if the estimate is over; no submit passes it.",
 )
+@INPUTS_ROOT
 @click.option("--local", is_flag=True, help="No Redis needed: start one privately with workers, for this run.")
 @click.option("--emulator", is_flag=True, help="With --local: run against a local Kontext emulator.")
 @click.option(
@@ -181,6 +203,7 @@ def run(
     wait: bool,
     max_failures: float,
     budget: float | None,
+    inputs_root: Path | None,
     local: bool,
     emulator: bool,
     n_workers: int,
@@ -188,7 +211,8 @@ def run(
 ) -> None:
     """Validate MANIFEST (`-`: stdin), register a run, and queue every row for the workers."""
     s = _settings(ctx)
-    req = RunRequest(manifest, output, model, skip_invalid, force, wait or local or emulator, max_failures, budget)
+    wait = wait or local or emulator
+    req = RunRequest(manifest, output, model, skip_invalid, force, wait, max_failures, budget, inputs_root)
     if local or emulator:
         with _local(s, emulator=emulator, workers=n_workers) as s2:
             sys.exit(_submit_and_follow(s2, req, as_json=as_json))

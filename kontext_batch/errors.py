@@ -17,6 +17,7 @@
         ├── SampleExpired          403/404 on a sample URL (its 10 minutes are over)
         ├── InvalidImage           bytes that do not decode as an image
         ├── StorageError           the object store refused (permissions, bad URL)
+        ├── UrlRefused             a URL we will not fetch or send the key to (address, host, scheme)
         ├── ManifestError          rows of a manifest are invalid (carries every row error)
         ├── ConfigError            settings that cannot work
         │   └── KeyNotHeld         a job's key is not one this process holds
@@ -56,6 +57,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "TransportError",
+    "UrlRefused",
 ]
 
 
@@ -217,6 +219,16 @@ class InvalidImage(PermanentError):
 
 class StorageError(PermanentError):
     """Raised when the object store refuses an operation for good (permissions, malformed URL)."""
+
+
+class UrlRefused(PermanentError):
+    """Raised before a request is sent when its URL is not allowed: a host that resolves to a
+    loopback, private or link-local address, a plain-http sample, too many redirects, or a polling
+    URL on a host that is not the API's (the key is never sent there). ``host`` names the host."""
+
+    def __init__(self, message: str, *, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
 
 
 class ManifestError(PermanentError):

@@ -33,6 +33,7 @@ from kontext_batch.manifest.images import ImageCache, describe_image_error
 from kontext_batch.manifest.model import ManifestRow
 from kontext_batch.manifest.staging import StagedImage, stage_image
 from kontext_batch.manifest.validate import CheckedRow, ValidationReport, iter_checked_rows
+from kontext_batch.netguard import FetchPolicy
 from kontext_batch.redisio import BATCH, batched
 from kontext_batch.runs import RunInfo, new_run_id
 from kontext_batch.runtime import Runtime
@@ -66,6 +67,7 @@ class RunRequest:
     wait: bool = False
     max_failures: float = 0
     budget: float | None = None  # credits; None: the settings' KONTEXT_BUDGET (if any)
+    inputs_root: Path | None = None  # local input images must lie in this folder (symlinks resolved)
 
 
 @dataclass
@@ -146,7 +148,14 @@ class _Enqueue:
 
     def run(self, stdin: TextIO | None) -> QueuedRun:
         report = self.out.report
-        rows = iter_checked_rows(self.req.manifest, default_model=self.req.model, stdin=stdin, cache=self.cache)
+        rows = iter_checked_rows(
+            self.req.manifest,
+            default_model=self.req.model,
+            stdin=stdin,
+            cache=self.cache,
+            fetch=FetchPolicy.from_settings(self.rt.settings),
+            inputs_root=self.req.inputs_root,
+        )
         for read in rows:
             refused = report.errors_total > 0 and not self.req.skip_invalid  # only checking from here on
             staged: list[StagedImage] = []

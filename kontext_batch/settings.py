@@ -26,6 +26,11 @@ KONTEXT_POLL_FIRST_S           first poll before any latency seen  0.5
 KONTEXT_POLL_MIN_S             shortest poll interval              0.25
 KONTEXT_POLL_MAX_S             longest poll interval               10
 KONTEXT_RESUBMIT_EXPIRED       resubmit a row whose sample expired 0
+KONTEXT_ALLOW_PRIVATE_URLS     fetch URLs on loopback/private/     0
+                               link-local addresses (intranet
+                               image hosts, tests)
+KONTEXT_FETCH_DEADLINE_S       whole fetch of one input image URL  60
+KONTEXT_MAX_SAMPLE_BYTES       largest output image downloaded     64000000
 KONTEXT_LOG_LEVEL              logging level                       INFO
 =============================  ==================================  ===============================
 """
@@ -153,6 +158,9 @@ class Settings:
     poll_max_s: float = 10.0
     resubmit_expired: bool = False
     log_level: str = "INFO"
+    allow_private_urls: bool = False
+    fetch_deadline_s: float = 60.0
+    max_sample_bytes: int = 64_000_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -198,6 +206,9 @@ class Settings:
             poll_max_s=num("KONTEXT_POLL_MAX_S", d.poll_max_s, minimum=0.01),
             resubmit_expired=env.get("KONTEXT_RESUBMIT_EXPIRED", "0").strip().lower() in _TRUE,
             log_level=env.get("KONTEXT_LOG_LEVEL", d.log_level).upper(),
+            allow_private_urls=env.get("KONTEXT_ALLOW_PRIVATE_URLS", "0").strip().lower() in _TRUE,
+            fetch_deadline_s=num("KONTEXT_FETCH_DEADLINE_S", d.fetch_deadline_s, minimum=0.1),
+            max_sample_bytes=int(num("KONTEXT_MAX_SAMPLE_BYTES", d.max_sample_bytes, minimum=1)),
         )
 
     def cap_for(self, endpoint: str, key: ApiKey | None = None) -> int:
@@ -252,6 +263,7 @@ class Settings:
             "KONTEXT_MAX_ACTIVE_MODELS": ",".join(f"{k}={v}" for k, v in self.max_active_models.items()),
             "KONTEXT_RESUBMIT_EXPIRED": "1" if self.resubmit_expired else "0",
             "KONTEXT_LOG_LEVEL": self.log_level,
+            "KONTEXT_ALLOW_PRIVATE_URLS": "1" if self.allow_private_urls else "0",
         }
         for f in fields(self):
             if f.type in ("float", "int") and f.name not in ("max_active",):

@@ -33,7 +33,9 @@ import contextlib
 import mimetypes
 import os
 import re
+import stat
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -52,7 +54,8 @@ from obstore.exceptions import (
 )
 from obstore.store import LocalStore, MemoryStore, S3Store, from_url
 
-from kontext_batch.errors import StorageError, StorageUnavailable
+from kontext_batch.errors import StorageError, StorageUnavailable, UrlRefused
+from kontext_batch.netguard import AddressGuard, FetchPolicy, guarded_transport
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config
@@ -364,8 +367,9 @@ def open_store(url: str, *, base_dir: Path | None = None) -> ObjectStore:
 
 _stores: dict[str, ObjectStore] = {}
 _stores_lock = threading.Lock()
-_http: tuple[int, httpx.Client] | None = None
+_http: dict[bool, tuple[int, httpx.Client]] = {}
 _http_lock = threading.Lock()
+_LOCAL_CHUNK: Final = 1 << 20
 
 
 def _root_store(root_url: str) -> ObjectStore:
@@ -384,41 +388,126 @@ def _root_store(root_url: str) -> ObjectStore:
         return store
 
 
-def _http_client() -> httpx.Client:
-    # One pooled client per process; a client inherited across fork() is not reused.
-    global _http  # noqa: PLW0603 - process-wide connection pool, created on first use
+def _http_client(allow_private: bool) -> httpx.Client:
+    """One pooled client per process and address policy; a client inherited across fork() is not reused.
+
+    Redirects are followed by :func:`_read_http` itself, one checked hop at a time.
+    """
     with _http_lock:
-        if _http is None or _http[0] != os.getpid():
-            _http = (os.getpid(), httpx.Client(follow_redirects=True))
-        return _http[1]
+        held = _http.get(allow_private)
+        if held is None or held[0] != os.getpid():
+            transport = None if allow_private else guarded_transport(AddressGuard())
+            held = _http[allow_private] = (os.getpid(), httpx.Client(follow_redirects=False, transport=transport))
+        return held[1]
 
 
-def _read_http(url: str, timeout_s: float, max_bytes: int | None) -> bytes:
+def _read_http(url: str, timeout_s: float, max_bytes: int | None, fetch: FetchPolicy) -> bytes:
+    """GET ``url`` within ``fetch``'s deadline and redirect budget; every hop's address is checked."""
+    client = _http_client(fetch.allow_private)
+    deadline = time.monotonic() + fetch.deadline_s
+    late = f"{url}: did not finish within the {fetch.deadline_s:g} s deadline"
+    current = url
+    for _ in range(fetch.max_redirects + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StorageError(late)
+        try:
+            with client.stream("GET", current, timeout=min(timeout_s, remaining)) as resp:
+                if resp.is_redirect:
+                    current = _next_hop(url, resp)
+                    continue
+                _raise_for_status(url, resp.status_code)
+                declared = resp.headers.get("content-length")
+                if max_bytes is not None and declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise ObjectTooLarge(url, int(declared), max_bytes)
+                chunks: list[bytes] = []
+                total = 0
+                for chunk in resp.iter_bytes():
+                    total += len(chunk)
+                    if max_bytes is not None and total > max_bytes:
+                        raise ObjectTooLarge(url, total, max_bytes)
+                    chunks.append(chunk)
+                    # A server that drips a byte at a time never trips the per-read timeout.
+                    if time.monotonic() > deadline:
+                        raise StorageError(late)
+                return b"".join(chunks)
+        except httpx.TimeoutException as exc:
+            if time.monotonic() >= deadline:
+                raise StorageError(late) from exc
+            raise StorageUnavailable(f"{url}: timed out after {timeout_s:g} s") from exc
+        except httpx.TransportError as exc:
+            raise StorageUnavailable(f"{url}: cannot connect ({type(exc).__name__})") from exc
+        except httpx.InvalidURL as exc:
+            raise StorageError(f"not a valid URL: {url!r}") from exc
+        except UrlRefused as exc:
+            raise UrlRefused(f"{url}: {exc}", host=exc.host) from None
+    raise UrlRefused(f"{url}: more than {fetch.max_redirects} redirects", host=urlsplit(url).hostname or "")
+
+
+def _raise_for_status(url: str, code: int) -> None:
+    if code in (404, 410):
+        raise ObjectNotFound(url)
+    if code == 429 or code >= 500:
+        raise StorageUnavailable(f"{url}: HTTP {code}")
+    if not 200 <= code < 300:
+        raise StorageError(f"{url}: HTTP {code}")
+
+
+def _next_hop(url: str, resp: httpx.Response) -> str:
+    """The absolute URL a redirect points to; only http(s) targets are followed."""
+    location = resp.headers.get("location", "")
+    target = resp.url.join(location) if location else None
+    if target is None or target.scheme not in ("http", "https"):
+        raise StorageError(f"{url}: HTTP {resp.status_code} redirect to {location!r}, not an http(s) URL")
+    return str(target)
+
+
+def _read_local(path: Path, max_bytes: int | None) -> bytes:
+    """Read a regular file, at most ``max_bytes`` (+1 to tell it is over). A FIFO, a device or a
+    socket is refused without reading: opening a FIFO blocks, ``/dev/zero`` never ends."""
     try:
-        with _http_client().stream("GET", url, timeout=timeout_s) as resp:
-            if resp.status_code in (404, 410):
-                raise ObjectNotFound(url)
-            if resp.status_code == 429 or resp.status_code >= 500:
-                raise StorageUnavailable(f"{url}: HTTP {resp.status_code}")
-            if resp.status_code >= 400:
-                raise StorageError(f"{url}: HTTP {resp.status_code}")
-            declared = resp.headers.get("content-length")
-            if max_bytes is not None and declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ObjectTooLarge(url, int(declared), max_bytes)
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in resp.iter_bytes():
-                total += len(chunk)
-                if max_bytes is not None and total > max_bytes:
-                    raise ObjectTooLarge(url, total, max_bytes)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.TimeoutException as exc:
-        raise StorageUnavailable(f"{url}: timed out after {timeout_s:g} s") from exc
-    except httpx.TransportError as exc:
-        raise StorageUnavailable(f"{url}: cannot connect ({type(exc).__name__})") from exc
-    except httpx.InvalidURL as exc:
-        raise StorageError(f"not a valid URL: {url!r}") from exc
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ObjectNotFound(str(path)) from None
+    except IsADirectoryError:
+        raise StorageError(f"{path} is a folder, not a file") from None
+    except OSError as exc:
+        raise _translate(exc, str(path)) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"{path} is a folder, not a file")
+        raise StorageError(f"{path} is not a regular file ({_file_kind(st.st_mode)}); give an image file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        os.close(fd)
+        raise ObjectTooLarge(str(path), st.st_size, max_bytes)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        limit = None if max_bytes is None else max_bytes + 1
+        chunks: list[bytes] = []
+        total = 0
+        while limit is None or total < limit:
+            chunk = f.read(_LOCAL_CHUNK if limit is None else min(_LOCAL_CHUNK, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    if max_bytes is not None and total > max_bytes:  # it grew after fstat()
+        raise ObjectTooLarge(str(path), total, max_bytes)
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def _split_object_url(url: str) -> tuple[str, str]:
@@ -434,30 +523,25 @@ def _split_object_url(url: str) -> tuple[str, str]:
     return f"{scheme}://{bucket}{sep}{query}", key
 
 
-def read_url(url: str, *, timeout_s: float = 30.0, max_bytes: int | None = None) -> bytes:
+def read_url(
+    url: str, *, timeout_s: float = 30.0, max_bytes: int | None = None, fetch: FetchPolicy | None = None
+) -> bytes:
     """Read one whole object by URL: a local path, file://, s3://, gs://, az://, memory:// or http(s)://.
 
+    Local paths must be regular files. http(s) fetches follow ``fetch`` (default: private addresses
+    refused, a 60 s deadline for the whole fetch, 5 redirects); ``timeout_s`` bounds each read.
     Raises :class:`ObjectNotFound` when it does not exist, :class:`ObjectTooLarge` when it is over
-    ``max_bytes``, StorageUnavailable when the store or server may recover, StorageError otherwise.
+    ``max_bytes``, UrlRefused for an address the policy refuses, StorageUnavailable when the store
+    or server may recover, StorageError otherwise (a deadline overrun included).
     """
     scheme = _split_scheme(url)
     if scheme in ("http", "https"):
-        return _read_http(url, timeout_s, max_bytes)
+        return _read_http(url, timeout_s, max_bytes, fetch or FetchPolicy())
     if scheme == "" and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", url):
         raise StorageError(f"cannot read {url!r}: not a path or a URL this tool reads")
     if scheme in ("", "file"):
         path = Path(unquote(urlsplit(url).path)) if scheme == "file" else Path(url).expanduser()
-        try:
-            size = path.stat().st_size
-            if max_bytes is not None and size > max_bytes:
-                raise ObjectTooLarge(str(path), size, max_bytes)
-            return path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            raise ObjectNotFound(str(path)) from None
-        except IsADirectoryError:
-            raise StorageError(f"{path} is a folder, not a file") from None
-        except OSError as exc:
-            raise _translate(exc, str(path)) from exc
+        return _read_local(path, max_bytes)
     if scheme == "memory" or scheme in CLOUD_SCHEMES:
         root, key = _split_object_url(url)
         store = _root_store(root)

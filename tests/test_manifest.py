@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import kontext_batch.manifest.staging as staging_mod
+import kontext_batch.manifest.images as images_mod
 from kontext_batch.api.models import KontextRequest
 from kontext_batch.errors import ManifestError
 from kontext_batch.manifest import (
@@ -25,11 +25,14 @@ from kontext_batch.manifest import (
     load_image_payload,
     render_report,
     stage_image,
-    stage_row_images,
     validate_manifest,
 )
 from kontext_batch.manifest.staging import PayloadCache
+from kontext_batch.netguard import FetchPolicy
 from kontext_batch.storage import ObjectStore, open_store
+
+#: The test servers listen on 127.0.0.1, which the default policy refuses.
+LOOPBACK_OK = FetchPolicy(allow_private=True)
 
 Serve = tuple[str, dict[str, tuple[int, bytes]]]
 
@@ -232,7 +235,7 @@ def test_validation_fetches_http_images(tmp_path: Path, http_server: Serve) -> N
     routes["/gone.png"] = (404, b"")
     routes["/junk.png"] = (200, b"<html>")
     text = f"prompt,input_image\na,{base}/ok.png\nb,{base}/gone.png\nc,{base}/junk.png\n"
-    report = validate_manifest(write(tmp_path, text))
+    report = validate_manifest(write(tmp_path, text), fetch=LOOPBACK_OK)
     assert {(e.row, e.field) for e in report.errors} == {(2, "input_image"), (3, "input_image")}
 
 
@@ -253,7 +256,7 @@ def test_staging_uploads_each_local_image_once(tmp_path: Path, out_store: Object
     (tmp_path / "cmyk.jpg").write_bytes(png(mode="CMYK", fmt="JPEG"))
     text = "prompt,input_image,input_image_2\n" + "".join(f"r{i},a.png,cmyk.jpg\n" for i in range(20))
     cache = ImageCache()
-    staged = [stage_row_images(r, out_store, cache) for r in rows(write(tmp_path, text))]
+    staged = [tuple(stage_image(ref, out_store, cache) for ref in r.images) for r in rows(write(tmp_path, text))]
     assert len(set(staged)) == 1
     plain, cmyk = staged[0]
     assert plain.sha256 == hashlib.sha256(png()).hexdigest()  # plain PNG: uploaded byte for byte
@@ -290,7 +293,7 @@ def test_staging_passes_remote_urls_through(tmp_path: Path, http_server: Serve) 
     http_ref = ImageRef("input_image", f"{base}/r.png", False)
     s3_ref = ImageRef("input_image_2", "s3://bucket/key.png", False)
     assert stage_image(http_ref, store, cache).sha256 == ""  # never fetched
-    validate_manifest(write(tmp_path, f"prompt,input_image\nx,{base}/r.png\n"), cache=cache)
+    validate_manifest(write(tmp_path, f"prompt,input_image\nx,{base}/r.png\n"), cache=cache, fetch=LOOPBACK_OK)
     assert stage_image(http_ref, store, cache).sha256 == hashlib.sha256(png()).hexdigest()
     assert stage_image(s3_ref, store, cache).uri == "s3://bucket/key.png"
     assert list(store.list()) == []
@@ -314,13 +317,13 @@ def test_payload_cache_reads_staged_images_once(tmp_path: Path, monkeypatch: pyt
     staged = stage_image(ImageRef("input_image", str(tmp_path / "a.png"), True), store, ImageCache())
     other = store.put("user/b.png", png((3, 3)))
     reads: list[str] = []
-    real = staging_mod.read_url
+    real = images_mod.read_url
 
     def counting(url: str, **kw: object) -> bytes:
         reads.append(url)
         return real(url, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(staging_mod, "read_url", counting)
+    monkeypatch.setattr(images_mod, "read_url", counting)
     cache = PayloadCache(max_bytes=1_000_000)
     for _ in range(5):
         load_image_payload(staged.uri, cache=cache)

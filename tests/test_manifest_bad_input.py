@@ -24,6 +24,7 @@ from kontext_batch.manifest import (
     normalise_image,
     validate_manifest,
 )
+from kontext_batch.netguard import FetchPolicy
 from tests.s3_server import closed_port_url
 
 # --- image makers --------------------------------------------------------------------------------
@@ -410,7 +411,7 @@ def test_image_over_20_megapixels(tmp_path: Path) -> None:
 
 def test_unreachable_url(tmp_path: Path) -> None:
     url = closed_port_url("/x.png")
-    report = validate_manifest(write(tmp_path, f"prompt,input_image\nx,{url}\n"))
+    report = validate_manifest(write(tmp_path, f"prompt,input_image\nx,{url}\n"), fetch=FetchPolicy(allow_private=True))
     assert located(report.errors) == {(1, "input_image")}
     assert url in report.errors[0].msg
 

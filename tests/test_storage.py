@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from kontext_batch.errors import StorageError, StorageUnavailable
+from kontext_batch.netguard import FetchPolicy
 from kontext_batch.storage import (
     ObjectNotFound,
     ObjectStore,
@@ -328,21 +329,22 @@ def test_read_url_http(http_server: Serve) -> None:
     routes["/gone.png"] = (404, b"")
     routes["/busy.png"] = (503, b"")
     routes["/denied.png"] = (403, b"")
-    assert read_url(base + "/ok.png") == b"image bytes"
+    loopback_ok = FetchPolicy(allow_private=True)  # the test server is on 127.0.0.1
+    assert read_url(base + "/ok.png", fetch=loopback_ok) == b"image bytes"
     with pytest.raises(ObjectNotFound):
-        read_url(base + "/gone.png")
+        read_url(base + "/gone.png", fetch=loopback_ok)
     with pytest.raises(StorageUnavailable):
-        read_url(base + "/busy.png")
+        read_url(base + "/busy.png", fetch=loopback_ok)
     with pytest.raises(StorageError) as info:
-        read_url(base + "/denied.png")
+        read_url(base + "/denied.png", fetch=loopback_ok)
     assert not info.value.retryable
     with pytest.raises(ObjectTooLarge):
-        read_url(base + "/ok.png", max_bytes=5)
+        read_url(base + "/ok.png", max_bytes=5, fetch=loopback_ok)
 
 
 def test_read_url_refused_connection_is_retryable() -> None:
     with pytest.raises(StorageUnavailable):
-        read_url(closed_port_url())
+        read_url(closed_port_url(), fetch=FetchPolicy(allow_private=True))
 
 
 @pytest.mark.parametrize("url", ["ftp://host/x.png", "data:image/png;base64,AAAA", "s3://bucket-only"])

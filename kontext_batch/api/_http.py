@@ -17,16 +17,35 @@ other 4xx  BadRequest with its status code
 other      ServerError (an unexpected 1xx/3xx)
 =========  ==================================================
 
-Sample downloads: 403/404/410 -> SampleExpired; 429 -> RateLimited; 5xx -> ServerError.
+Sample downloads: 403/404/410 -> SampleExpired; 429 -> RateLimited; 5xx -> ServerError; over
+``max_sample_bytes`` -> InvalidImage (the body is read no further).
+
+Where requests may go:
+
+================  ===========================================================================
+request           allowed
+================  ===========================================================================
+API call          the configured base (``localhost`` and ``127.0.0.1`` count as one host); polls
+                  also on the API's own hosts (``api_hosts``, https on port 443 only); any other
+                  polling URL is UrlRefused before a byte is sent, key included
+sample (1st hop)  the configured base's origin, else https (http for a loopback host) to a
+                  host whose addresses are all public (:mod:`kontext_batch.netguard`)
+each redirect     https (http for a loopback host) to public addresses only, at most
+                  ``max_redirects``; ``allow_private`` lifts the address check
+================  ===========================================================================
+
+An injected ``transport`` or ``http`` client carries every request, samples included (tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -43,12 +62,15 @@ from kontext_batch.errors import (
     BadRequest,
     ConfigError,
     FieldError,
+    InvalidImage,
     KontextBatchError,
     OutOfCredits,
     RateLimited,
     SampleExpired,
     ServerError,
+    UrlRefused,
 )
+from kontext_batch.netguard import DEFAULT_MAX_REDIRECTS, AddressGuard, guarded_transport, is_loopback_host
 from kontext_batch.secret import Secret
 
 if TYPE_CHECKING:
@@ -57,6 +79,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
+    "DEFAULT_MAX_SAMPLE_BYTES",
     "ClientBase",
     "HttpCore",
     "describe_url",
@@ -73,6 +96,26 @@ log = logging.getLogger("kontext_batch.api")
 POOL_LIMITS: Final = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30.0)
 _SNIPPET_CHARS: Final = 160
 _MASK: Final = "**********"
+#: Largest sample downloaded unless ``KONTEXT_MAX_SAMPLE_BYTES`` says otherwise (outputs are ~1 MP).
+DEFAULT_MAX_SAMPLE_BYTES: Final = 64_000_000
+_ERROR_BODY_BYTES: Final = 4096  # of an error answer, read for its message; the rest is dropped
+
+Origin = tuple[str, str, int]
+
+
+def origin(url: str | httpx.URL) -> Origin:
+    """(scheme, host, port) of ``url``, the port filled in from the scheme."""
+    parsed = httpx.URL(str(url))
+    port = parsed.port or {"https": 443, "http": 80}.get(parsed.scheme, 0)
+    return parsed.scheme, parsed.host.lower(), port
+
+
+def same_server(a: Origin, b: Origin) -> bool:
+    """Same host and port; ``localhost`` and ``127.0.0.1`` count as one host (the emulator swaps
+    them in its polling URLs, as BFL hands out another cluster's host)."""
+    if a[2] != b[2]:
+        return False
+    return a[1] == b[1] or (is_loopback_host(a[1]) and is_loopback_host(b[1]))
 
 
 def describe_url(url: str | httpx.URL) -> str:
@@ -132,21 +175,59 @@ class HttpCore:
         self,
         api_key: Secret,
         *,
+        base_url: str,
         timeout_s: float,
         transport: httpx.BaseTransport | None,
         http: httpx.Client | None,
+        api_hosts: re.Pattern[str] | None = None,
+        allow_private: bool = False,
+        max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+        max_redirects: int = DEFAULT_MAX_REDIRECTS,
     ) -> None:
         if not api_key:
             raise ConfigError("no API key: set KONTEXT_API_KEY")
         self.key = api_key
+        self.base = origin(base_url)
+        self.api_hosts = api_hosts
+        self.max_sample_bytes = max_sample_bytes
+        self.max_redirects = max_redirects
         self._owns_http = http is None
         # No default headers: the key goes on each API request only, so it can never ride along to
         # a delivery host (downloads) or to another host through a redirect we did not ask for.
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport)
+        self._owns_delivery = not (http is not None or transport is not None or allow_private)
+        self.delivery = (
+            httpx.Client(
+                timeout=httpx.Timeout(timeout_s),
+                transport=guarded_transport(AddressGuard(), limits=POOL_LIMITS),
+            )
+            if self._owns_delivery
+            else self.http
+        )
 
     def close(self) -> None:
         if self._owns_http:
             self.http.close()
+        if self._owns_delivery:
+            self.delivery.close()
+
+    def check_api_url(self, url: str) -> None:
+        """Raise UrlRefused unless ``url`` (a polling URL) may receive the key (see the module table)."""
+        try:
+            scheme, host, port = origin(url)
+        except httpx.InvalidURL:
+            raise UrlRefused(f"not a usable polling URL: {describe_url(url)!r}") from None
+        base_scheme, base_host, _ = self.base
+        if same_server((scheme, host, port), self.base) and scheme in ("https", base_scheme):
+            return
+        if scheme == "https" and port == 443 and self.api_hosts is not None and self.api_hosts.fullmatch(host):
+            return
+        where = f"{scheme}://{host}:{port}"
+        raise UrlRefused(
+            f"polling URL {where} is not the API's ({base_host} or its own hosts over https): "
+            "nothing was sent there, the API key included",
+            host=host,
+        )
 
     def scrub(self, text: str) -> str:
         """``text`` with every occurrence of the key masked (defence in depth for echoed bodies)."""
@@ -163,12 +244,23 @@ class HttpCore:
         follow_redirects: bool = False,
     ) -> httpx.Response:
         """Send one request; transport failures become ApiTimeout/ApiConnectionError."""
-        where = describe_url(url)
         started = time.perf_counter()
-        try:
+        with self._mapped(method, url):
             response = self.http.request(
                 method, url, headers=headers, json=json_body, follow_redirects=follow_redirects
             )
+        log.debug(
+            "%s %s -> %d in %.3fs", method, describe_url(url), response.status_code, time.perf_counter() - started
+        )
+        return response
+
+    @contextlib.contextmanager
+    def _mapped(self, method: str, url: str) -> Iterator[None]:
+        """Transport failures inside the block become ApiTimeout/ApiConnectionError/ConfigError."""
+        where = describe_url(url)
+        started = time.perf_counter()
+        try:
+            yield
         except httpx.TimeoutException as exc:
             log.debug("%s %s timed out after %.3fs", method, where, time.perf_counter() - started)
             raise ApiTimeout(f"{method} {where}: {type(exc).__name__}") from exc
@@ -177,8 +269,6 @@ class HttpCore:
         except httpx.HTTPError as exc:
             log.debug("%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, exc_name(exc))
             raise ApiConnectionError(f"{method} {where}: {exc_name(exc)}: {self.redact(str(exc), url)}") from exc
-        log.debug("%s %s -> %d in %.3fs", method, where, response.status_code, time.perf_counter() - started)
-        return response
 
     def redact(self, text: str, url: str) -> str:
         """``text`` without the key and without ``url``'s query string (a sample URL's signature)."""
@@ -254,27 +344,85 @@ class HttpCore:
     # -- samples --------------------------------------------------------------------------------
 
     def download(self, sample_url: str) -> Sample:
-        """GET a signed sample URL, without the key: it is a delivery host, not the API."""
-        response = self.send("GET", sample_url, follow_redirects=True)
+        """GET a signed sample URL, without the key: it is a delivery host, not the API.
+
+        Redirects are followed here, one checked hop at a time; the body is streamed and dropped
+        once it passes ``max_sample_bytes``.
+        """
+        url = sample_url
+        for hop in range(self.max_redirects + 1):
+            client = self._sample_client(url, first=hop == 0)
+            started = time.perf_counter()
+            with self._mapped("GET", url), client.stream("GET", url) as response:
+                log.debug(
+                    "GET %s -> %d in %.3fs", describe_url(url), response.status_code, time.perf_counter() - started
+                )
+                if response.is_redirect:
+                    url = _redirect_target(response, sample_url)
+                    continue
+                return self._sample(response, sample_url)
+        raise UrlRefused(
+            f"GET {describe_url(sample_url)}: more than {self.max_redirects} redirects",
+            host=httpx.URL(sample_url).host,
+        )
+
+    def _sample_client(self, url: str, *, first: bool) -> httpx.Client:
+        try:
+            scheme, host, _ = where = origin(url)
+        except httpx.InvalidURL:
+            raise UrlRefused(f"not a usable sample URL: {describe_url(url)!r}") from None
+        if first and same_server(where, self.base) and scheme == self.base[0]:
+            return self.http
+        if scheme != "https" and not (scheme == "http" and is_loopback_host(host)):
+            raise UrlRefused(f"sample URL {describe_url(url)} is not https; it was not fetched", host=host)
+        return self.delivery
+
+    def _sample(self, response: httpx.Response, sample_url: str) -> Sample:
         code = response.status_code
         what = f"GET {describe_url(sample_url)} -> {code}"
-        if code in (403, 404, 410):
-            raise SampleExpired(f"{what}: sample URL expired or unknown", status_code=code)
-        if code == 429:
-            raise RateLimited(what, retry_after_s=parse_retry_after(response.headers.get("retry-after")))
-        if code >= 500 or code == 408:
-            raise ServerError(
-                f"{what}: {self.redact(self.snippet(response), sample_url)}",
-                status_code=code,
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
-            )
         if not 200 <= code < 300:
-            raise BadRequest(f"{what}: {self.redact(self.snippet(response), sample_url)}", status_code=code)
-        if not response.content:
+            head = _read_upto(response, _ERROR_BODY_BYTES)
+            text = self.redact(" ".join(head.decode("utf-8", "replace").split()), sample_url)
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if code in (403, 404, 410):
+                raise SampleExpired(f"{what}: sample URL expired or unknown", status_code=code)
+            if code == 429:
+                raise RateLimited(what, retry_after_s=retry_after)
+            if code >= 500 or code == 408:
+                raise ServerError(f"{what}: {text}", status_code=code, retry_after_s=retry_after)
+            raise BadRequest(f"{what}: {text}", status_code=code)
+        cap = self.max_sample_bytes
+        too_big = f"{what}: the sample is over the {cap:,}-byte limit (KONTEXT_MAX_SAMPLE_BYTES); not stored"
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise InvalidImage(too_big)
+        content = _read_upto(response, cap + 1)
+        if len(content) > cap:
+            raise InvalidImage(too_big)
+        if not content:
             # A 200 with nothing in it is a cut-off transfer, not an image: worth another try.
             raise ServerError(f"{what}: empty body", status_code=code)
         content_type = response.headers.get("content-type", "application/octet-stream")
-        return Sample(content=response.content, content_type=content_type)
+        return Sample(content=content, content_type=content_type)
+
+
+def _read_upto(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed body; stops reading there."""
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+def _redirect_target(response: httpx.Response, sample_url: str) -> str:
+    location = response.headers.get("location", "")
+    if not location:
+        raise ServerError(f"GET {describe_url(sample_url)} -> {response.status_code} without a Location")
+    return str(response.url.join(location))
 
 
 def exc_name(exc: BaseException) -> str:
@@ -319,6 +467,8 @@ class ClientBase:
     """What both providers share: one pooled HTTP core, the retry policy, lifecycle, a safe repr."""
 
     name: str = ""
+    #: Hosts besides the configured base that may hand out polling URLs (the key goes there).
+    api_hosts: re.Pattern[str] | None = None
 
     def __init__(
         self,
@@ -329,14 +479,20 @@ class ClientBase:
         retry: RetryPolicy | None,
         transport: httpx.BaseTransport | None,
         http: httpx.Client | None,
+        allow_private_urls: bool = False,
+        max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
     ) -> None:
         self.base_url = base_url
         self.retry = retry
         self._core = HttpCore(
             api_key if isinstance(api_key, Secret) else Secret(api_key),
+            base_url=base_url,
             timeout_s=timeout_s,
             transport=transport,
             http=http,
+            api_hosts=self.api_hosts,
+            allow_private=allow_private_urls,
+            max_sample_bytes=max_sample_bytes,
         )
 
     def __repr__(self) -> str:

@@ -4,7 +4,9 @@
 call               HTTP                                     returns / raises
 =================  =======================================  ==========================================
 submit(ep, req)    POST {base}/v1/{ep}, ``x-key``, JSON     Task (id, polling_url, cost...)
-poll(url)          GET url exactly as submit returned it    PollResult; HTTP 404 -> TASK_NOT_FOUND
+poll(url)          GET url exactly as submit returned it    PollResult; HTTP 404 -> TASK_NOT_FOUND;
+                   (only on the base or an api*.bfl.ai      UrlRefused, nothing sent, for any other
+                   host over https)                         host
 download(url)      GET the signed URL, *no* ``x-key``       Sample; 403/404/410 -> SampleExpired
 credits()          GET {base}/v1/credits                    float
 =================  =======================================  ==========================================
@@ -15,23 +17,26 @@ errors only; without one, each call is a single attempt.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from kontext_batch.api._http import ClientBase, describe_url, opt_float, opt_int, opt_str
+from kontext_batch.api._http import DEFAULT_MAX_SAMPLE_BYTES, ClientBase, describe_url, opt_float, opt_int, opt_str
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import FieldError, RequestInvalid, ServerError
 from kontext_batch.secret import Secret
 from kontext_batch.settings import resolve_api_base
 
-__all__ = ["KontextClient", "parse_bfl_poll", "parse_bfl_submit"]
+__all__ = ["BFL_API_HOSTS", "KontextClient", "parse_bfl_poll", "parse_bfl_submit"]
 
 #: Request fields of the reseller dialect that BFL's API does not have.
 _RESELLER_ONLY: Final = ("steps", "guidance_scale", "negative_prompt")
 _MODERATION_KEY: Final = "Moderation Reasons"
+#: BFL's own API hosts, which may hand back polling URLs on another cluster (api.eu2.bfl.ai...).
+BFL_API_HOSTS: Final = re.compile(r"(?:api(?:\.[a-z0-9-]+)?\.)?bfl\.ai")
 
 
 class KontextClient(ClientBase):
@@ -42,6 +47,7 @@ class KontextClient(ClientBase):
     """
 
     name: str = "bfl"
+    api_hosts = BFL_API_HOSTS
     output_formats: tuple[str, ...] = ("jpeg", "png", "webp")
 
     def __init__(
@@ -53,9 +59,18 @@ class KontextClient(ClientBase):
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
+        allow_private_urls: bool = False,
+        max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
     ) -> None:
         super().__init__(
-            api_key, resolve_api_base(base_url), timeout_s=timeout_s, retry=retry, transport=transport, http=http
+            api_key,
+            resolve_api_base(base_url),
+            timeout_s=timeout_s,
+            retry=retry,
+            transport=transport,
+            http=http,
+            allow_private_urls=allow_private_urls,
+            max_sample_bytes=max_sample_bytes,
         )
 
     # -- calls ----------------------------------------------------------------------------------
@@ -103,6 +118,7 @@ class KontextClient(ClientBase):
         return parse_bfl_submit(self._core.json_object(response, "POST"), self.base_url, url)
 
     def _poll_once(self, polling_url: str) -> PollResult:
+        self._core.check_api_url(polling_url)
         response = self._core.send("GET", polling_url, headers=self._headers())
         if response.status_code == 404:
             # Unconfirmed: an unknown or expired id may answer 404 instead of "Task not found".
@@ -125,10 +141,6 @@ class KontextClient(ClientBase):
         if credits is None:
             raise ServerError(f"GET {describe_url(url)}: no 'credits' number in the body", status_code=200)
         return credits
-
-    # Lets tests and tools send a body the request model would refuse, to see the API's own 422.
-    def _submit_raw(self, endpoint: str, body: dict[str, Any]) -> Task:
-        return self._submit_once(f"{self.base_url}/v1/{endpoint}", body)
 
 
 def parse_bfl_submit(body: dict[str, Any], base_url: str, url: str) -> Task:
@@ -156,7 +168,7 @@ def parse_bfl_submit(body: dict[str, Any], base_url: str, url: str) -> Task:
 
 
 def parse_bfl_poll(body: dict[str, Any], polling_url: str) -> PollResult:
-    """A PollResult from a get_result body. Unknown statuses read as PENDING, ``raw_status`` kept."""
+    """A PollResult from a get_result body. An unknown status is UNKNOWN, its word in ``raw_status``."""
     raw = body.get("status")
     raw_status = raw if isinstance(raw, str) else ("" if raw is None else str(raw))
     status = Status.parse(raw_status)

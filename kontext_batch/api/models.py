@@ -64,6 +64,7 @@ ENDPOINT_COST_CREDITS: Final[dict[str, int]] = {"flux-kontext-pro": 4, "flux-kon
 
 _ASPECT_RE: Final = re.compile(r"^\s*(\d{1,5})\s*:\s*(\d{1,5})\s*$")
 _ENDPOINT_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_IN_PROGRESS: Final = frozenset({"reasoning", "generating"})
 
 
 def endpoint_for_model(model: str) -> str:
@@ -168,7 +169,12 @@ class KontextRequest(BaseModel):
 
 
 class Status(enum.StrEnum):
-    """A task's state as the API names it. Unknown names map to PENDING (see :meth:`parse`)."""
+    """A task's state as the API names it; a word we do not know is UNKNOWN (see :meth:`parse`).
+
+    UNKNOWN is neither pending nor terminal: the task may have ended under a name we have not
+    seen (a reseller's ``succeeded``), so the caller decides how long to keep looking, and
+    ``PollResult.raw_status`` holds the word.
+    """
 
     PENDING = "Pending"
     READY = "Ready"
@@ -177,17 +183,24 @@ class Status(enum.StrEnum):
     ERROR = "Error"
     FAILED = "Failed"
     TASK_NOT_FOUND = "Task not found"
+    UNKNOWN = "Unknown"
 
     @classmethod
     def parse(cls, raw: object) -> Status:
+        """The Status ``raw`` names (case-insensitive). ``Reasoning`` and ``Generating``, seen from
+        BFL's API while a task runs, are PENDING; any other word is UNKNOWN."""
+        word = raw.strip().lower() if isinstance(raw, str) else ""
+        if word in _IN_PROGRESS:
+            return cls.PENDING
         for s in cls:
-            if isinstance(raw, str) and raw.strip().lower() == s.value.lower():
+            if s is not cls.UNKNOWN and word == s.value.lower():
                 return s
-        return cls.PENDING
+        return cls.UNKNOWN
 
     @property
     def terminal(self) -> bool:
-        return self is not Status.PENDING
+        """True when the task has ended; False for PENDING and UNKNOWN."""
+        return self not in (Status.PENDING, Status.UNKNOWN)
 
     @property
     def moderated(self) -> bool:

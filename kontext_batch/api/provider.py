@@ -80,4 +80,6 @@ def make_provider(
         timeout_s=settings.http_timeout_s,
         retry=RetryPolicy.from_settings(settings) if retry == "settings" else retry,
         transport=transport,
+        allow_private_urls=settings.allow_private_urls,
+        max_sample_bytes=settings.max_sample_bytes,
     )

@@ -13,7 +13,9 @@ download(url)      GET the output URL, no auth header          same as BFL
 Statuses: ``pending``/``queued``/``processing`` -> PENDING; ``completed`` -> READY (image URL from
 ``output[].content[]`` with ``type == "image"``); ``failed`` -> FAILED, or REQUEST/CONTENT_MODERATED
 when ``error.code`` names moderation; ``error`` -> ERROR; ``cancelled`` -> FAILED; anything else
--> PENDING with ``raw_status`` kept. ``usage.cost`` (USD string) becomes credits (x100).
+-> UNKNOWN (never PENDING: a word we do not know may mean the task ended) with ``raw_status`` kept.
+Polls go to the configured base only; a polling URL elsewhere is UrlRefused, nothing sent.
+``usage.cost`` (USD string) becomes credits (x100).
 
 Request rules beyond :class:`KontextRequest`: ``output_format`` is jpeg or png only, and there is no
 webhook; both are refused with RequestInvalid rather than silently changed.
@@ -26,7 +28,7 @@ from typing import Any, Final
 
 import httpx
 
-from kontext_batch.api._http import ClientBase, describe_url, opt_float, opt_int, opt_str
+from kontext_batch.api._http import DEFAULT_MAX_SAMPLE_BYTES, ClientBase, describe_url, opt_float, opt_int, opt_str
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import ConfigError, FieldError, RequestInvalid, ServerError
@@ -85,11 +87,22 @@ class ResellerClient(ClientBase):
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
+        allow_private_urls: bool = False,
+        max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
     ) -> None:
         base = base_url.strip().rstrip("/")
         if not base.startswith(("http://", "https://")):
             raise ConfigError(f"the reseller base URL must be an http(s) URL, got {base_url!r}")
-        super().__init__(api_key, base, timeout_s=timeout_s, retry=retry, transport=transport, http=http)
+        super().__init__(
+            api_key,
+            base,
+            timeout_s=timeout_s,
+            retry=retry,
+            transport=transport,
+            http=http,
+            allow_private_urls=allow_private_urls,
+            max_sample_bytes=max_sample_bytes,
+        )
 
     def submit(self, endpoint: str, request: KontextRequest) -> Task:
         """Create a task; like BFL's submit, retries may create a duplicate after a read timeout."""
@@ -121,6 +134,7 @@ class ResellerClient(ClientBase):
         return Task(id=task_id, polling_url=f"{self.base_url}/tasks/{task_id}")
 
     def _poll_once(self, polling_url: str) -> PollResult:
+        self._core.check_api_url(polling_url)
         response = self._core.send("GET", polling_url, headers=self._headers())
         if response.status_code == 404:
             return PollResult(
@@ -138,7 +152,7 @@ def parse_reseller_poll(body: dict[str, Any], polling_url: str) -> PollResult:
     """A PollResult from a reseller task body (see the module docstring for the mapping)."""
     raw = body.get("status")
     raw_status = raw if isinstance(raw, str) else ("" if raw is None else str(raw))
-    status = _STATUS.get(raw_status.strip().lower(), Status.PENDING)
+    status = _STATUS.get(raw_status.strip().lower(), Status.UNKNOWN)
     raw_error = body.get("error")
     error: dict[str, Any] | None = raw_error if isinstance(raw_error, dict) else None
     reasons: tuple[str, ...] = ()

@@ -7,7 +7,7 @@ The format is documented in manifests/README.md.
 from kontext_batch.manifest.images import ImageCache, ImageInfo, inspect_image, normalise_image
 from kontext_batch.manifest.model import ImageRef, ManifestRow
 from kontext_batch.manifest.reader import RowOutcome, iter_manifest
-from kontext_batch.manifest.staging import StagedImage, load_image_payload, stage_image, stage_row_images
+from kontext_batch.manifest.staging import StagedImage, load_image_payload, stage_image
 from kontext_batch.manifest.validate import ValidationReport, render_report, validate_manifest
 
 __all__ = [
@@ -24,6 +24,5 @@ __all__ = [
     "normalise_image",
     "render_report",
     "stage_image",
-    "stage_row_images",
     "validate_manifest",
 ]

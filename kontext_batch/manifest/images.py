@@ -25,8 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kontext_batch.errors import InvalidImage, RetryableError, StorageError
+from kontext_batch.errors import InvalidImage, RetryableError, StorageError, UrlRefused
 from kontext_batch.manifest.model import ImageRef
+from kontext_batch.netguard import FetchPolicy
 from kontext_batch.storage import CLOUD_SCHEMES, ObjectNotFound, ObjectTooLarge, read_url
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "describe_image_error",
     "inspect_image",
     "normalise_image",
+    "read_image",
     "resolve_image_ref",
     "source_key",
 ]
@@ -74,11 +76,14 @@ class ImageInfo:
 
 # A 100,000-row manifest names a few images many times; Path.resolve() per cell was 40 % of enqueue.
 @functools.lru_cache(maxsize=4096)
-def resolve_image_ref(value: str, field: str, base_dir: Path) -> ImageRef:
+def resolve_image_ref(value: str, field: str, base_dir: Path, inputs_root: Path | None = None) -> ImageRef:
     """Turn an image cell into an :class:`ImageRef`; raise ValueError saying why it cannot be one.
 
     Local paths are taken relative to ``base_dir`` (the manifest's folder); ``file://`` URLs become
-    local paths; http(s)://, s3://, gs://, az:// and memory:// URLs are kept as written.
+    local paths; http(s)://, s3://, gs://, az:// and memory:// URLs are kept as written. With
+    ``inputs_root``, a local path must lie inside that folder once symlinks are resolved. An
+    object-store URL may not carry a query string: a cell must not choose the endpoint (and so
+    where the operator's credentials are sent); that is the operator's, through the environment.
     """
     v = value.strip()
     m = _SCHEME_RE.match(v)
@@ -88,17 +93,31 @@ def resolve_image_ref(value: str, field: str, base_dir: Path) -> ImageRef:
     if scheme == "data":
         raise ValueError("inline data: URIs are not supported; save the image as a file and give its path")
     if scheme == "file":
-        return ImageRef(field, str(Path(unquote(urlsplit(v).path)).resolve()), True)
+        return ImageRef(field, _confined(Path(unquote(urlsplit(v).path)).resolve(), inputs_root), True)
     if scheme in REMOTE_SCHEMES:
         if not v.lower().startswith(f"{scheme}://") or len(v) <= len(scheme) + 3:
             raise ValueError(f"malformed URL {v!r}")
+        if scheme not in ("http", "https") and "?" in v:
+            raise ValueError(
+                f"an object-store URL in a manifest may not carry a query string ({v.partition('?')[0]}?...): "
+                "the endpoint and credentials come from the environment (AWS_ENDPOINT_URL...), not from a cell"
+            )
         return ImageRef(field, v, False)
     if scheme and "://" in v:
         raise ValueError(f"unsupported URL scheme {scheme!r} in {v!r}: use a file path or an http(s), s3, gs, az URL")
     path = Path(v).expanduser()
     if not path.is_absolute():
         path = base_dir / path
-    return ImageRef(field, str(path.resolve()), True)
+    return ImageRef(field, _confined(path.resolve(), inputs_root), True)
+
+
+def _confined(path: Path, inputs_root: Path | None) -> str:
+    """``path`` (already resolved) as a string; ValueError when it lies outside ``inputs_root``."""
+    if inputs_root is not None:
+        root = inputs_root.resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"{path} is outside the inputs folder {root}; only images under it may be read")
+    return str(path)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -241,7 +260,7 @@ class ImageCache:
             waiter.wait()
         try:
             result = compute()
-        except (InvalidImage, StorageError, FileNotFoundError) as exc:
+        except (InvalidImage, StorageError, UrlRefused, FileNotFoundError) as exc:
             self._store(key, (False, exc))
             raise
         except BaseException:
@@ -278,18 +297,23 @@ def source_key(ref: ImageRef) -> tuple[str, ...]:
     return ("file", ref.ref, str(st.st_size), str(st.st_mtime_ns))
 
 
-def check_image(ref: ImageRef, cache: ImageCache, *, timeout_s: float = 30.0) -> ImageInfo:
+def read_image(url: str, *, timeout_s: float = 30.0, fetch: FetchPolicy | None = None) -> bytes:
+    """:func:`~kontext_batch.storage.read_url` capped at ``MAX_IMAGE_BYTES``; too large is InvalidImage."""
+    try:
+        return read_url(url, timeout_s=timeout_s, max_bytes=MAX_IMAGE_BYTES, fetch=fetch)
+    except ObjectTooLarge as exc:
+        raise InvalidImage(f"{exc.size / 1e6:.1f} MB is over the {MAX_IMAGE_BYTES / 1e6:g} MB limit") from None
+
+
+def check_image(
+    ref: ImageRef, cache: ImageCache, *, timeout_s: float = 30.0, fetch: FetchPolicy | None = None
+) -> ImageInfo:
     """Read and inspect the image ``ref`` names, once per source. Raises InvalidImage,
-    ObjectNotFound, StorageError or StorageUnavailable; :func:`describe_image_error` words them."""
-
-    def compute() -> ImageInfo:
-        try:
-            data = read_url(ref.ref, timeout_s=timeout_s, max_bytes=MAX_IMAGE_BYTES)
-        except ObjectTooLarge as exc:
-            raise InvalidImage(f"{exc.size / 1e6:.1f} MB is over the {MAX_IMAGE_BYTES / 1e6:g} MB limit") from None
-        return inspect_image(data)
-
-    return cache.memo(("info", *source_key(ref)), compute)
+    ObjectNotFound, StorageError, UrlRefused or StorageUnavailable; :func:`describe_image_error`
+    words them. ``fetch`` governs http(s) URLs (default: private addresses refused)."""
+    return cache.memo(
+        ("info", *source_key(ref)), lambda: inspect_image(read_image(ref.ref, timeout_s=timeout_s, fetch=fetch))
+    )
 
 
 def describe_image_error(ref: ImageRef, exc: BaseException) -> str:
@@ -298,6 +322,8 @@ def describe_image_error(ref: ImageRef, exc: BaseException) -> str:
         return f"file not found: {ref.ref}" if ref.is_local else f"not found: {ref.ref}"
     if isinstance(exc, InvalidImage):
         return f"{ref.ref}: {exc}"
+    if isinstance(exc, UrlRefused):
+        return f"refused: {exc}"
     if isinstance(exc, RetryableError):
         return f"unreachable: {exc}"
     return f"cannot read: {exc}"

@@ -159,8 +159,11 @@ class _Context:
     folder level.
     """
 
-    def __init__(self, base_dir: Path, default_model: str, default_output_name: str) -> None:
+    def __init__(
+        self, base_dir: Path, default_model: str, default_output_name: str, inputs_root: Path | None = None
+    ) -> None:
         self.base_dir = base_dir
+        self.inputs_root = inputs_root
         try:
             resolve_model(default_model)
         except ValueError as exc:
@@ -249,7 +252,7 @@ def _build_row(row: int, raw: dict[str, str], ctx: _Context) -> RowOutcome:
         if gap is not None:
             errors.append(RowError(row, name, f"is set but {gap} is empty; fill image columns in order"))
         try:
-            images.append(resolve_image_ref(value, name, ctx.base_dir))
+            images.append(resolve_image_ref(value, name, ctx.base_dir, ctx.inputs_root))
         except ValueError as exc:
             errors.append(RowError(row, name, str(exc)))
 
@@ -437,8 +440,11 @@ def iter_manifest(
     fmt: str | None = None,
     stdin: TextIO | None = None,
     default_output_name: str = DEFAULT_OUTPUT_NAME,
+    inputs_root: Path | None = None,
 ) -> Iterator[RowOutcome]:
     """Yield one :class:`RowOutcome` per data row of the manifest at ``path`` (``-``: ``stdin``).
+
+    With ``inputs_root``, a local input image outside that folder (symlinks resolved) is a row error.
 
     Streams: nothing but the ids and output names seen is kept between rows. Raises
     ManifestError for file-level problems (possibly after some rows were yielded), ConfigError for a
@@ -452,12 +458,12 @@ def iter_manifest(
             kind = detect_format("-", fmt)
         else:
             kind, lines = _sniff(lines)
-        ctx = _Context(Path.cwd(), default_model, default_output_name)
+        ctx = _Context(Path.cwd(), default_model, default_output_name, inputs_root)
         yield from _iter_checked(kind, lines, ctx)
         return
     p = Path(path)
     kind = detect_format(p, fmt)
-    ctx = _Context(p.resolve().parent, default_model, default_output_name)
+    ctx = _Context(p.resolve().parent, default_model, default_output_name, inputs_root)
     with p.open("rb") as f:
         yield from _iter_checked(kind, _binary_lines(f), ctx)
 

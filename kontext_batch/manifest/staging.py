@@ -23,17 +23,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from kontext_batch.errors import InvalidImage
 from kontext_batch.manifest.images import (
-    MAX_IMAGE_BYTES,
     ImageCache,
     ImageInfo,
     check_image,
     normalise_image,
+    read_image,
     source_key,
 )
-from kontext_batch.manifest.model import INPUTS_FOLDER, ImageRef, ManifestRow
-from kontext_batch.storage import ObjectStore, ObjectTooLarge, read_url
+from kontext_batch.manifest.model import INPUTS_FOLDER, ImageRef
+from kontext_batch.storage import ObjectStore
 
 __all__ = [
     "CONTENT_TYPES",
@@ -42,7 +41,6 @@ __all__ = [
     "StagedImage",
     "load_image_payload",
     "stage_image",
-    "stage_row_images",
 ]
 
 CONTENT_TYPES: Final = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
@@ -59,13 +57,6 @@ class StagedImage:
     sha256: str
 
 
-def _read_image(ref: ImageRef, timeout_s: float) -> bytes:
-    try:
-        return read_url(ref.ref, timeout_s=timeout_s, max_bytes=MAX_IMAGE_BYTES)
-    except ObjectTooLarge as exc:
-        raise InvalidImage(f"{exc.size / 1e6:.1f} MB is over the {MAX_IMAGE_BYTES / 1e6:g} MB limit") from None
-
-
 def stage_image(ref: ImageRef, store: ObjectStore, cache: ImageCache, *, timeout_s: float = 30.0) -> StagedImage:
     """Stage one input image (see the module table). Each local source is staged once per store.
 
@@ -78,20 +69,13 @@ def stage_image(ref: ImageRef, store: ObjectStore, cache: ImageCache, *, timeout
 
     def compute() -> StagedImage:
         check_image(ref, cache, timeout_s=timeout_s)  # cached when the validator saw it
-        data, ext = normalise_image(_read_image(ref, timeout_s))
+        data, ext = normalise_image(read_image(ref.ref, timeout_s=timeout_s))
         digest = hashlib.sha256(data).hexdigest()
         name = f"{INPUTS_FOLDER}/{digest}.{ext}"
         store.put_if_absent(name, data, content_type=CONTENT_TYPES.get(ext))
         return StagedImage(store.uri(name), digest)
 
     return cache.memo(("staged", store.url, *source_key(ref)), compute)
-
-
-def stage_row_images(
-    row: ManifestRow, store: ObjectStore, cache: ImageCache, *, timeout_s: float = 30.0
-) -> tuple[StagedImage, ...]:
-    """:func:`stage_image` for each of ``row``'s input images, in order."""
-    return tuple(stage_image(ref, store, cache, timeout_s=timeout_s) for ref in row.images)
 
 
 class PayloadCache:
@@ -144,10 +128,7 @@ def load_image_payload(uri: str, *, timeout_s: float = 30.0, cache: PayloadCache
         hit = cache.get(uri)
         if hit is not None:
             return hit
-    try:
-        data = read_url(uri, timeout_s=timeout_s, max_bytes=MAX_IMAGE_BYTES)
-    except ObjectTooLarge as exc:
-        raise InvalidImage(f"{exc.size / 1e6:.1f} MB is over the {MAX_IMAGE_BYTES / 1e6:g} MB limit") from None
+    data = read_image(uri, timeout_s=timeout_s)
     payload = base64.b64encode(normalise_image(data)[0]).decode("ascii")
     if use_cache and cache is not None:
         cache.put(uri, payload)

@@ -26,6 +26,7 @@ from kontext_batch.manifest.images import (
 )
 from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef, ManifestRow
 from kontext_batch.manifest.reader import RowOutcome, iter_manifest
+from kontext_batch.netguard import FetchPolicy
 
 __all__ = [
     "DEFAULT_COST_CREDITS",
@@ -94,7 +95,7 @@ class ValidationReport:
         return sorted(e for e in self.per_endpoint if e not in ENDPOINT_COST_CREDITS)
 
 
-def _refs_of(outcome: RowOutcome, base_dir: Path) -> list[ImageRef]:
+def _refs_of(outcome: RowOutcome, base_dir: Path, inputs_root: Path | None) -> list[ImageRef]:
     if outcome.value is not None:
         return list(outcome.value.images)
     # An invalid row still gets its images checked, so one pass reports everything.
@@ -103,7 +104,7 @@ def _refs_of(outcome: RowOutcome, base_dir: Path) -> list[ImageRef]:
         value = outcome.raw.get(name, "").strip()
         if value:
             with contextlib.suppress(ValueError):  # already reported by the reader
-                refs.append(resolve_image_ref(value, name, base_dir))
+                refs.append(resolve_image_ref(value, name, base_dir, inputs_root))
     return refs
 
 
@@ -129,12 +130,18 @@ def iter_checked_rows(
     cache: ImageCache | None = None,
     workers: int = 8,
     timeout_s: float = 30.0,
+    fetch: FetchPolicy | None = None,
+    inputs_root: Path | None = None,
 ) -> Iterator[CheckedRow]:
     """Every row of the manifest at ``path`` (``-``: stdin), in order, with its field and image errors.
 
     The one pass over a manifest that both ``validate`` and a run make. Image checks run on a small
     thread pool, at most a window of rows ahead; each distinct image source is read and decoded once
     per ``cache``. Raises ManifestError for file-level problems, as the reader does.
+
+    ``fetch`` governs input image URLs (build it with ``FetchPolicy.from_settings``; default:
+    loopback/private/link-local addresses refused). ``inputs_root`` confines local input images to
+    one folder (symlinks resolved); a path outside it is a row error.
     """
     cache = cache or ImageCache()
     base_dir = Path.cwd() if str(path) == "-" else Path(path).resolve().parent
@@ -149,9 +156,10 @@ def iter_checked_rows(
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="validate") as pool:
         pending: deque[tuple[RowOutcome, list[ImageRef], list[Future[ImageInfo]]]] = deque()
-        for outcome in iter_manifest(path, default_model=default_model, fmt=fmt, stdin=stdin):
-            refs = _refs_of(outcome, base_dir) if check_images else []
-            futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s) for ref in refs]
+        rows = iter_manifest(path, default_model=default_model, fmt=fmt, stdin=stdin, inputs_root=inputs_root)
+        for outcome in rows:
+            refs = _refs_of(outcome, base_dir, inputs_root) if check_images else []
+            futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s, fetch=fetch) for ref in refs]
             pending.append((outcome, refs, futures))
             while len(pending) > _WINDOW or (pending and all(f.done() for f in pending[0][2])):
                 yield checked(*pending.popleft())
@@ -170,11 +178,14 @@ def validate_manifest(
     max_errors: int = 1000,
     workers: int = 8,
     timeout_s: float = 30.0,
+    fetch: FetchPolicy | None = None,
+    inputs_root: Path | None = None,
 ) -> ValidationReport:
     """Check every row of the manifest at ``path`` (``-``: stdin) and price the valid ones.
 
     Keeps only the first ``max_errors`` errors (and a count), so a 1,000,000-row manifest validates
     in bounded memory. Raises ManifestError for file-level problems (no rows, wrong delimiter, ...).
+    ``fetch`` and ``inputs_root``: as for :func:`iter_checked_rows`.
     """
     report = ValidationReport(path=str(path), images_checked=check_images)
     endpoints: Counter[str] = Counter()
@@ -187,6 +198,8 @@ def validate_manifest(
         cache=cache,
         workers=workers,
         timeout_s=timeout_s,
+        fetch=fetch,
+        inputs_root=inputs_root,
     ):
         report.add(checked, max_errors=max_errors)
         if checked.row is not None:

@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -93,6 +93,42 @@ def _need_run(rt: Runtime, run_id: str) -> None:
 def _say(msg: str) -> None:
     click.echo(msg, err=True)
 
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1h30m``: seconds as a float."""
+
+    name = "duration"
+    _UNITS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        total, num = 0.0, ""
+        for ch in text:
+            if ch.isdigit() or ch == ".":
+                num += ch
+            elif ch in self._UNITS and num:
+                total += float(num) * self._UNITS[ch]
+                num = ""
+            else:
+                self.fail(f"{value!r} is not a duration like 90s, 15m, 2h or 1h30m", param, ctx)
+        if num or total <= 0:
+            self.fail(f"{value!r} is not a duration like 90s, 15m, 2h or 1h30m", param, ctx)
+        return total
+
+
+TIMEOUT = click.option(
+    "--timeout",
+    "timeout_s",
+    type=Duration(),
+    default=None,
+    help="With --wait: stop waiting after this long (90s, 15m, 2h); the run goes on. Exit 3.",
+)
 
 INPUTS_ROOT = click.option(
     "--inputs-root",
@@ -181,6 +217,7 @@ def validate(
     help="Credits the run may spend (1 credit = $0.01): refused if the estimate is over; no submit passes it.",
 )
 @INPUTS_ROOT
+@TIMEOUT
 @click.option("--local", is_flag=True, help="No Redis needed: start one privately with workers, for this run.")
 @click.option("--emulator", is_flag=True, help="With --local: run against a local Kontext emulator.")
 @click.option(
@@ -204,6 +241,7 @@ def run(
     max_failures: float,
     budget: float | None,
     inputs_root: Path | None,
+    timeout_s: float | None,
     local: bool,
     emulator: bool,
     n_workers: int,
@@ -215,9 +253,9 @@ def run(
     req = RunRequest(manifest, output, model, skip_invalid, force, wait, max_failures, budget, inputs_root)
     if local or emulator:
         with _local(s, emulator=emulator, workers=n_workers) as s2:
-            sys.exit(_submit_and_follow(s2, req, as_json=as_json))
+            sys.exit(_submit_and_follow(s2, req, as_json=as_json, timeout_s=timeout_s))
     _need_key(s)
-    sys.exit(_submit_and_follow(s, req, as_json=as_json))
+    sys.exit(_submit_and_follow(s, req, as_json=as_json, timeout_s=timeout_s))
 
 
 @contextlib.contextmanager
@@ -238,7 +276,7 @@ def _local(s: Settings, *, emulator: bool, workers: int, time_scale: float | Non
         raise click.UsageError(str(exc)) from None
 
 
-def _submit_and_follow(s: Settings, req: RunRequest, *, as_json: bool) -> int:
+def _submit_and_follow(s: Settings, req: RunRequest, *, as_json: bool, timeout_s: float | None = None) -> int:
     """Queue a run (and follow it when ``req.wait``); render both. Returns the exit code."""
 
     rt = _runtime(s)
@@ -274,7 +312,7 @@ def _submit_and_follow(s: Settings, req: RunRequest, *, as_json: bool) -> int:
         click.echo(queued.run_id)
     if not req.wait:
         return 0
-    return _follow(rt, queued.run_id, max_failures=req.max_failures, as_json=as_json)
+    return _follow(rt, queued.run_id, max_failures=req.max_failures, as_json=as_json, timeout_s=timeout_s)
 
 
 class _ProgressLine:
@@ -312,15 +350,43 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _follow(rt: Runtime, run_id: str, *, max_failures: float = 0, as_json: bool = False) -> int:
-
+def _follow(
+    rt: Runtime, run_id: str, *, max_failures: float = 0, as_json: bool = False, timeout_s: float | None = None
+) -> int:
     line = _ProgressLine(run_id, quiet=as_json)
+    watchdog = _Watchdog(rt, run_id, rt.settings.stall_warn_s, line)
     try:
-        outcome = follow(rt, run_id, on_progress=line, max_failures=max_failures)
+        outcome = follow(rt, run_id, on_progress=watchdog, max_failures=max_failures, timeout_s=timeout_s)
     finally:
         line.close()
+    if outcome.kind == "timed_out":
+        _say(f"{run_id}: still running after --timeout {timeout_s:g} s; it goes on (`kontext-batch follow {run_id}`)")
     _render_outcome(outcome, view_run(rt, run_id), as_json=as_json)
     return EXIT_CODES[outcome.kind]
+
+
+class _Watchdog:
+    """Passes progress on, and says once per stall when the run has made no progress for ``stall_s``."""
+
+    def __init__(self, rt: Runtime, run_id: str, stall_s: float, inner: Callable[[Progress], None]) -> None:
+        self.rt, self.run_id, self.stall_s, self.inner = rt, run_id, stall_s, inner
+        self.warned = False
+
+    def __call__(self, p: Progress) -> None:
+        self.inner(p)
+        if p.stalled_s < self.stall_s:
+            self.warned = False
+            return
+        if self.warned:
+            return
+        self.warned = True
+        view = view_run(self.rt, self.run_id)
+        why = [f"key {k.fp}: {k.note}" for k in view.keys if k.refused or not k.live]
+        _say(
+            f"\nwarning: run {self.run_id} has made no progress for {p.stalled_s:.0f} s "
+            f"({view.waiting} row(s) waiting, {sum(k.active for k in view.keys)} active)"
+            + ("; " + "; ".join(why) if why else "")
+        )
 
 
 def _render_outcome(outcome: RunOutcome, view: RunView, *, as_json: bool) -> None:
@@ -501,13 +567,16 @@ def retry(
     show_default=True,
     help="Rows allowed to fail before exiting 1: a count, or a fraction when < 1.",
 )
+@TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.pass_context
-def follow_command(ctx: click.Context, run_id: str, max_failures: float, as_json: bool) -> None:
+def follow_command(
+    ctx: click.Context, run_id: str, max_failures: float, timeout_s: float | None, as_json: bool
+) -> None:
     """Show RUN's progress until it ends (re-attach to a run started elsewhere)."""
     rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
-    sys.exit(_follow(rt, run_id, max_failures=max_failures, as_json=as_json))
+    sys.exit(_follow(rt, run_id, max_failures=max_failures, as_json=as_json, timeout_s=timeout_s))
 
 
 @cli.command()

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from kontext_batch.errors import KontextBatchError, StorageUnavailable
 from kontext_batch.keys import split_job_ref
 from kontext_batch.results import RESULTS_NAME, render_results
 from kontext_batch.runs import RowStatus
@@ -80,8 +81,18 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
         return None
     try:
         meta = rt.runs.meta(run_id)
-        store = rt.store(meta["output"])
-        uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
+        try:
+            store = rt.store(meta["output"])
+            uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
+        except StorageUnavailable:
+            return None  # may pass: the next sweep tries again
+        except (KontextBatchError, OSError) as exc:
+            # It will not pass by waiting: end the run, failed, saying why, instead of retrying for ever.
+            reason = f"results.csv could not be written to {meta.get('output')}: {exc}"
+            rt.runs.update(run_id, status="failed", finished_at=time.time(), stopped="results", stopped_reason=reason)
+            rt.runs.close_run(run_id)
+            log.warning("run %s failed: %s", run_id, reason)
+            return None
         status = "cancelled" if meta.get("status") == "cancelled" else "finished"
         rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
         rt.runs.close_run(run_id)

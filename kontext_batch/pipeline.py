@@ -231,6 +231,24 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     job["polls"] = str(polls)
     elapsed = time.time() - float(job.get("submitted_at") or time.time())
     if not res.status.terminal:
+        if res.status is Status.UNKNOWN and rt.runs.first_time(run_id, f"status:{res.raw_status}"):
+            log.warning(
+                "run %s: the API answered status %r, which is not a known one; polling on until the task's deadline",
+                run_id,
+                res.raw_status,
+            )
+        deadline = rt.planner.deadline_s(spec.endpoint, rt.settings.task_deadline_s)
+        if elapsed > deadline:
+            _end_active(rt, ref, job)
+            finish(
+                rt,
+                ref,
+                "failed",
+                job,
+                error=f"no final status after {elapsed:.0f} s (deadline {deadline:.0f} s); "
+                f"last status seen: {res.raw_status}",
+            )
+            return
         delay = rt.planner.next_delay(spec.endpoint, elapsed, res.progress)
         if rt.gate.handoff(ref, held, delay, polls=polls, poll_errors=0):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)

@@ -53,6 +53,14 @@ class PollPlanner:
     def _clamp(self, s: float) -> float:
         return max(self.min_s, min(self.max_s, s))
 
+    def deadline_s(self, endpoint: str, floor_s: float, factor: float = 5.0) -> float:
+        """How long a task may take before it is given up: ``factor`` times the slowest 5 % of the
+        latencies seen (the 95th percentile), never under ``floor_s``."""
+        seen = self._sorted(endpoint)
+        if not seen:
+            return floor_s
+        return max(floor_s, factor * seen[min(len(seen) - 1, int(len(seen) * 0.95))])
+
     def first_delay(self, endpoint: str) -> float:
         seen = self._sorted(endpoint)
         if not seen:

@@ -324,6 +324,7 @@ class Progress:
     info: RunInfo
     elapsed_s: float
     rows_per_s: float
+    stalled_s: float = 0.0  # since the last row became final (or following began)
 
     @property
     def eta_s(self) -> float | None:
@@ -378,15 +379,19 @@ def follow(
 
     Calls ``on_progress`` with each look, the last one included; prints nothing.
     """
-    start = time.monotonic()
+    start = last_change = time.monotonic()
     first_done: int | None = None
+    last_done = -1
     while True:
         info = rt.runs.info(run_id)
+        now = time.monotonic()
         first_done = info.ndone if first_done is None else first_done
-        elapsed = time.monotonic() - start
+        if info.ndone != last_done:
+            last_done, last_change = info.ndone, now
+        elapsed = now - start
         rate = (info.ndone - first_done) / elapsed if elapsed > 0 else 0.0
         if on_progress is not None:
-            on_progress(Progress(info, elapsed, rate))
+            on_progress(Progress(info, elapsed, rate, now - last_change))
         if info.finished:
             return outcome_of(info, max_failures=max_failures)
         if timeout_s is not None and elapsed >= timeout_s:

@@ -76,7 +76,7 @@ class RunInfo:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("finished", "cancelled") and "finished_at" in self.meta
+        return self.status in ("finished", "cancelled", "failed") and "finished_at" in self.meta
 
 
 class RunStore:
@@ -141,6 +141,10 @@ class RunStore:
     def count(self, run_id: str, name: str, n: int = 1) -> None:
         """Add to one of the run's counters (kept in its metadata)."""
         self.r.hincrby(self.keys.run(run_id), name, n)
+
+    def first_time(self, run_id: str, what: str) -> bool:
+        """True the first time ``what`` is said of this run (to log a thing once per run)."""
+        return bool(self.r.hsetnx(self.keys.run(run_id), f"seen:{what}", "1"))
 
     def open_runs(self) -> list[str]:
         """Runs not finalized yet."""

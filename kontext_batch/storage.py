@@ -33,6 +33,7 @@ import contextlib
 import mimetypes
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -320,7 +321,30 @@ def _s3_options(url: str) -> tuple[str, str, S3Config, ClientConfig]:
             client["allow_http"] = True
     if "region" in options:
         config["region"] = options["region"]
+    if endpoint and not _s3_credentials_configured():
+        # Without credentials the S3 client asks the cloud's instance-metadata address for some, which
+        # on a MinIO/Ceph/R2 host is either nothing (a hang, then a confusing 403) or someone else's.
+        raise StorageError(
+            f"no S3 credentials on worker {socket.gethostname()} for {base}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / AWS_WEB_IDENTITY_TOKEN_FILE) where this process runs"
+        )
     return base.rstrip("/"), query, config, client
+
+
+_S3_CREDENTIAL_SOURCES: Final = (
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def _s3_credentials_configured() -> bool:
+    """Static keys, a profile, a web identity or a container role in this process's environment."""
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return True
+    return any(env.get(name) for name in _S3_CREDENTIAL_SOURCES)
 
 
 def _split_scheme(url: str) -> str:

@@ -29,7 +29,7 @@ from kontext_batch.runner import RunRequest, start_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
-from workers.app import CelerySchedule, configure
+from workers.app import celery_runtime
 
 __all__ = [
     "BaselineFigures",
@@ -263,7 +263,7 @@ def run_system(sc: Scenario, redis_url: str, work: Path, *, workers: int, concur
             log_level="WARNING",
             **changed,
         )
-        rt = Runtime.create(settings, CelerySchedule(configure(settings)))
+        rt = celery_runtime(settings)
         pool = WorkerPool(settings, n=workers, concurrency=concurrency, log_dir=wdir / "logs")
         try:
             pool.start()

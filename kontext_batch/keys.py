@@ -14,6 +14,7 @@ key                             type    holds
 {ns}:holders:{fp}               zset    processes holding the key; score=heartbeat expiry ms
 {ns}:key-caps                   hash    key fingerprint -> caps its holders announce (JSON)
 {ns}:budget:{run}               hash    budget, spent, reserved (credits) of one run
+{ns}:delayed                    zset    task messages not due yet; score=due time ms
 {ns}:job:{run}:{row}            hash    one in-flight job: step (fencing token), state, busy, holder,
                                         pool, gate, attempts, polls, poll_errors, task id, polling
                                         URL, cost, possible_duplicate, timings
@@ -31,7 +32,8 @@ key                             type    holds
 Owners: :mod:`~kontext_batch.gate` alone writes ``gates``, ``pools``, ``keys-out``, ``lease``, ``wait``,
 ``watch`` and ``job`` (its scripts read ``proc`` to tell a live holder from a dead one);
 :mod:`~kontext_batch.holders` ``proc``, ``holders`` and ``key-caps``; :mod:`~kontext_batch.runs` the
-``runs`` and ``run`` keys; :mod:`~kontext_batch.budget` ``budget``; :mod:`~kontext_batch.ratelimit`
+``runs`` and ``run`` keys; :mod:`~kontext_batch.budget` ``budget``; :mod:`~kontext_batch.delays`
+``delayed``; :mod:`~kontext_batch.ratelimit`
 ``submit-rate``. Everyone else goes through their methods.
 
 A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
@@ -125,6 +127,10 @@ class Keys:
     @property
     def keys_out(self) -> str:
         return f"{self.ns}:keys-out"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.ns}:delayed"
 
     def budget(self, run_id: str) -> str:
         return f"{self.ns}:budget:{run_id}"

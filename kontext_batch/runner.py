@@ -97,7 +97,6 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
     if not keys:
         raise ConfigError("no API key: set KONTEXT_API_KEY, or KONTEXT_API_KEYS for a pool of keys")
     pool = Pool.of(k.fingerprint for k in keys)
-    rt.gate.register_pool(pool)
     budget = req.budget if req.budget is not None else rt.settings.budget_credits
     store = rt.store(req.output)
     run_id = new_run_id()
@@ -118,7 +117,7 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
         },
     )
     try:
-        queued = _Enqueue(rt, run_id, store, req, pool.id, budget).run(stdin)
+        queued = _Enqueue(rt, run_id, store, req, pool, budget).run(stdin)
     except BaseException:
         rt.runs.delete(run_id)  # nothing of it waits in a gate yet
         rt.budget.delete(run_id)
@@ -130,11 +129,12 @@ class _Enqueue:
     """The state of one pass: rows buffered for Redis, row numbers waiting per endpoint."""
 
     def __init__(
-        self, rt: Runtime, run_id: str, store: ObjectStore, req: RunRequest, pool_id: str, budget: float | None
+        self, rt: Runtime, run_id: str, store: ObjectStore, req: RunRequest, pool: Pool, budget: float | None
     ) -> None:
         self.rt = rt
         self.run_id = run_id
-        self.pool_id = pool_id
+        self.pool = pool
+        self.pool_id = pool.id
         self.budget = budget
         self.store = store
         self.req = req
@@ -178,6 +178,7 @@ class _Enqueue:
         report.set_endpoints(self.endpoints)
         if self.budget is not None and report.cost_credits > self.budget:
             raise OverBudget(report.cost_credits, self.budget)
+        self.rt.gate.register_pool(self.pool)
         self.rt.budget.set(self.run_id, self.budget)
         self._flush()
         return self._queue()

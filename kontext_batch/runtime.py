@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
+from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -79,11 +80,18 @@ class Runtime:
         self.held = {k.fingerprint: k for k in s.held_keys}
 
     @classmethod
-    def create(cls, settings: Settings, scheduler: Scheduler, *, provider: KontextProvider | None = None) -> Runtime:
+    def create(
+        cls,
+        settings: Settings,
+        scheduler: Scheduler,
+        *,
+        provider: KontextProvider | None = None,
+        redis_client: Redis | None = None,
+    ) -> Runtime:
         s = settings
         return cls(
             settings=s,
-            redis=connect_redis(s.effective_redis_url),
+            redis=redis_client or connect_redis(s.effective_redis_url),
             scheduler=scheduler,
             provider=provider,
             planner=PollPlanner.from_settings(s),

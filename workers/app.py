@@ -12,15 +12,16 @@ Why these settings:
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 from kombu import Queue
 
+from kontext_batch.delays import DelayQueue, DueMessage
+from kontext_batch.keys import Keys
+from kontext_batch.runtime import Runtime, connect_redis
 from kontext_batch.settings import Settings
 from workers.queues import ALL_QUEUES, POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK, key_queues
 
-__all__ = ["CelerySchedule", "app", "configure"]
+__all__ = ["CelerySchedule", "app", "celery_runtime", "configure"]
 
 app = Celery("kontext_batch", include=["tasks.submit", "tasks.poll"])
 
@@ -54,19 +55,49 @@ def configure(settings: Settings) -> Celery:
 
 class CelerySchedule:
     """The pipeline's :class:`~kontext_batch.runtime.Scheduler`: task messages carry only a job ref
-    and its fencing token, never a key or a row's data; they go to the queues of the job's key."""
+    and its fencing token, never a key or a row's data; they go to the queues of the job's key.
 
-    def __init__(self, celery: Celery) -> None:
+    A message with a countdown waits in the :class:`~kontext_batch.delays.DelayQueue` (in Redis,
+    not in a worker's memory) until a worker's pump sends it; see :func:`send_due`.
+    """
+
+    def __init__(self, celery: Celery, delays: DelayQueue | None = None) -> None:
         self.celery = celery
+        self.delays = delays
 
-    def _send(self, name: str, queue: str, ref: str, token: int, countdown_s: float) -> None:
-        opts: dict[str, Any] = {"queue": queue}
-        if countdown_s > 0:
-            opts["countdown"] = round(countdown_s, 3)
-        self.celery.send_task(name, args=[ref, token], **opts)
+    def send(self, msg: DueMessage) -> None:
+        submit_q, poll_q = key_queues(msg.fp)
+        name, queue = (SUBMIT_TASK, submit_q) if msg.kind == "submit" else (POLL_TASK, poll_q)
+        self.celery.send_task(name, args=[msg.ref, msg.token], queue=queue)
+
+    def _schedule(self, msg: DueMessage, countdown_s: float) -> None:
+        if countdown_s > 0 and self.delays is not None:
+            self.delays.push(msg, countdown_s)
+        elif countdown_s > 0:
+            submit_q, poll_q = key_queues(msg.fp)
+            name, queue = (SUBMIT_TASK, submit_q) if msg.kind == "submit" else (POLL_TASK, poll_q)
+            self.celery.send_task(name, args=[msg.ref, msg.token], queue=queue, countdown=round(countdown_s, 3))
+        else:
+            self.send(msg)
 
     def submit(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
-        self._send(SUBMIT_TASK, key_queues(fp)[0], ref, token, countdown_s)
+        self._schedule(DueMessage("submit", ref, token, fp), countdown_s)
 
     def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
-        self._send(POLL_TASK, key_queues(fp)[1], ref, token, countdown_s)
+        self._schedule(DueMessage("poll", ref, token, fp), countdown_s)
+
+    def send_due(self) -> float:
+        """Send every delayed message that is due. Returns seconds until the next one (at most 0.05)."""
+        if self.delays is None:
+            return 0.05
+        for msg in self.delays.take_due():
+            self.send(msg)
+        nxt = self.delays.next_due_in_s()
+        return 0.05 if nxt is None else min(0.05, nxt)
+
+
+def celery_runtime(settings: Settings) -> Runtime:
+    """A runtime whose steps go to Celery (delayed ones through the Redis delay queue)."""
+    r = connect_redis(settings.effective_redis_url)
+    schedule = CelerySchedule(configure(settings), DelayQueue(r, Keys()))
+    return Runtime.create(settings, schedule, redis_client=r)

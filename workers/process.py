@@ -19,7 +19,7 @@ from kontext_batch.holders import BEAT_S
 from kontext_batch.pipeline import sweep
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
-from workers.app import CelerySchedule, app
+from workers.app import CelerySchedule, celery_runtime
 
 __all__ = ["get_runtime", "init_runtime"]
 
@@ -36,7 +36,7 @@ def init_runtime(settings: Settings) -> Runtime:
     global _runtime  # noqa: PLW0603 - one runtime per process is the point
     with _lock:
         if _runtime is None:
-            _runtime = Runtime.create(settings, CelerySchedule(app))
+            _runtime = celery_runtime(settings)
         return _runtime
 
 
@@ -56,6 +56,19 @@ def _heartbeat() -> None:
             log.warning("heartbeat failed; trying again in %.0f s", BEAT_S, exc_info=True)
 
 
+def _pump() -> None:
+    # Delayed messages are sent from here when due (see kontext_batch.delays): a short loop, since a
+    # poll sent late is a slot held idle.
+    wait = 0.05
+    while not _stop.wait(wait):
+        try:
+            scheduler = get_runtime().scheduler
+            wait = scheduler.send_due() if isinstance(scheduler, CelerySchedule) else 1.0
+        except Exception:  # Redis restarting: try again shortly
+            log.warning("sending due messages failed; trying again in 1 s", exc_info=True)
+            wait = 1.0
+
+
 def _sweeper() -> None:
     while not _stop.wait(SWEEP_INTERVAL_S):
         try:
@@ -70,6 +83,7 @@ def _start_sweeper(**_: Any) -> None:
     rt.beat()
     threading.Thread(target=_heartbeat, name="kontext-heartbeat", daemon=True).start()
     threading.Thread(target=_sweeper, name="kontext-sweeper", daemon=True).start()
+    threading.Thread(target=_pump, name="kontext-delays", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -280,3 +281,28 @@ def _embedded(page: str) -> dict[str, object]:
     assert m is not None
     data: dict[str, object] = json.loads(m.group(1))
     return data
+
+
+def test_gallery_command_rewrites_the_page(run: Run) -> None:
+    (run.out / GALLERY_NAME).unlink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")} | run.rt.settings.to_env()
+    done = subprocess.run(
+        [sys.executable, "-m", "kontext_batch", "gallery", run.run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (run.out / GALLERY_NAME).as_uri()
+    assert len(_embedded((run.out / GALLERY_NAME).read_text(encoding="utf-8"))["rows"]) == run.total  # type: ignore[arg-type]
+    missing = subprocess.run(
+        [sys.executable, "-m", "kontext_batch", "gallery", "no-such-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode != 0
+    assert "no run 'no-such-run'" in missing.stderr

@@ -13,6 +13,7 @@ from kontext_batch.errors import ConfigError
 from kontext_batch.logs import JsonFormatter, row_event
 from kontext_batch.settings import Settings
 from tests.e2e_support import E2E_KEY, read_results, running_system, write_csv
+from workers.app import configure
 
 pytestmark = pytest.mark.e2e
 
@@ -125,3 +126,10 @@ def test_log_format_setting() -> None:
     assert Settings.from_env(s.to_env()) == s
     with pytest.raises(ConfigError, match="KONTEXT_LOG_FORMAT"):
         Settings.from_env({"KONTEXT_LOG_FORMAT": "xml"})
+
+
+def test_workers_send_task_events_for_flower() -> None:
+    # Flower shows task progress only from these events; the settings' broker is not contacted here.
+    conf = configure(Settings()).conf
+    assert conf.worker_send_task_events is True
+    assert conf.task_send_sent_event is True

@@ -74,8 +74,9 @@ def gallery_rows(runs: RunStore, run_id: str, store_url: str) -> list[list[Any]]
         res = res_or_none or {"status": "pending"}
         status = str(res.get("status", "pending"))
         seed = res.get("seed", (spec.get("params") or {}).get("seed"))
-        # each input: [link or None, its URI without any query (signatures stay out of the page)]
-        inputs = [[relative_link(store_url, str(u)), str(u).partition("?")[0]] for u in spec.get("images") or []]
+        # Each input: [link, ""], or [None, its URI without the query] to name what cannot be shown.
+        links = [(relative_link(store_url, str(u)), str(u)) for u in spec.get("images") or []]
+        inputs = [[link, ""] if link else [None, uri.partition("?")[0]] for link, uri in links]
         output = None
         if status in ("succeeded", "skipped"):
             output = relative_link(store_url, str(res.get("output_uri") or ""))

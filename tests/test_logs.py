@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from kontext_batch.errors import ConfigError
 from kontext_batch.logs import JsonFormatter, row_event
 from kontext_batch.settings import Settings
@@ -133,3 +134,18 @@ def test_workers_send_task_events_for_flower() -> None:
     conf = configure(Settings()).conf
     assert conf.worker_send_task_events is True
     assert conf.task_send_sent_event is True
+
+
+def test_a_run_out_of_credits_logs_why_it_stopped(redis_url: str, tmp_path: Path) -> None:
+    rows = [{"id": f"c{i}", "prompt": f"product {i}", "output_format": "png"} for i in range(1, 9)]
+    manifest = write_csv(tmp_path / "m.csv", ["id", "prompt", "output_format"], rows)
+    cfg = EmulatorConfig(latency={"*": LatencySpec.fixed(0.3)}, api_keys=(E2E_KEY,), seed=2, credits=3 * 4.0)
+    with running_system(redis_url, emulator=cfg, log_dir=tmp_path / "logs", workers=1) as system:
+        done = system.cli("run", str(manifest), "--output", str(tmp_path / "out"), "--wait")
+    assert done.returncode == 3, done.stderr  # stopped
+    run_id = done.stdout.splitlines()[0].strip()
+    lines = (tmp_path / "logs" / "worker-0.log").read_text(encoding="utf-8").splitlines()
+    stops = [ln for ln in lines if f"run {run_id} stopped (out_of_credits): out of credits (402)" in ln]
+    assert stops
+    assert all(" WARNING kontext_batch.runs: " in ln for ln in stops)
+    assert E2E_KEY not in "\n".join(lines)

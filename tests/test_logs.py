@@ -145,7 +145,7 @@ def test_a_run_out_of_credits_logs_why_it_stopped(redis_url: str, tmp_path: Path
     assert done.returncode == 3, done.stderr  # stopped
     run_id = done.stdout.splitlines()[0].strip()
     lines = (tmp_path / "logs" / "worker-0.log").read_text(encoding="utf-8").splitlines()
-    stops = [ln for ln in lines if f"run {run_id} stopped (out_of_credits): out of credits (402)" in ln]
+    stops = [ln for ln in lines if f"run {run_id} stopped (out_of_credits): " in ln and "out of credits (402)" in ln]
     assert stops
     assert all(" WARNING kontext_batch.runs: " in ln for ln in stops)
     assert E2E_KEY not in "\n".join(lines)

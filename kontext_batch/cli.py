@@ -22,6 +22,7 @@ import click
 
 from kontext_batch.control import cancel_run, retry_run
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, OverBudget
+from kontext_batch.gallery import ids_from_file, put_gallery
 from kontext_batch.local import demo_manifest, interrupts, local_stack
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.netguard import FetchPolicy
@@ -546,10 +547,7 @@ def retry(
     """Run RUN's failed (or moderated, cancelled, budget-stopped, listed) rows again, into the same run."""
     flags = (("failed", failed), ("moderated", moderated), ("cancelled", cancelled), ("budget", budget_rows))
     statuses = [n for n, on in flags if on] or (["failed", "budget"] if budget is not None else ["failed"])
-    ids = None
-    if ids_file is not None:
-        with open(ids_file, encoding="utf-8") as fh:
-            ids = [line.strip() for line in fh if line.strip()]
+    ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
     rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
     n = retry_run(rt, run_id, statuses, ids=ids, budget=budget)
@@ -591,22 +589,40 @@ def follow_command(
 )
 @click.option("--loglevel", "-l", envvar="KONTEXT_LOG_LEVEL", default="INFO", show_default=True)
 @click.option("--hostname", "-n", default=None, help="Celery node name (default kontext@HOST-PID).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    envvar="KONTEXT_METRICS_PORT",
+    show_envvar=True,
+    default=None,
+    help="Serve Prometheus metrics on this port (address: KONTEXT_METRICS_HOST, default 127.0.0.1).",
+)
 @click.pass_context
-def worker(ctx: click.Context, queues: str | None, concurrency: int, loglevel: str, hostname: str | None) -> None:
+def worker(
+    ctx: click.Context,
+    queues: str | None,
+    concurrency: int,
+    loglevel: str,
+    hostname: str | None,
+    metrics_port: int | None,
+) -> None:
     """Start a Celery worker of this app (threads pool) on the configured Redis."""
     from workers.app import configure  # noqa: PLC0415
-    from workers.process import init_runtime  # noqa: PLC0415
+    from workers.process import init_runtime, setup_logging  # noqa: PLC0415
     from workers.queues import key_queues  # noqa: PLC0415
 
     s = _settings(ctx)
     _need_key(s)
+    setup_logging(s, loglevel)
     app = configure(s)
-    init_runtime(s)
+    init_runtime(s, metrics_port=metrics_port)
     name = hostname or f"kontext@{socket.gethostname()}-{os.getpid()}"
     # Only the queues of the keys this process holds: it never runs a job with another key.
     queues = queues or ",".join(q for k in s.held_keys for q in key_queues(k.fingerprint))
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", "threads", "-l", loglevel, "-n", name]
-    app.worker_main([*argv, "--without-gossip", "--without-mingle", "--without-heartbeat"])
+    # Heartbeats stay on: Flower shows a worker online only while they arrive. JSON logs skip the banner.
+    quiet = ["--quiet"] if s.log_format == "json" else []
+    app.worker_main([*quiet, *argv, "--without-gossip", "--without-mingle"])
 
 
 @cli.command("demo")
@@ -642,3 +658,14 @@ def main() -> None:
     except KontextBatchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+
+
+@cli.command("gallery")
+@click.argument("run_id")
+@click.pass_context
+def gallery_command(ctx: click.Context, run_id: str) -> None:
+    """Write the run's review page (gallery.html) beside its results in the output store; print where."""
+
+    rt = _runtime(_settings(ctx))
+    _need_run(rt, run_id)
+    click.echo(put_gallery(rt.runs, run_id, rt.store(rt.runs.meta(run_id)["output"])))

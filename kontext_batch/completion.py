@@ -11,7 +11,9 @@ import logging
 import time
 from typing import Any
 
+from kontext_batch import logs, metrics
 from kontext_batch.errors import KontextBatchError, StorageUnavailable
+from kontext_batch.gallery import write_gallery
 from kontext_batch.keys import split_job_ref
 from kontext_batch.results import RESULTS_NAME, render_results
 from kontext_batch.runs import RowStatus
@@ -49,6 +51,8 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     if reserved and "cost_credits" not in result and "bfl_task_id" in result:
         result["cost_credits"] = reserved  # the API reported no cost: the price table's
     done = rt.runs.record(run_id, row, result)
+    metrics.row_finished(result, job, recorded=done is not None)
+    logs.row_finished(ref, result, recorded=done is not None)
     rt.gate.retire(ref)
     if done is None:
         return
@@ -93,6 +97,7 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
             rt.runs.close_run(run_id)
             log.warning("run %s failed: %s", run_id, reason)
             return None
+        write_gallery(rt.runs, run_id, store)
         status = "cancelled" if meta.get("status") == "cancelled" else "finished"
         rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
         rt.runs.close_run(run_id)

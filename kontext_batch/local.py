@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -131,6 +131,8 @@ class WorkerPool:
     concurrency: int = 32
     loglevel: str = "WARNING"
     log_dir: Path | None = None
+    #: More ``kontext-batch worker`` options for worker ``i`` (each its own ``--metrics-port``, say).
+    extra_args: Callable[[int], Sequence[str]] | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list, repr=False)
 
@@ -158,6 +160,7 @@ class WorkerPool:
                 self.loglevel,
                 "-n",
                 f"kontext-{i}-{os.getpid()}@%h",
+                *(self.extra_args(i) if self.extra_args else ()),
             ],
             env=self._env(),
             stdout=out,

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from kontext_batch import logs, metrics
 from kontext_batch.api.models import KontextRequest, PollResult, Status
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.completion import drain_waiting, finalize, finish
@@ -154,6 +155,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         polls=0,
         poll_errors=0,
     ):
+        logs.row_event(ref, "submitted", f"task {task.id} at {spec.endpoint}", task=task.id, endpoint=spec.endpoint)
         rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
 
 
@@ -172,7 +174,7 @@ def _budget_reached(rt: Runtime, ref: str, job: dict[str, str]) -> None:
     sp = rt.budget.spend(run_id)
     reason = f"budget of {sp.budget:g} credits reached: {sp.spent:g} spent, {sp.reserved:g} in flight"
     rt.runs.update(run_id, stopped="budget", stopped_reason=reason)
-    log.warning("run %s stopped submitting: %s", run_id, reason)
+    logs.run_stopped(run_id, "budget", reason)
     _end_active(rt, ref, job)
     finish(rt, ref, "budget", job, error=reason)
     drain_waiting(rt, run_id, "budget", reason)
@@ -194,7 +196,7 @@ def _key_refused(rt: Runtime, ref: str, job: dict[str, str], fp: str, endpoint: 
         return
     stopped = "out_of_credits" if isinstance(exc, OutOfCredits) else "auth"
     rt.runs.update(run_id, stopped=stopped, stopped_reason=reason)
-    log.warning("run %s stopped: no key of its pool is left (%s)", run_id, reason)
+    logs.run_stopped(run_id, stopped, f"no key of its pool is left ({reason})")
     _end_active(rt, ref, job)
     finish(rt, ref, "failed", {**job, "reserved": "0"}, error=reason)
     drain_waiting(rt, run_id, "failed", reason)
@@ -229,6 +231,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         return
     polls = int(job.get("polls", 0)) + 1
     job["polls"] = str(polls)
+    metrics.poll_answered(spec.endpoint)
     elapsed = time.time() - float(job.get("submitted_at") or time.time())
     if not res.status.terminal:
         if res.status is Status.UNKNOWN and rt.runs.first_time(run_id, f"status:{res.raw_status}"):
@@ -263,6 +266,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         job["cost_credits"] = str(res.cost)  # the reseller's usage.cost, on the completed poll
     if res.status is Status.READY:
         rt.gate.update(ref, held, polls=polls, state="storing", ready_seen_at=time.time())
+        logs.row_event(ref, "ready", f"after {polls} poll(s)", task=job.get("bfl_task_id"), polls=polls)
         _store(rt, ref, held, spec, job, res)
     elif res.status.moderated:
         finish(rt, ref, "moderated", job, error=res.reason, moderation_reasons=list(res.moderation_reasons))
@@ -385,7 +389,7 @@ def redrive(rt: Runtime, stale: StaleJob) -> None:
             extra["reserved"] = 0
         rt.gate.requeue(stale.ref, stale.pool_id, endpoint, stale.gate_id, **extra)
         dispatch(rt, stale.pool_id, endpoint)
-    log.warning("re-drove %s (was %s)", stale.ref, stale.state or "unknown")
+    logs.row_event(stale.ref, "re-driven", f"was {stale.state or 'unknown'}", level=logging.WARNING)
 
 
 def sweep(rt: Runtime) -> int:
@@ -425,5 +429,6 @@ def _stop_runs_without_keys(rt: Runtime) -> int:
         if all(fp in out for fp in fps):
             reason = "; ".join(out[fp] for fp in fps)
             rt.runs.update(run_id, stopped="keys", stopped_reason=f"no key of the run's pool is left: {reason}")
+            logs.run_stopped(run_id, "keys", f"no key of the run's pool is left: {reason}")
             n += drain_waiting(rt, run_id, "failed", reason)
     return n

@@ -36,6 +36,8 @@ KONTEXT_ALLOW_PRIVATE_URLS     fetch URLs on loopback/private/     0
 KONTEXT_FETCH_DEADLINE_S       whole fetch of one input image URL  60
 KONTEXT_MAX_SAMPLE_BYTES       largest output image downloaded     64000000
 KONTEXT_LOG_LEVEL              logging level                       INFO
+KONTEXT_LOG_FORMAT             text | json (one object per line)   text
+KONTEXT_METRICS_HOST           address a worker's metrics bind to  127.0.0.1
 =============================  ==================================  ===============================
 """
 
@@ -167,6 +169,8 @@ class Settings:
     allow_private_urls: bool = False
     fetch_deadline_s: float = 60.0
     max_sample_bytes: int = 64_000_000
+    log_format: str = "text"
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -189,6 +193,9 @@ class Settings:
         if provider not in ("bfl", "reseller"):
             raise ConfigError(f"KONTEXT_PROVIDER must be bfl or reseller, got {provider!r}")
         caps_raw = env.get("KONTEXT_MAX_ACTIVE_MODELS")
+        log_format = env.get("KONTEXT_LOG_FORMAT", d.log_format).strip().lower() or d.log_format
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"KONTEXT_LOG_FORMAT must be text or json, got {log_format!r}")
         return cls(
             api_key=Secret(env.get("KONTEXT_API_KEY", "").strip()),
             api_keys=parse_api_keys(env.get("KONTEXT_API_KEYS", "")),
@@ -217,6 +224,8 @@ class Settings:
             allow_private_urls=env.get("KONTEXT_ALLOW_PRIVATE_URLS", "0").strip().lower() in _TRUE,
             fetch_deadline_s=num("KONTEXT_FETCH_DEADLINE_S", d.fetch_deadline_s, minimum=0.1),
             max_sample_bytes=int(num("KONTEXT_MAX_SAMPLE_BYTES", d.max_sample_bytes, minimum=1)),
+            log_format=log_format,
+            metrics_host=env.get("KONTEXT_METRICS_HOST", "").strip() or d.metrics_host,
         )
 
     def cap_for(self, endpoint: str, key: ApiKey | None = None) -> int:
@@ -272,6 +281,8 @@ class Settings:
             "KONTEXT_RESUBMIT_EXPIRED": "1" if self.resubmit_expired else "0",
             "KONTEXT_LOG_LEVEL": self.log_level,
             "KONTEXT_ALLOW_PRIVATE_URLS": "1" if self.allow_private_urls else "0",
+            "KONTEXT_LOG_FORMAT": self.log_format,
+            "KONTEXT_METRICS_HOST": self.metrics_host,
         }
         for f in fields(self):
             if f.type in ("float", "int") and f.name not in ("max_active",):

@@ -17,6 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 
@@ -71,7 +72,7 @@ def test_the_spec_check_rejects_a_broken_file(tmp_path: Path) -> None:
 
 
 def test_all_services_are_present(services: dict[str, dict[str, Any]]) -> None:
-    assert {"redis", "minio", "createbucket", "worker", "flower", "emulator", "cli"} <= set(services)
+    assert {"redis", "minio", "createbucket", "worker", "flower", "prometheus", "emulator", "cli"} <= set(services)
 
 
 def test_worker_scales_no_fixed_name_or_host_port(services: dict[str, dict[str, Any]]) -> None:
@@ -177,3 +178,28 @@ def test_docker_compose_config_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_workers_serve_metrics_on_the_compose_network_only(services: dict[str, dict[str, Any]]) -> None:
+    env = _env(services["worker"])
+    assert env["KONTEXT_METRICS_PORT"].isdigit()
+    assert env["KONTEXT_METRICS_HOST"] == "0.0.0.0"  # reachable by Prometheus's container
+    assert "ports" not in services["worker"]  # ...and not published on the host
+
+
+def test_prometheus_scrapes_every_worker_replica(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    prom = services["prometheus"]
+    assert prom["image"].startswith("prom/prometheus")
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in prom["volumes"]}
+    assert (ROOT / mounts["/etc/prometheus/prometheus.yml"]).resolve() == PROMETHEUS
+    assert "--config.file=/etc/prometheus/prometheus.yml" in _command(prom)
+    assert mounts["/prometheus"] in compose["volumes"]
+    assert all(str(p).startswith("127.0.0.1:") for p in prom["ports"])
+
+    config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "kontext-worker"]
+    (sd,) = job["dns_sd_configs"]
+    # Replicas have no names: Docker's DNS answers the service name with one A record each.
+    assert sd["names"] == ["worker"]
+    assert sd["type"] == "A"
+    assert str(sd["port"]) == _env(services["worker"])["KONTEXT_METRICS_PORT"]

@@ -44,7 +44,9 @@ def configure(settings: Settings) -> Celery:
         worker_pool="threads",
         worker_concurrency=32,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events for Flower (and `celery events`): started/succeeded from workers, sent from senders.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         task_queues=[Queue(q) for q in (*ALL_QUEUES, *held_queues)],
         task_default_queue=SUBMIT_QUEUE,
         task_routes={SUBMIT_TASK: {"queue": SUBMIT_QUEUE}, POLL_TASK: {"queue": POLL_QUEUE}},

@@ -1,4 +1,4 @@
-"""Per-process state of a worker: the runtime (created once) and the sweeper thread.
+"""Per-process state of a worker: the runtime (created once), its logging, metrics server and sweeper.
 
 Two threads run in every worker. The heartbeat says, about every second, that this process is alive
 and which API keys it holds (only then do its keys take rows, and its jobs keep their slots). The
@@ -16,12 +16,14 @@ from typing import Any
 from celery import signals
 
 from kontext_batch.holders import BEAT_S
+from kontext_batch.logs import configure_logging
+from kontext_batch.metrics import MeteredTransport, serve_metrics
 from kontext_batch.pipeline import sweep
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
 from workers.app import CelerySchedule, celery_runtime
 
-__all__ = ["get_runtime", "init_runtime"]
+__all__ = ["get_runtime", "init_runtime", "setup_logging"]
 
 log = logging.getLogger("kontext_batch.worker")
 _lock = threading.Lock()
@@ -30,14 +32,20 @@ _stop = threading.Event()
 SWEEP_INTERVAL_S = 1.0
 
 
-def init_runtime(settings: Settings) -> Runtime:
+def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runtime:
+    """The process's runtime (created on the first call); with ``metrics_port``, serve its metrics too."""
     # httpx logs every URL at INFO; sample URLs carry signatures, so keep them out of worker logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     global _runtime  # noqa: PLW0603 - one runtime per process is the point
     with _lock:
         if _runtime is None:
             _runtime = celery_runtime(settings)
-        return _runtime
+            # Each key's client gets a transport that times API calls and counts 429s for the metrics.
+            _runtime.transport_factory = MeteredTransport
+        rt = _runtime
+    if metrics_port is not None:
+        serve_metrics(rt, metrics_port, settings.metrics_host)
+    return rt
 
 
 def get_runtime() -> Runtime:
@@ -75,6 +83,28 @@ def _sweeper() -> None:
             sweep(get_runtime())
         except Exception:  # a sweep failing (Redis restarting) must not end the thread
             log.warning("sweep failed; trying again in %.0f s", SWEEP_INTERVAL_S, exc_info=True)
+
+
+def setup_logging(settings: Settings, loglevel: int | str | None = None) -> None:
+    """The worker's logs as ``KONTEXT_LOG_FORMAT`` says. Called before Celery starts, so its start-up
+    warnings are records too, and again by Celery (see below)."""
+    configure_logging(loglevel or settings.log_level, settings.log_format)
+    if settings.log_format == "json":
+        _json_shutdown_lines()
+
+
+@signals.setup_logging.connect
+def _celery_setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # Connecting this signal tells Celery to leave logging to us.
+    setup_logging(_runtime.settings if _runtime is not None else Settings.from_env(), loglevel)
+
+
+def _json_shutdown_lines() -> None:
+    """Celery prints "worker: Warm shutdown" straight to stdout; as a log record it stays JSON."""
+    import celery.apps.worker  # noqa: PLC0415 - only the worker process needs it
+
+    say = logging.getLogger("celery.apps.worker")
+    celery.apps.worker.safe_say = lambda msg, *_a, **_k: say.info("%s", msg)
 
 
 @signals.worker_ready.connect

@@ -1,0 +1,120 @@
+"""Worker logs an operator can follow: one line per row event, as text or one JSON object per line.
+
+=========================  =======  ==============================================================
+event                      level    when
+=========================  =======  ==============================================================
+``submitted``              INFO     the API accepted the row's task
+``ready``                  INFO     a poll found the task Ready (the download comes next)
+``stored``                 INFO     the output image and its sidecar are written
+``moderated``              INFO     the API refused the input or the output (reason given)
+``failed``                 INFO     the row ended without an output (reason given)
+``cancelled``              INFO     the run was cancelled before the row was submitted
+``re-driven``              WARNING  the row's worker went quiet and the sweeper sent it again
+``run stopped``            WARNING  the run stops submitting (out of credits, key refused)
+=========================  =======  ==============================================================
+
+Each record carries ``run``, ``row`` and ``event`` as attributes; with ``KONTEXT_LOG_FORMAT=json``
+they become fields next to ``ts``, ``level``, ``logger`` and ``msg``. Reasons come from results,
+which the API client already scrubs of the key and of sample URLs' signatures.
+
+Celery's own per-task lines ("Task ... received", "... succeeded in") say nothing the row events do
+not, at two lines per poll: they show at DEBUG only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from kontext_batch.keys import split_job_ref
+
+__all__ = ["JsonFormatter", "configure_logging", "row_event", "row_finished", "run_stopped"]
+
+log = logging.getLogger("kontext_batch.rows")
+run_log = logging.getLogger("kontext_batch.runs")
+
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Celery loggers that write a line per task message; shown only when the level is DEBUG.
+CHATTY_LOGGERS: Final = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
+# Attributes every LogRecord has; anything else on a record was passed in ``extra`` and is a field.
+_STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_FINAL_EVENTS: Final = {"succeeded": "stored", "moderated": "moderated", "failed": "failed", "cancelled": "cancelled"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``msg``, extras, ``exc``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str | int, fmt: str = "text") -> None:
+    """Send every log record to stderr as ``fmt`` (``text`` or ``json``), replacing root's handlers.
+
+    Python warnings become records too (so a JSON log stays JSON), and Celery's per-task lines drop
+    below the level unless it is DEBUG.
+    """
+    lvl = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    lvl = lvl if isinstance(lvl, int) else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(lvl)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if lvl <= logging.DEBUG else logging.WARNING)
+    # httpx logs every URL at INFO; sample URLs carry signatures.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def row_event(ref: str, event: str, detail: str = "", *, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one event of the row ``ref`` (``run:row``): ``row RUN:ROW EVENT[: detail]``."""
+    if not log.isEnabledFor(level):
+        return
+    run_id, row = split_job_ref(ref)
+    extra = {"run": run_id, "row": row, "event": event, **{k: v for k, v in fields.items() if v not in (None, "")}}
+    if detail:
+        log.log(level, "row %s %s: %s", ref, event, detail, extra=extra)
+    else:
+        log.log(level, "row %s %s", ref, event, extra=extra)
+
+
+def row_finished(ref: str, result: dict[str, Any], *, recorded: bool = True) -> None:
+    """Log a row's final result (once: ``recorded`` is False for a duplicate that changed nothing)."""
+    if not recorded:
+        return
+    status = str(result.get("status", ""))
+    event = _FINAL_EVENTS.get(status, status)
+    detail = "" if status == "succeeded" else str(result.get("error") or "")
+    row_event(
+        ref,
+        event,
+        detail,
+        status=status,
+        output=result.get("output_uri"),
+        polls=result.get("polls"),
+        attempts=result.get("attempts"),
+        duration_s=result.get("duration_s"),
+    )
+
+
+def run_stopped(run_id: str, stop: str, reason: str) -> None:
+    """A run stops submitting rows: say why, at WARNING."""
+    run_log.warning("run %s stopped (%s): %s", run_id, stop, reason, extra={"run": run_id, "event": "run stopped"})

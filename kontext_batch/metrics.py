@@ -1,0 +1,163 @@
+"""Prometheus metrics of a worker process, served by ``kontext-batch worker --metrics-port N``.
+
+===================================  =========  =====================  ==============================
+metric                               type       labels                 source
+===================================  =========  =====================  ==============================
+kontext_rows_finished_total          counter    status, endpoint       a row's result recorded here
+kontext_credits_spent_total          counter    endpoint               the cost of each finished row
+kontext_polls_total                  counter    endpoint               poll answers (results' polls)
+kontext_api_rate_limited_total       counter    kind                   429 answers, retried ones too
+kontext_api_request_seconds          histogram  kind                   each HTTP answer (body read)
+kontext_active_tasks                 gauge      key, endpoint          Redis at scrape time
+kontext_active_cap                   gauge      key, endpoint          the held key's caps (``*``: all)
+kontext_waiting_rows                 gauge      pool, endpoint         rows waiting for a slot
+kontext_run_rows_left                gauge      run                    open runs' rows not final
+===================================  =========  =====================  ==============================
+
+``kind`` is ``submit``, ``poll``, ``download`` or ``credits``; ``key`` is an API key's fingerprint
+(the keys this worker holds), ``pool`` the id of a run's key pool (a single key's pool is its fingerprint).
+Counters are per process (sum them over workers); the gauges read shared Redis state, so every
+worker reports the same figures (take ``max`` over workers, not ``sum``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kontext_batch.api._http import POOL_LIMITS
+
+if TYPE_CHECKING:
+    from kontext_batch.runtime import Runtime
+
+__all__ = ["MeteredTransport", "RedisCollector", "poll_answered", "row_finished", "serve_metrics"]
+
+log = logging.getLogger("kontext_batch.metrics")
+
+ROWS_FINISHED: Final = Counter(
+    "kontext_rows_finished", "Rows whose final result this process recorded.", ["status", "endpoint"]
+)
+CREDITS_SPENT: Final = Counter("kontext_credits_spent", "Credits the API charged for finished rows.", ["endpoint"])
+POLLS: Final = Counter("kontext_polls", "Poll answers received (the results' polls column).", ["endpoint"])
+RATE_LIMITED: Final = Counter("kontext_api_rate_limited", "HTTP 429 answers from the API.", ["kind"])
+API_SECONDS: Final = Histogram(
+    "kontext_api_request_seconds",
+    "Time from sending an API request to having its whole answer.",
+    ["kind"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
+_serving_lock = threading.Lock()
+_serving: tuple[str, int] | None = None
+
+
+def _endpoint_of(job: dict[str, str]) -> str:
+    return job.get("gate", "").partition("|")[2] or "unknown"
+
+
+def row_finished(result: dict[str, Any], job: dict[str, str], *, recorded: bool = True) -> None:
+    """Count a row's final result and its cost (not a duplicate's: ``recorded`` False)."""
+    if not recorded:
+        return
+    endpoint = _endpoint_of(job)
+    ROWS_FINISHED.labels(status=str(result.get("status", "unknown")), endpoint=endpoint).inc()
+    try:
+        cost = float(result.get("cost_credits") or 0)
+    except (TypeError, ValueError):
+        cost = 0.0
+    if cost > 0:
+        CREDITS_SPENT.labels(endpoint=endpoint).inc(cost)
+
+
+def poll_answered(endpoint: str) -> None:
+    POLLS.labels(endpoint=endpoint).inc()
+
+
+def call_kind(request: httpx.Request) -> str:
+    """What an API request is, from its shape: both providers POST to submit and send the key to poll;
+    sample downloads go to a delivery host without it."""
+    if request.method == "POST":
+        return "submit"
+    if "x-key" in request.headers or "authorization" in request.headers:
+        return "credits" if request.url.path.rstrip("/").endswith("/credits") else "poll"
+    return "download"
+
+
+class MeteredTransport(httpx.BaseTransport):
+    """Times every answer (its body read here, so downloads count whole) and counts 429s by kind."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
+        # httpx ignores a client's ``limits`` when it is given a transport: the pool is sized here.
+        self.inner = inner or httpx.HTTPTransport(limits=POOL_LIMITS)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        kind = call_kind(request)
+        started = time.perf_counter()
+        response = self.inner.handle_request(request)
+        try:
+            response.read()
+        except BaseException:
+            response.close()
+            raise
+        API_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
+        if response.status_code == 429:
+            RATE_LIMITED.labels(kind=kind).inc()
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RedisCollector(Collector):
+    """Gauges read from Redis when Prometheus scrapes: slots in use against caps, waiting rows, open runs."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        # Registering would otherwise call collect() (Redis) just to learn the names.
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        active = GaugeMetricFamily("kontext_active_tasks", "API tasks holding a slot.", labels=["key", "endpoint"])
+        cap = GaugeMetricFamily("kontext_active_cap", "Slots allowed.", labels=["key", "endpoint"])
+        waiting = GaugeMetricFamily("kontext_waiting_rows", "Rows waiting for a slot.", labels=["pool", "endpoint"])
+        left = GaugeMetricFamily("kontext_run_rows_left", "Rows of an open run not final yet.", labels=["run"])
+        rt = self.rt
+        try:
+            waits = sorted(rt.gate.known_waits())
+            for fp, caps in sorted(rt.key_caps().items()):
+                active.add_metric([fp, "*"], rt.gate.active(fp))
+                cap.add_metric([fp, "*"], caps.total)
+                for endpoint in sorted({e for _, e in waits} | set(caps.per_endpoint)):
+                    active.add_metric([fp, endpoint], rt.gate.active(fp, endpoint))
+                    cap.add_metric([fp, endpoint], caps.cap_for(endpoint))
+            for pool_id, endpoint in waits:
+                waiting.add_metric([pool_id, endpoint], rt.gate.waiting(pool_id, endpoint))
+            for run_id in rt.runs.open_runs():
+                info = rt.runs.info(run_id)
+                left.add_metric([run_id], max(0, info.total - info.ndone))
+        except Exception:  # a scrape during a Redis restart shows no gauges, not a 500
+            log.warning("metrics: could not read Redis", exc_info=True)
+            return
+        yield from (active, cap, waiting, left)
+
+
+def serve_metrics(rt: Runtime, port: int, host: str = "127.0.0.1") -> tuple[str, int]:
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread, once per process. Returns the address."""
+    global _serving  # noqa: PLW0603 - one server per process is the point
+    with _serving_lock:
+        if _serving is None:
+            REGISTRY.register(RedisCollector(rt))
+            server, _ = start_http_server(port, addr=host)
+            _serving = (host, int(server.server_address[1]))
+            log.info("metrics on http://%s:%d/metrics", *_serving)
+        return _serving

@@ -1,0 +1,169 @@
+"""Worker metrics: real worker processes serving /metrics, a real run against the emulator, scraped over HTTP.
+
+The figures are checked against what the run recorded (results.csv) and what the emulator counted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.local import WorkerPool, free_port
+from kontext_batch.metrics import call_kind
+from kontext_batch.secret import Secret
+from kontext_batch.settings import Settings
+from tests.e2e_support import read_results, write_csv
+
+pytestmark = pytest.mark.e2e
+
+KEY = "metrics-secret-key-5e1b"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def total(samples: list[Samples], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for s in samples for (n, ls), v in s.items() if n == name and want <= ls)
+
+
+def by_label(samples: list[Samples], name: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for s in samples:
+        for (n, ls), v in s.items():
+            if n == name:
+                out[dict(ls)[label]] += v
+    return dict(out)
+
+
+def wait_http(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        else:
+            return
+    raise AssertionError(f"no metrics on port {port}")
+
+
+@pytest.fixture
+def system(redis_url: str) -> Iterator[tuple[Emulator, Settings, list[int]]]:
+    # Spurious 429s on a quarter of the submits: the client retries them; the counter must see each.
+    cfg = EmulatorConfig(latency={"*": LatencySpec.fixed(0.4)}, api_keys=(KEY,), seed=3, faults={"429": 0.25})
+    with Emulator(cfg) as emu:
+        s = Settings(
+            api_key=Secret(KEY),
+            api_base=emu.base_url,
+            redis_url=redis_url,
+            poll_first_s=0.2,
+            poll_min_s=0.05,
+            retry_base_s=0.05,
+            retry_max_s=0.3,
+            http_timeout_s=5.0,
+            max_attempts=20,
+        )
+        ports = [free_port(), free_port()]
+        with WorkerPool(s, n=2, concurrency=8, extra_args=lambda i: ["--metrics-port", str(ports[i])]):
+            for p in ports:
+                wait_http(p)
+            yield emu, s, ports
+
+
+def test_scraped_figures_match_the_run(system: tuple[Emulator, Settings, list[int]], tmp_path: Path) -> None:
+    emu, s, ports = system
+    rows: list[dict[str, object]] = []
+    for i in range(1, 13):
+        prompt = f"a studio photo of product {i}"
+        if i in (4, 8):
+            prompt += " [emulator:error]"
+        elif i == 11:
+            prompt += " [emulator:content-moderated]"
+        rows.append({"id": f"m{i}", "prompt": prompt, "model": "max" if i % 3 == 0 else "pro", "output_format": "png"})
+    manifest = write_csv(tmp_path / "m.csv", ["id", "prompt", "model", "output_format"], rows)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")} | s.to_env()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kontext_batch", "run", str(manifest), "--output", str(out), "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # During the run: the slot gauges are there, per key and endpoint, against their caps.
+    while True:
+        during = scrape(ports[0])
+        if proc.poll() is not None or any(n == "kontext_active_cap" for n, _ in during):
+            break
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode in (0, 1), stderr
+    caps = {dict(ls)["endpoint"]: v for (n, ls), v in during.items() if n == "kontext_active_cap"}
+    assert caps.get("*") == 24
+    assert caps.get("flux-kontext-max") == 6
+
+    results = read_results((out / "results.csv").read_bytes())
+    after = [scrape(p) for p in ports]
+    statuses: dict[str, float] = defaultdict(float)
+    for r in results:
+        statuses[r["status"]] += 1
+    assert by_label(after, "kontext_rows_finished_total", "status") == statuses
+    assert total(after, "kontext_rows_finished_total") == len(rows)
+    assert by_label(after, "kontext_rows_finished_total", "endpoint") == {"flux-kontext-pro": 8, "flux-kontext-max": 4}
+    assert total(after, "kontext_polls_total") == sum(int(r["polls"]) for r in results)
+    spent = sum(float(r["cost_credits"]) for r in results if r["cost_credits"])
+    assert spent > 0
+    assert total(after, "kontext_credits_spent_total") == pytest.approx(spent)
+
+    stats = httpx.get(f"{emu.base_url}/_emulator/stats", params={"include_tasks": "false"}, timeout=5).json()
+    answered_429 = stats["rejected_429"] + stats["faults_injected"].get("429", 0)
+    assert answered_429 > 0
+    assert total(after, "kontext_api_rate_limited_total", kind="submit") == answered_429
+    assert total(after, "kontext_api_request_seconds_count", kind="submit") == stats["submits"] + answered_429
+    assert total(after, "kontext_api_request_seconds_count", kind="poll") == stats["polls"]
+    assert total(after, "kontext_api_request_seconds_count", kind="download") == stats["downloads"]
+    assert total(after, "kontext_api_request_seconds_sum", kind="poll") > 0
+    # Once the run is over nothing holds a slot or waits, and no run is left open.
+    assert total(after[:1], "kontext_active_tasks") == 0
+    assert total(after[:1], "kontext_waiting_rows") == 0
+    assert total(after[:1], "kontext_run_rows_left") == 0
+    # Gauges are labelled with the key's fingerprint; the key itself is nowhere in a scrape.
+    assert s.api_key.fingerprint in httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).text
+    assert KEY not in httpx.get(f"http://127.0.0.1:{ports[1]}/metrics", timeout=5).text
+
+
+def test_metrics_host_is_loopback_unless_set() -> None:
+    assert Settings.from_env({}).metrics_host == "127.0.0.1"
+    assert Settings.from_env({"KONTEXT_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "headers", "kind"),
+    [
+        ("POST", "https://api.bfl.ai/v1/flux-kontext-pro", {"x-key": "k"}, "submit"),
+        ("GET", "https://api.bfl.ai/v1/get_result?id=1", {"x-key": "k"}, "poll"),
+        ("GET", "https://r.example/v1/tasks/1", {"authorization": "Bearer k"}, "poll"),
+        ("GET", "https://api.bfl.ai/v1/credits", {"x-key": "k"}, "credits"),
+        ("GET", "https://delivery.example/x/sample.png?sig=abc", {}, "download"),
+    ],
+)
+def test_call_kind_from_the_request(method: str, url: str, headers: dict[str, str], kind: str) -> None:
+    assert call_kind(httpx.Request(method, url, headers=headers)) == kind

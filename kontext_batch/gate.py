@@ -231,7 +231,7 @@ class SlotGate:
     """Leases, wait lists and fencing tokens in Redis. Safe to share between threads."""
 
     def __init__(
-        self, r: redis.Redis, keys: Keys, *, lease_s: float, grace_s: float = 15.0, hold_s: float = 2.0
+        self, r: redis.Redis, keys: Keys, *, lease_s: float, grace_s: float = 15.0, hold_s: float = 1.0
     ) -> None:
         self.r = r
         self.keys = keys

@@ -225,6 +225,11 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         if rt.gate.handoff(ref, held, delay, poll_errors=errors, last_error=str(exc)):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
+    except AuthError as exc:
+        # The key was revoked mid-run: its task's result is out of reach; another key of the pool
+        # takes the row (a new task), or the run stops when none is left.
+        _key_refused(rt, ref, job, fp, spec.endpoint, exc)
+        return
     except (PermanentError, KeyNotHeld) as exc:
         _end_active(rt, ref, job)
         finish(rt, ref, "failed", job, error=f"polling refused: {exc}")

@@ -502,12 +502,13 @@ def results(ctx: click.Context, run_id: str, out: str | None) -> None:
 @click.argument("run_id")
 @click.pass_context
 def cancel(ctx: click.Context, run_id: str) -> None:
-    """Stop submitting RUN's rows: in-flight jobs finish; rows not yet submitted become `cancelled`."""
+    """Stop RUN: rows not sent to the API become `cancelled`; running API tasks finish (if a worker
+    holds their key); the run ends in any state."""
 
     rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
     n = cancel_run(rt, run_id)
-    click.echo(f"{run_id}: cancelled; {n} queued row(s) marked cancelled; in-flight jobs will finish")
+    click.echo(f"{run_id}: cancelled; {n} row(s) marked cancelled; running API tasks finish")
 
 
 @cli.command()

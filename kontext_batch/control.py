@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from kontext_batch.completion import drain_waiting, finalize
+from kontext_batch.completion import drain_waiting, finalize, finish
 from kontext_batch.dispatch import dispatch
+from kontext_batch.gate import split_gate_id
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
 from kontext_batch.runs import FINAL_STATUSES
@@ -15,15 +16,32 @@ __all__ = ["cancel_run", "retry_run"]
 
 
 def cancel_run(rt: Runtime, run_id: str) -> int:
-    """Mark the run cancelled and record every row still waiting for a slot as ``cancelled``.
+    """Stop the run: no row of it is sent to the API any more, and it ends whatever its state.
 
-    Rows already granted a slot see the flag in their submit step; submitted rows finish normally.
-    A run whose rows are all final already is finalized at once.
+    Rows waiting for a slot, or granted one but not sent yet, become ``cancelled``. Rows whose API
+    task is running finish normally while a live worker holds their key (they are paid for); with
+    none, they become ``cancelled`` now. A run whose enqueue never finished (its CLI died) ends with
+    the rows it had written. Returns how many rows were cancelled.
     """
     if not rt.runs.exists(run_id):
         raise KeyError(run_id)
+    was_enqueuing = rt.runs.meta(run_id).get("status") == "enqueuing"
     rt.runs.update(run_id, status="cancelled")
     n = drain_waiting(rt, run_id, "cancelled", "run cancelled before this row was submitted")
+    for row in rt.runs.rows_without_result(run_id):
+        ref = job_ref(run_id, row)
+        job = rt.gate.fields(ref, "gate", "state")
+        gid = job.get("gate", "")
+        if job.get("state") in ("polling", "storing", "submitting") and rt.holders.live_keys([split_gate_id(gid)[0]]):
+            continue  # a live worker will finish it
+        if gid and job.get("state") in ("granted", "queued"):
+            rt.gate.release(gid, ref)  # no API task yet
+        # A submitted row keeps its slot: its API task may still run, so the lease lapses on its own
+        # (KONTEXT_LEASE_S) rather than letting another row past the account's cap meanwhile.
+        finish(rt, ref, "cancelled", error="run cancelled before this row finished")
+        n += 1
+    if was_enqueuing:
+        rt.runs.update(run_id, total=rt.runs.rows_written(run_id))
     if rt.runs.info(run_id).ndone >= rt.runs.total(run_id):
         finalize(rt, run_id)
     return n

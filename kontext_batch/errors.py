@@ -21,7 +21,8 @@
         ├── ManifestError          rows of a manifest are invalid (carries every row error)
         ├── ConfigError            settings that cannot work
         │   └── KeyNotHeld         a job's key is not one this process holds
-        └── OverBudget             a run's estimate is over its budget: nothing was queued
+        ├── OverBudget             a run's estimate is over its budget: nothing was queued
+        └── OutputInUse            another unfinished run writes to the same output
 
 Terminal task outcomes (moderation, ``Error``, ``Failed``, ``Task not found``) are *not* exceptions:
 they are statuses recorded per row.
@@ -46,6 +47,7 @@ __all__ = [
     "KontextBatchError",
     "ManifestError",
     "OutOfCredits",
+    "OutputInUse",
     "OverBudget",
     "PermanentError",
     "RateLimited",
@@ -257,3 +259,13 @@ class OverBudget(PermanentError):
         super().__init__(f"the run's estimate of {estimate:g} credits is over its budget of {budget:g} credits")
         self.estimate = estimate
         self.budget = budget
+
+
+class OutputInUse(PermanentError):
+    """Raised by ``run`` when another unfinished run writes to the same output location: their outputs
+    and results.csv would mix. ``--force`` runs anyway."""
+
+    def __init__(self, output: str, run_id: str) -> None:
+        super().__init__(f"run {run_id} is still writing to {output}; wait for it, cancel it, or use --force")
+        self.output = output
+        self.run_id = run_id

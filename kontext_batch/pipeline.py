@@ -269,6 +269,9 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     rt.planner.observe(spec.endpoint, _latency_seen(res, job, elapsed, polls))
     if res.cost is not None:
         job["cost_credits"] = str(res.cost)  # the reseller's usage.cost, on the completed poll
+    if rt.runs.is_final(run_id, row):
+        rt.gate.retire(ref)  # recorded meanwhile (the run was cancelled): nothing to store
+        return
     if res.status is Status.READY:
         rt.gate.update(ref, held, polls=polls, state="storing", ready_seen_at=time.time())
         logs.row_event(ref, "ready", f"after {polls} poll(s)", task=job.get("bfl_task_id"), polls=polls)

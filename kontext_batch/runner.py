@@ -25,7 +25,7 @@ from typing import Any, Literal, TextIO
 from kontext_batch.budget import Spend
 from kontext_batch.completion import finalize, record_now
 from kontext_batch.dispatch import dispatch
-from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OverBudget, RowError
+from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OutputInUse, OverBudget, RowError
 from kontext_batch.gate import Pool
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.keys import job_ref
@@ -99,6 +99,8 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
     pool = Pool.of(k.fingerprint for k in keys)
     budget = req.budget if req.budget is not None else rt.settings.budget_credits
     store = rt.store(req.output)
+    if not req.force:
+        _check_output_free(rt, store.url)
     run_id = new_run_id()
     rt.runs.register(
         run_id,
@@ -255,6 +257,14 @@ class _Enqueue:
         if rt.runs.info(run_id).ndone >= out.total:
             finalize(rt, run_id)
         return out
+
+
+def _check_output_free(rt: Runtime, url: str) -> None:
+    """No other unfinished run may write to this output: names and results.csv would mix."""
+    for other in rt.runs.open_runs():
+        meta = rt.runs.meta(other)
+        if meta.get("output") == url and meta.get("status") in ("enqueuing", "running"):
+            raise OutputInUse(url, other)
 
 
 def _existing_outputs(store: ObjectStore) -> set[str]:

@@ -246,6 +246,15 @@ class RunStore:
                     json.loads(res) if res else None,
                 )
 
+    def rows_without_result(self, run_id: str) -> list[int]:
+        """Rows of the run (as written so far) that have no final result yet."""
+        written = {int(decode(k)) for k in self.r.hkeys(self.keys.rows(run_id))}
+        final = {int(decode(k)) for k in self.r.hkeys(self.keys.results(run_id))}
+        return sorted(written - final)
+
+    def rows_written(self, run_id: str) -> int:
+        return int(self.r.hlen(self.keys.rows(run_id)))
+
     def rows_with_status(self, run_id: str, statuses: Iterable[str]) -> list[int]:
         wanted = set(statuses)
         out: list[int] = []

@@ -106,17 +106,17 @@ def test_a_message_delivered_twice_submits_downloads_and_records_once(
     assert info.ndone == 5
 
 
-def test_cancel_records_waiting_rows_and_lets_submitted_ones_finish(
-    redis_url: str, emu: Emulator, tmp_path: Path
-) -> None:
+def test_cancel_ends_a_run_with_nothing_submitted_at_once(redis_url: str, emu: Emulator, tmp_path: Path) -> None:
     sched = InlineScheduler()
     rt = inline_runtime(settings(redis_url, emu), sched)
     start_specs(rt, "c", str(tmp_path), text_specs(20, endpoint="flux-kontext-max"))  # 6 granted, 14 waiting
-    assert cancel_run(rt, "c") == 14
-    sched.run(rt)
+    assert cancel_run(rt, "c") == 20
     info = rt.runs.info("c")
-    assert info.counts == {"cancelled": 20}  # granted-but-unsubmitted rows see the flag too
+    assert info.finished  # ended now, not when the in-flight rows end
+    assert info.counts == {"cancelled": 20}
     assert info.status == "cancelled"
+    sched.run(rt)  # the granted rows' submit messages arrive late: stale, nothing is sent
+    assert rt.runs.info("c").counts == {"cancelled": 20}
     assert rt.gate.active(rt.settings.api_key.fingerprint) == 0
     assert emu.stats()["submits"] == 0
 

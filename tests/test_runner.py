@@ -106,3 +106,44 @@ def test_a_refused_manifest_leaves_no_run_behind(tmp_path: Path, redis_url: str)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "row 2" in proc.stderr
     assert redis.Redis.from_url(redis_url).keys("*") == []  # no run, no row, no wait list
+
+
+def _queue_without_workers(tmp_path: Path, redis_url: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    manifest = write_csv(tmp_path / "m.csv", ["prompt"], [{"prompt": f"edit {i}"} for i in range(5)])
+    env = {"KONTEXT_REDIS_URL": redis_url, "KONTEXT_API_KEY": "k-nobody-holds"}
+    return _cli("run", str(manifest), "-o", str(out), *extra, cwd=tmp_path, **env)
+
+
+def test_a_second_run_into_a_busy_output_is_refused_naming_the_first(tmp_path: Path, redis_url: str) -> None:
+    out = tmp_path / "out"
+    first = _queue_without_workers(tmp_path, redis_url, out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = first.stdout.strip().splitlines()[-1]
+    second = _queue_without_workers(tmp_path, redis_url, out)
+    assert second.returncode == 2
+    assert f"run {run_id} is still writing to" in second.stderr
+    assert "Traceback" not in second.stderr
+    forced = _queue_without_workers(tmp_path, redis_url, out, "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+
+
+def test_cancel_ends_a_run_that_no_worker_serves(tmp_path: Path, redis_url: str) -> None:
+    out = tmp_path / "out"
+    queued = _queue_without_workers(tmp_path, redis_url, out)
+    run_id = queued.stdout.strip().splitlines()[-1]
+    env = {"KONTEXT_REDIS_URL": redis_url}  # cancel and status need no API key
+    cancelled = _cli("cancel", run_id, cwd=tmp_path, **env)
+    assert cancelled.returncode == 0, cancelled.stderr[-3000:]
+    follow = _cli("follow", run_id, "--timeout", "20s", cwd=tmp_path, **env)
+    assert follow.returncode == 3, follow.stderr[-3000:]  # stopped (cancelled), not timed out
+    assert "timeout" not in follow.stderr
+    results = read_results((out / "results.csv").read_bytes())
+    assert [r["status"] for r in results] == ["cancelled"] * 5
+
+
+def test_follow_timeout_returns_while_the_run_goes_on(tmp_path: Path, redis_url: str) -> None:
+    queued = _queue_without_workers(tmp_path, redis_url, tmp_path / "out")
+    run_id = queued.stdout.strip().splitlines()[-1]
+    follow = _cli("follow", run_id, "--timeout", "2s", cwd=tmp_path, KONTEXT_REDIS_URL=redis_url)
+    assert follow.returncode == 3
+    assert f"kontext-batch follow {run_id}" in follow.stderr

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
@@ -624,6 +625,38 @@ def worker(
     # Heartbeats stay on: Flower shows a worker online only while they arrive. JSON logs skip the banner.
     quiet = ["--quiet"] if s.log_format == "json" else []
     app.worker_main([*quiet, *argv, "--without-gossip", "--without-mingle"])
+
+
+@cli.command("webhooks")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    envvar="KONTEXT_WEBHOOK_PORT",
+    show_envvar=True,
+    default=8780,
+    show_default=True,
+    help="Port to listen on.",
+)
+@click.option(
+    "--host",
+    envvar="KONTEXT_WEBHOOK_HOST",
+    show_envvar=True,
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (0.0.0.0 behind a proxy that KONTEXT_WEBHOOK_URL names).",
+)
+@click.pass_context
+def webhooks_command(ctx: click.Context, port: int, host: str) -> None:
+    """Receive the API's webhooks for runs started with KONTEXT_WEBHOOK_URL (needs no API key)."""
+    from kontext_batch.webhooks import WebhookReceiver  # noqa: PLC0415 - only this command serves HTTP
+
+    rt = _runtime(_settings(ctx))
+    with WebhookReceiver(rt, port, host) as receiver:
+        _say(f"receiving webhooks on http://{host}:{receiver.port}/ (Ctrl-C to stop)")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            _say("stopped")
 
 
 @cli.command("demo")

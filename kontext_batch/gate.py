@@ -155,6 +155,17 @@ return out
 """
 )
 
+# KEYS: job hash, watch. ARGV: task id, result JSON, ref, watch deadline. Returns {token, gate} or false.
+_WEBHOOK: Final = """
+if redis.call('HGET', KEYS[1], 'bfl_task_id') ~= ARGV[1] then return false end
+if redis.call('HGET', KEYS[1], 'state') ~= 'polling' then return false end
+if redis.call('HEXISTS', KEYS[1], 'webhook_result') == 1 then return false end
+local step = redis.call('HINCRBY', KEYS[1], 'step', 1)
+redis.call('HSET', KEYS[1], 'webhook_result', ARGV[2], 'busy', '0', 'holder', '')
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+return {step, redis.call('HGET', KEYS[1], 'gate')}
+"""
+
 _DROP_RUN: Final = """
 local all = redis.call('LRANGE', KEYS[1], 0, -1)
 local keep, removed = {}, {}
@@ -244,6 +255,7 @@ class SlotGate:
         self._update = r.register_script(_UPDATE)
         self._claim_expired = r.register_script(_CLAIM_EXPIRED)
         self._drop_run = r.register_script(_DROP_RUN)
+        self._webhook = r.register_script(_WEBHOOK)
 
     @staticmethod
     def now_ms() -> int:
@@ -405,6 +417,19 @@ class SlotGate:
             StaleJob(decode(flat[i]), int(flat[i + 1]), decode(flat[i + 2]), decode(flat[i + 3]), decode(flat[i + 4]))
             for i in range(0, len(flat), 5)
         ]
+
+    def webhook_arrived(self, ref: str, task_id: str, result_json: str) -> Grant | None:
+        """A webhook announced the end of the job's current task: keep its outcome on the job and
+        take a new token (the pending fallback poll becomes stale). Returns the grant to send the
+        job's next poll with, or None when the webhook is for another task (late, from an earlier
+        submit), a duplicate, or the job is not waiting on the API any more."""
+        raw = self._webhook(
+            keys=[self.keys.job(ref), self.keys.watch],
+            args=[task_id, result_json, ref, self.now_ms() + self.grace_ms],
+        )
+        if not raw:
+            return None
+        return Grant(ref, int(raw[0]), split_gate_id(decode(raw[1]))[0])
 
     # -- looking -----------------------------------------------------------------------------------
 

@@ -15,10 +15,12 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 from kontext_batch import logs, metrics
 from kontext_batch.api.models import KontextRequest, PollResult, Status
 from kontext_batch.api.retry import RetryPolicy
+from kontext_batch.api.webhook import parse_webhook
 from kontext_batch.completion import drain_waiting, finalize, finish
 from kontext_batch.dispatch import dispatch
 from kontext_batch.errors import (
@@ -51,9 +53,12 @@ def backoff_s(rt: Runtime, attempt: int, error: BaseException | None = None) -> 
     return RetryPolicy.from_settings(rt.settings).wait_s(attempt, error)
 
 
-def build_request(rt: Runtime, spec: JobSpec) -> KontextRequest:
-    """The API request for a row: http(s) inputs as URLs the API fetches, anything else as base64."""
+def build_request(rt: Runtime, spec: JobSpec, *, webhook: tuple[str, str] | None = None) -> KontextRequest:
+    """The API request for a row: http(s) inputs as URLs the API fetches, anything else as base64;
+    with ``webhook`` (URL, secret), the API announces the task's end there."""
     fields: dict[str, Any] = dict(spec.params)
+    if webhook is not None:
+        fields["webhook_url"], fields["webhook_secret"] = webhook
     # Always explicit: providers differ in their default, and the output name's extension must match.
     fields["output_format"] = request_format(spec.output_format, rt.output_formats)
     names = ("input_image", "input_image_2", "input_image_3", "input_image_4")
@@ -112,7 +117,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     rt.gate.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price)
     job.update(attempts=str(attempts), key=fp, reserved=str(price))
     try:
-        request = build_request(rt, spec)
+        request = build_request(rt, spec, webhook=_webhook_for(meta, ref))
         rt.submit_rate.acquire()
         task = rt.provider_for(fp).submit(spec.endpoint, request)
     except (OutOfCredits, AuthError) as exc:
@@ -141,7 +146,9 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     if task.cost is not None:  # BFL reports the cost at once; the reseller only when the task ends
         rt.budget.settle(run_id, price, task.cost)
         reserved = 0.0
-    delay = rt.planner.first_delay(spec.endpoint)
+    # With a webhook, the first poll is only the fallback for a delivery that never comes.
+    webhook = bool(meta.get("webhook_url"))
+    delay = rt.planner.webhook_fallback_s(spec.endpoint) if webhook else rt.planner.first_delay(spec.endpoint)
     if rt.gate.handoff(
         ref,
         held,
@@ -157,6 +164,13 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     ):
         logs.row_event(ref, "submitted", f"task {task.id} at {spec.endpoint}", task=task.id, endpoint=spec.endpoint)
         rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
+
+
+def _webhook_for(meta: dict[str, str], ref: str) -> tuple[str, str] | None:
+    """The run's webhook (its receiver's URL naming this job, and the run's secret), if it has one."""
+    if not meta.get("webhook_url"):
+        return None
+    return f"{meta['webhook_url']}?{urlencode({'job': ref})}", meta["webhook_secret"]
 
 
 def _run_stop(meta: dict[str, str]) -> tuple[RowStatus, str] | None:
@@ -214,7 +228,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     run_id, row = split_job_ref(ref)
     spec = JobSpec.from_json(rt.runs.row(run_id, row))
     try:
-        res = rt.provider_for(fp).poll(job["polling_url"])
+        res = _from_webhook(job) or rt.provider_for(fp).poll(job["polling_url"])
     except RetryableError as exc:
         errors = int(job.get("poll_errors", 0)) + 1
         if errors > 2 * rt.settings.max_attempts:
@@ -234,7 +248,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         _end_active(rt, ref, job)
         finish(rt, ref, "failed", job, error=f"polling refused: {exc}")
         return
-    polls = int(job.get("polls", 0)) + 1
+    polls = int(job.get("polls", 0)) + (0 if job.get("webhook_result") else 1)
     job["polls"] = str(polls)
     metrics.poll_answered(spec.endpoint)
     elapsed = time.time() - float(job.get("submitted_at") or time.time())
@@ -280,6 +294,12 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         finish(rt, ref, "moderated", job, error=res.reason, moderation_reasons=list(res.moderation_reasons))
     else:
         finish(rt, ref, "failed", job, error=res.reason)
+
+
+def _from_webhook(job: dict[str, str]) -> PollResult | None:
+    """The outcome a webhook delivered for this job (kept on it by the receiver), instead of a poll."""
+    raw = job.get("webhook_result")
+    return parse_webhook(json.loads(raw)) if raw else None
 
 
 def _latency_seen(res: PollResult, job: dict[str, str], elapsed: float, polls: int) -> float:

@@ -61,6 +61,14 @@ class PollPlanner:
             return floor_s
         return max(floor_s, factor * seen[min(len(seen) - 1, int(len(seen) * 0.95))])
 
+    def webhook_fallback_s(self, endpoint: str) -> float:
+        """When to poll a task whose end a webhook should announce: only if the delivery is late,
+        twice the slowest 5 % of the latencies seen plus a second (10 s before any is seen)."""
+        seen = self._sorted(endpoint)
+        if not seen:
+            return 10.0
+        return 2 * seen[min(len(seen) - 1, int(len(seen) * 0.95))] + 1.0
+
     def first_delay(self, endpoint: str) -> float:
         seen = self._sorted(endpoint)
         if not seen:

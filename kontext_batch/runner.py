@@ -14,6 +14,7 @@ Nothing here prints: :func:`follow` reports through a callback and returns a :cl
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from array import array
 from collections import Counter
@@ -115,6 +116,7 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
             "pool": pool.id,
             "keys": list(pool.fps),
             "budget": "" if budget is None else budget,
+            **_webhook_meta(rt),
             "force": int(req.force),
         },
     )
@@ -257,6 +259,14 @@ class _Enqueue:
         if rt.runs.info(run_id).ndone >= out.total:
             finalize(rt, run_id)
         return out
+
+
+def _webhook_meta(rt: Runtime) -> dict[str, str]:
+    """With KONTEXT_WEBHOOK_URL: where the run's tasks announce their end, and the run's own secret
+    (the API sends it back; the receiver refuses a delivery without it)."""
+    if not rt.settings.webhook_url:
+        return {}
+    return {"webhook_url": rt.settings.webhook_url, "webhook_secret": secrets.token_urlsafe(24)}
 
 
 def _check_output_free(rt: Runtime, url: str) -> None:

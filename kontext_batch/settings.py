@@ -26,6 +26,7 @@ KONTEXT_TASK_DEADLINE_S        least time an API task may take     300
                                (5 x the p95 latency seen if more)
 KONTEXT_STALL_WARN_S           --wait warns after this long with   300
                                no row finishing
+KONTEXT_WEBHOOK_URL            public URL of the webhook receiver  (none: poll every row)
 KONTEXT_POLL_FIRST_S           first poll before any latency seen  0.5
 KONTEXT_POLL_MIN_S             shortest poll interval              0.25
 KONTEXT_POLL_MAX_S             longest poll interval               10
@@ -82,6 +83,16 @@ def _parse_caps(value: str) -> dict[str, int]:
             raise ConfigError(f"KONTEXT_MAX_ACTIVE_MODELS entries look like 'flux-kontext-max=6', got {part!r}")
         caps[name.strip()] = int(num)
     return caps
+
+
+def _webhook_url(value: str) -> str | None:
+    v = value.strip()
+    if not v:
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(f"KONTEXT_WEBHOOK_URL must be an http(s) URL without a query, got {v!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,7 @@ class Settings:
     step_grace_s: float = 15.0
     task_deadline_s: float = 300.0
     stall_warn_s: float = 300.0
+    webhook_url: str | None = None
     poll_first_s: float = 0.5
     poll_min_s: float = 0.25
     poll_max_s: float = 10.0
@@ -216,6 +228,7 @@ class Settings:
             step_grace_s=num("KONTEXT_STEP_GRACE_S", d.step_grace_s, minimum=1.0),
             task_deadline_s=num("KONTEXT_TASK_DEADLINE_S", d.task_deadline_s, minimum=1.0),
             stall_warn_s=num("KONTEXT_STALL_WARN_S", d.stall_warn_s, minimum=1.0),
+            webhook_url=_webhook_url(env.get("KONTEXT_WEBHOOK_URL", "")),
             poll_first_s=num("KONTEXT_POLL_FIRST_S", d.poll_first_s, minimum=0.01),
             poll_min_s=num("KONTEXT_POLL_MIN_S", d.poll_min_s, minimum=0.01),
             poll_max_s=num("KONTEXT_POLL_MAX_S", d.poll_max_s, minimum=0.01),
@@ -291,4 +304,6 @@ class Settings:
             out["KONTEXT_REDIS_URL"] = self.redis_url
         if self.budget_credits is not None:
             out["KONTEXT_BUDGET"] = str(self.budget_credits)
+        if self.webhook_url:
+            out["KONTEXT_WEBHOOK_URL"] = self.webhook_url
         return out

@@ -47,7 +47,9 @@ REQUEST_FAULTS: Final = ("500", "503", "429", "timeout", "disconnect")
 OUTCOME_FAULTS: Final = ("request-moderated", "content-moderated", "error")
 #: Faults drawn after a submit created its task: ``accepted-lost`` drops the answer (the task stays).
 ACCEPTED_FAULTS: Final = ("accepted-lost",)
-FAULT_KINDS: Final = REQUEST_FAULTS + OUTCOME_FAULTS + ACCEPTED_FAULTS
+#: Faults of webhook delivery: ``webhook-lost`` never delivers the task's webhook (nor retries it).
+WEBHOOK_FAULTS: Final = ("webhook-lost",)
+FAULT_KINDS: Final = REQUEST_FAULTS + OUTCOME_FAULTS + ACCEPTED_FAULTS + WEBHOOK_FAULTS
 
 #: Credits per image; endpoints not listed cost ``DEFAULT_COST``.
 DEFAULT_COSTS: Final[dict[str, float]] = {"flux-kontext-pro": 4, "flux-kontext-max": 8}

@@ -10,7 +10,8 @@ Two payload forms are reported for BFL's webhooks and the emulator speaks either
 ========  ==========================================================================================
 
 ``webhook_secret`` travels back in the ``X-Webhook-Secret`` header. Delivery is best effort: one
-retry after a failure (no answer, or a 5xx), then the failure is only counted in the stats.
+retry after a failure (no answer, or a 5xx), then the failure is only counted in the stats. The
+``webhook-lost`` fault drops a delivery outright (counted as failed too).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from kontext_batch.emulator.config import WEBHOOK_FAULTS
 from kontext_batch.emulator.state import READY, EmulatorState, TaskRecord
 
 __all__ = ["deliver_webhook", "webhook_payload"]
@@ -60,6 +62,9 @@ async def deliver_webhook(state: EmulatorState, http: httpx.AsyncClient, task: T
         await asyncio.sleep(delay)
     state.sweep()
     if task.webhook_url is None:
+        return
+    if state.draw_fault(WEBHOOK_FAULTS):
+        state.webhooks_failed += 1  # dropped on the way: the client must notice by itself
         return
     payload = webhook_payload(state, task, form)
     headers = {"X-Webhook-Secret": task.webhook_secret} if task.webhook_secret else {}

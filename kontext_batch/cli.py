@@ -349,6 +349,11 @@ def _submit_and_follow(
     except OSError as exc:
         _say(f"error: cannot read manifest {req.manifest}: {exc.strerror or exc}")
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        if not detach:
+            raise  # the local stack stops everything and says so
+        _say("interrupted while checking the manifest: nothing was queued")
+        return EXIT_INTERRUPTED
     if as_json:
         summary = {
             "event": "queued",

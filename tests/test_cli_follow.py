@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from tests.e2e_support import E2E_KEY, System, read_results, running_system, write_csv
@@ -222,3 +223,31 @@ def test_help_names_the_environment_variables_and_an_empty_redis_says_so(redis_u
     bad = cli("--api-base", "ftp://nowhere", "status")
     assert bad.returncode == 2
     assert "KONTEXT_API_BASE" in bad.stderr
+
+
+def test_ctrl_c_while_the_manifest_is_checked_queues_nothing_and_exits_130(redis_url: str, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path / "big.csv", 200_000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+    env.update(KONTEXT_REDIS_URL=redis_url, KONTEXT_API_KEY="k-interrupted")
+    r = redis.Redis.from_url(redis_url)
+    with subprocess.Popen(
+        [sys.executable, "-m", "kontext_batch", "run", str(manifest), "--wait", "-o", str(tmp_path / "out")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        deadline = time.monotonic() + 60
+        while not r.keys("kb:run:*"):  # registered as `enqueuing`: the one pass over the rows has begun
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run was never registered"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "nothing was queued" in err
+    assert "Aborted" not in err
+    assert not out.strip(), "a run id was printed for a run that was never queued"
+    assert r.keys("kb:run:*") == []
+    r.close()

@@ -12,10 +12,12 @@ import contextlib
 import importlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -27,10 +29,11 @@ from kontext_batch.gallery import ids_from_file, put_gallery
 from kontext_batch.local import demo_manifest, interrupts, local_stack
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.netguard import FetchPolicy
+from kontext_batch.progress import Look, hms, reporter_for, summarize, take_look
 from kontext_batch.results import render_results
-from kontext_batch.runner import Progress, RunOutcome, RunRequest, RunView, follow, start_run, view_run
+from kontext_batch.runner import Progress, RunRequest, RunView, follow, start_run, view_run
 from kontext_batch.runtime import Runtime
-from kontext_batch.settings import Settings
+from kontext_batch.settings import Settings, resolve_api_base
 
 __all__ = ["main"]
 
@@ -63,12 +66,18 @@ class _Group(click.Group):
 
 
 def _settings(ctx: click.Context) -> Settings:
+    """The environment's settings, with the group's ``--redis-url`` / ``--api-base`` over them."""
     obj = ctx.ensure_object(dict)
     if "settings" not in obj:
         try:
-            obj["settings"] = Settings.from_env()
+            env = Settings.from_env()
+            if obj.get("redis_url"):
+                env = env.with_(redis_url=obj["redis_url"])
+            if obj.get("api_base"):
+                env = env.with_(api_base=resolve_api_base(obj["api_base"]))
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        obj["settings"] = env
     s: Settings = obj["settings"]
     return s
 
@@ -144,13 +153,36 @@ INPUTS_ROOT = click.option(
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kontext-batch")
-def cli() -> None:
+@click.option(
+    "--redis-url",
+    envvar="KONTEXT_REDIS_URL",
+    show_envvar=True,
+    default=None,
+    help="Broker and run state, e.g. redis://host:6379/0 (default redis://127.0.0.1:6379/0).",
+)
+@click.option(
+    "--api-base",
+    envvar="KONTEXT_API_BASE",
+    show_envvar=True,
+    default=None,
+    help="The API: global, eu, us, or an http(s) URL such as the emulator's (default global).",
+)
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, api_base: str | None) -> None:
     """Run FLUX.1 Kontext image edits in bulk from a CSV or JSONL manifest."""
+    ctx.ensure_object(dict).update(redis_url=redis_url, api_base=api_base)
 
 
 @cli.command()
 @click.argument("manifest")
-@click.option("--model", envvar="KONTEXT_MODEL", default="pro", show_default=True, help="Model for rows without one.")
+@click.option(
+    "--model",
+    envvar="KONTEXT_MODEL",
+    show_envvar=True,
+    default="pro",
+    show_default=True,
+    help="Model for rows without one: pro (4 credits an image) or max (8).",
+)
 @click.option("--no-images", is_flag=True, help="Skip reading and decoding the input images.")
 @INPUTS_ROOT
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -195,14 +227,27 @@ def validate(
     "--output",
     "-o",
     envvar="KONTEXT_OUTPUT",
+    show_envvar=True,
     default="./output",
     show_default=True,
     help="Output store: a folder, file://, s3://bucket/prefix, gs://, az://.",
 )
-@click.option("--model", envvar="KONTEXT_MODEL", default="pro", show_default=True, help="Model for rows without one.")
+@click.option(
+    "--model",
+    envvar="KONTEXT_MODEL",
+    show_envvar=True,
+    default="pro",
+    show_default=True,
+    help="Model for rows without one: pro (4 credits an image) or max (8).",
+)
 @click.option("--skip-invalid", is_flag=True, help="Record invalid rows as `invalid` and run the rest.")
 @click.option("--force", is_flag=True, help="Run rows again even when their output already exists.")
-@click.option("--wait/--no-wait", default=False, help="Show progress until the run ends; write the results.")
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    help="Show progress until the run ends (Ctrl-C detaches: the run goes on). Off a terminal: a line "
+    "every KONTEXT_PROGRESS_EVERY_S seconds (default 30) and on each change of state.",
+)
 @click.option(
     "--max-failures",
     type=click.FloatRange(min=0),
@@ -230,7 +275,7 @@ def validate(
     show_default=True,
     help="With --local: worker processes to start.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON events, one a line: queued, progress, outcome.")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -255,7 +300,7 @@ def run(
     req = RunRequest(manifest, output, model, skip_invalid, force, wait, max_failures, budget, inputs_root)
     if local or emulator:
         with _local(s, emulator=emulator, workers=n_workers) as s2:
-            sys.exit(_submit_and_follow(s2, req, as_json=as_json, timeout_s=timeout_s))
+            sys.exit(_submit_and_follow(s2, req, as_json=as_json, timeout_s=timeout_s, detach=False))
     _need_key(s)
     sys.exit(_submit_and_follow(s, req, as_json=as_json, timeout_s=timeout_s))
 
@@ -278,8 +323,14 @@ def _local(s: Settings, *, emulator: bool, workers: int, time_scale: float | Non
         raise click.UsageError(str(exc)) from None
 
 
-def _submit_and_follow(s: Settings, req: RunRequest, *, as_json: bool, timeout_s: float | None = None) -> int:
-    """Queue a run (and follow it when ``req.wait``); render both. Returns the exit code."""
+def _submit_and_follow(
+    s: Settings, req: RunRequest, *, as_json: bool, timeout_s: float | None = None, detach: bool = True
+) -> int:
+    """Queue a run (and follow it when ``req.wait``); render both. Returns the exit code.
+
+    ``detach``: Ctrl-C while following leaves the run to its workers (off for ``--local`` and ``demo``,
+    whose workers stop with this process).
+    """
 
     rt = _runtime(s)
     try:
@@ -300,117 +351,113 @@ def _submit_and_follow(s: Settings, req: RunRequest, *, as_json: bool, timeout_s
     except OSError as exc:
         _say(f"error: cannot read manifest {req.manifest}: {exc.strerror or exc}")
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        if not detach:
+            raise  # the local stack stops everything and says so
+        _say("interrupted while checking the manifest: nothing was queued")
+        return EXIT_INTERRUPTED
     if as_json:
         summary = {
+            "event": "queued",
             "run_id": queued.run_id,
             "total": queued.total,
             "queued": queued.queued,
             "skipped": queued.skipped,
             "invalid": queued.invalid,
+            "cost_credits": queued.report.cost_credits,
+            "per_endpoint": queued.report.per_endpoint,
         }
         click.echo(json.dumps(summary))
     else:
-        _say(render_report(queued.report).splitlines()[-1])
+        # The cost block: the total, then one line per model when the manifest mixes them.
+        _say(render_report(queued.report).rpartition("\n\n")[2])
         click.echo(queued.run_id)
     if not req.wait:
         return 0
-    return _follow(rt, queued.run_id, max_failures=req.max_failures, as_json=as_json, timeout_s=timeout_s)
-
-
-class _ProgressLine:
-    """One progress line: rewritten in place on a terminal (and cleared at the end), printed plainly off one."""
-
-    def __init__(self, run_id: str, *, quiet: bool) -> None:
-        self.run_id = run_id
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.width = 0
-
-    def __call__(self, p: Progress) -> None:
-        if self.quiet:
-            return
-        info = p.info
-        counts = " ".join(f"{k}={v}" for k, v in sorted(info.counts.items()))
-        eta = "?" if p.eta_s is None else _hms(p.eta_s)
-        line = (
-            f"[{self.run_id}] {info.ndone}/{info.total} done ({counts or 'none yet'}) "
-            f"{p.rows_per_s:.1f} rows/s ETA {eta}"
-        )
-        if self.tty:
-            click.echo("\r" + line.ljust(self.width), err=True, nl=False)
-            self.width = len(line)
-        else:
-            _say(line)
-
-    def close(self) -> None:
-        if self.tty and not self.quiet and self.width:
-            click.echo("", err=True)
-
-
-def _hms(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return _follow(
+        rt, queued.run_id, max_failures=req.max_failures, as_json=as_json, timeout_s=timeout_s, detach=detach
+    )
 
 
 def _follow(
-    rt: Runtime, run_id: str, *, max_failures: float = 0, as_json: bool = False, timeout_s: float | None = None
+    rt: Runtime,
+    run_id: str,
+    *,
+    max_failures: float = 0,
+    as_json: bool = False,
+    timeout_s: float | None = None,
+    detach: bool = True,
 ) -> int:
-    line = _ProgressLine(run_id, quiet=as_json)
-    watchdog = _Watchdog(rt, run_id, rt.settings.stall_warn_s, line)
+    """Show the run until it ends, then its summary. With ``detach``, Ctrl-C (or SIGTERM) leaves the run
+    going, says how to re-attach and returns 130."""
+    reporter = reporter_for(as_json=as_json, every_s=rt.settings.progress_every_s, stream=sys.stderr, out=sys.stdout)
+    watchdog = _Watchdog(run_id, rt.settings.stall_warn_s)
+
+    def on_progress(p: Progress) -> None:
+        look = take_look(rt, run_id, p)
+        reporter.update(look)
+        watchdog(look)
+
     try:
-        outcome = follow(rt, run_id, on_progress=watchdog, max_failures=max_failures, timeout_s=timeout_s)
-    finally:
-        line.close()
+        with _detaching() if detach else contextlib.nullcontext():
+            try:
+                # Twice a second: the live display moves smoothly; plain lines keep their own cadence.
+                outcome = follow(
+                    rt, run_id, on_progress=on_progress, max_failures=max_failures, timeout_s=timeout_s, interval_s=0.5
+                )
+            finally:
+                reporter.close()
+    except KeyboardInterrupt:
+        if not detach:
+            raise
+        _say(f"detached from run {run_id}: it goes on without this terminal")
+        _say(f"re-attach with: kontext-batch follow {run_id}   (stop it: kontext-batch cancel {run_id})")
+        return EXIT_INTERRUPTED
     if outcome.kind == "timed_out":
         _say(f"{run_id}: still running after --timeout {timeout_s:g} s; it goes on (`kontext-batch follow {run_id}`)")
-    _render_outcome(outcome, view_run(rt, run_id), as_json=as_json)
+    summary = summarize(rt, outcome)
+    if as_json:
+        click.echo(json.dumps(summary.doc()))
+    else:
+        click.echo(summary.render())
     return EXIT_CODES[outcome.kind]
 
 
-class _Watchdog:
-    """Passes progress on, and says once per stall when the run has made no progress for ``stall_s``."""
+@contextlib.contextmanager
+def _detaching() -> Iterator[None]:
+    """SIGINT and SIGTERM become KeyboardInterrupt while following, even when inherited as ignored."""
 
-    def __init__(self, rt: Runtime, run_id: str, stall_s: float, inner: Callable[[Progress], None]) -> None:
-        self.rt, self.run_id, self.stall_s, self.inner = rt, run_id, stall_s, inner
+    def _raise(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+class _Watchdog:
+    """Says once per stall when the run has made no progress for ``stall_s``."""
+
+    def __init__(self, run_id: str, stall_s: float) -> None:
+        self.run_id, self.stall_s = run_id, stall_s
         self.warned = False
 
-    def __call__(self, p: Progress) -> None:
-        self.inner(p)
+    def __call__(self, look: Look) -> None:
+        p, view = look.progress, look.view
         if p.stalled_s < self.stall_s:
             self.warned = False
             return
         if self.warned:
             return
         self.warned = True
-        view = view_run(self.rt, self.run_id)
         why = [f"key {k.fp}: {k.note}" for k in view.keys if k.refused or not k.live]
         _say(
-            f"\nwarning: run {self.run_id} has made no progress for {p.stalled_s:.0f} s "
-            f"({view.waiting} row(s) waiting, {sum(k.active for k in view.keys)} active)"
-            + ("; " + "; ".join(why) if why else "")
+            f"warning: run {self.run_id} has made no progress for {p.stalled_s:.0f} s "
+            f"({view.waiting} row(s) waiting, {look.in_flight} active)" + ("; " + "; ".join(why) if why else "")
         )
-
-
-def _render_outcome(outcome: RunOutcome, view: RunView, *, as_json: bool) -> None:
-    info = outcome.info
-    if as_json:
-        doc = {
-            "run_id": info.id,
-            "status": info.status,
-            "counts": info.counts,
-            "results": outcome.results_uri,
-            "stopped": outcome.stopped_reason,
-            "credits_spent": view.spend.spent,
-        }
-        click.echo(json.dumps(doc))
-        return
-    counts = " ".join(f"{k}={n}" for k, n in sorted(info.counts.items()))
-    click.echo(f"run {info.id} {info.status}: {info.ndone}/{info.total} rows ({counts})")
-    click.echo(f"credits: {_credits(view)}")
-    click.echo(f"results: {outcome.results_uri}")
-    click.echo(f"outputs: {info.meta.get('output')}")
-    if outcome.stopped_reason:
-        _say(f"run stopped: {outcome.stopped_reason}")
 
 
 @cli.command()
@@ -434,6 +481,7 @@ def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) ->
         i = v.info
         counts = " ".join(f"{k}={n}" for k, n in sorted(i.counts.items()))
         click.echo(f"{i.id}  {i.status:<10} {i.ndone}/{i.total}  {counts}")
+        click.echo(f"    started {_started(i.meta)}, {_took(i.meta)}; manifest {i.meta.get('manifest', '?')}")
         click.echo(f"    credits: {_credits(v)}")
         if v.possible_duplicates:
             click.echo(f"    possible duplicate API tasks: {v.possible_duplicates}")
@@ -444,6 +492,19 @@ def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) ->
             click.echo(f"    stopped: {i.meta['stopped_reason']}")
         if i.meta.get("results_uri"):
             click.echo(f"    results: {i.meta['results_uri']}")
+
+
+def _started(meta: dict[str, str]) -> str:
+    at = meta.get("created_at")
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(at))) if at else "?"
+
+
+def _took(meta: dict[str, str]) -> str:
+    if not meta.get("created_at"):
+        return "duration unknown"
+    if meta.get("finished_at"):
+        return f"took {hms(float(meta['finished_at']) - float(meta['created_at']))}"
+    return f"running for {hms(time.time() - float(meta['created_at']))}"
 
 
 def _credits(v: RunView) -> str:
@@ -471,6 +532,9 @@ def _view_doc(v: RunView) -> dict[str, object]:
         "credits_in_flight": v.spend.reserved,
         "budget": v.spend.budget,
         "possible_duplicates": v.possible_duplicates,
+        "manifest": i.meta.get("manifest"),
+        "created_at": float(i.meta["created_at"]) if i.meta.get("created_at") else None,
+        "finished_at": float(i.meta["finished_at"]) if i.meta.get("finished_at") else None,
         "keys": [{"fingerprint": k.fp, "live": k.live, "active": k.active, "refused": k.refused} for k in v.keys],
     }
 
@@ -568,12 +632,12 @@ def retry(
     help="Rows allowed to fail before exiting 1: a count, or a fraction when < 1.",
 )
 @TIMEOUT
-@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON events, one a line: progress, then the outcome.")
 @click.pass_context
 def follow_command(
     ctx: click.Context, run_id: str, max_failures: float, timeout_s: float | None, as_json: bool
 ) -> None:
-    """Show RUN's progress until it ends (re-attach to a run started elsewhere)."""
+    """Show RUN's progress until it ends (re-attach to a run started elsewhere); Ctrl-C detaches again."""
     rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
     sys.exit(_follow(rt, run_id, max_failures=max_failures, as_json=as_json, timeout_s=timeout_s))
@@ -681,7 +745,7 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
         raise click.UsageError(str(exc)) from None
     req = RunRequest(str(manifest), output, force=True, wait=True, max_failures=1.0)
     with _local(s, emulator=True, workers=n_workers, time_scale=time_scale) as s2:
-        code = _submit_and_follow(s2, req, as_json=False)
+        code = _submit_and_follow(s2, req, as_json=False, detach=False)
     _say(f"demo finished: open {Path(output).resolve()}/results.csv")
     sys.exit(0 if code in (0, EXIT_FAILED_ROWS) else code)
 

@@ -27,6 +27,8 @@ KONTEXT_TASK_DEADLINE_S        least time an API task may take     300
 KONTEXT_STALL_WARN_S           --wait warns after this long with   300
                                no row finishing
 KONTEXT_WEBHOOK_URL            public URL of the webhook receiver  (none: poll every row)
+KONTEXT_PROGRESS_EVERY_S       off a terminal, --wait/follow print 30
+                               a progress line this often
 KONTEXT_POLL_FIRST_S           first poll before any latency seen  0.5
 KONTEXT_POLL_MIN_S             shortest poll interval              0.25
 KONTEXT_POLL_MAX_S             longest poll interval               10
@@ -173,6 +175,7 @@ class Settings:
     task_deadline_s: float = 300.0
     stall_warn_s: float = 300.0
     webhook_url: str | None = None
+    progress_every_s: float = 30.0
     poll_first_s: float = 0.5
     poll_min_s: float = 0.25
     poll_max_s: float = 10.0
@@ -229,6 +232,7 @@ class Settings:
             task_deadline_s=num("KONTEXT_TASK_DEADLINE_S", d.task_deadline_s, minimum=1.0),
             stall_warn_s=num("KONTEXT_STALL_WARN_S", d.stall_warn_s, minimum=1.0),
             webhook_url=_webhook_url(env.get("KONTEXT_WEBHOOK_URL", "")),
+            progress_every_s=num("KONTEXT_PROGRESS_EVERY_S", d.progress_every_s, minimum=0.1),
             poll_first_s=num("KONTEXT_POLL_FIRST_S", d.poll_first_s, minimum=0.01),
             poll_min_s=num("KONTEXT_POLL_MIN_S", d.poll_min_s, minimum=0.01),
             poll_max_s=num("KONTEXT_POLL_MAX_S", d.poll_max_s, minimum=0.01),

@@ -735,18 +735,23 @@ def webhooks_command(ctx: click.Context, port: int, host: str) -> None:
 )
 def demo_command(output: str, n_workers: int, time_scale: float) -> None:
     """Run the bundled catalogue manifest through the whole system, offline, and show where it went."""
-
+    # Offline and private whatever the shell says: never a real key, the real API or a shared Redis.
+    offline = ("KONTEXT_API_BASE", "KONTEXT_REDIS_URL", "KONTEXT_API_KEY", "KONTEXT_API_KEYS", "KONTEXT_WEBHOOK_URL")
     try:
-        s = Settings.from_env(
-            {k: v for k, v in os.environ.items() if k not in ("KONTEXT_API_BASE", "KONTEXT_REDIS_URL")}
-        )
+        s = Settings.from_env({k: v for k, v in os.environ.items() if k not in offline})
         manifest = demo_manifest()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    _say(
+        "demo: the Kontext API emulator stands in for BFL's API; its output images are placeholders "
+        "(your input tinted and labelled, at the requested size and format), not real edits"
+    )
     req = RunRequest(str(manifest), output, force=True, wait=True, max_failures=1.0)
     with _local(s, emulator=True, workers=n_workers, time_scale=time_scale) as s2:
         code = _submit_and_follow(s2, req, as_json=False, detach=False)
-    _say(f"demo finished: open {Path(output).resolve()}/results.csv")
+    folder = Path(output).resolve()
+    _say(f"demo finished: results {folder}/results.csv")
+    _say(f"review the edits: open {folder}/gallery.html (the images are the emulator's placeholders)")
     sys.exit(0 if code in (0, EXIT_FAILED_ROWS) else code)
 
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.local import WorkerPool
+from kontext_batch.secret import Secret
+from kontext_batch.settings import Settings
 from tests.e2e_support import product_image, read_results, write_csv
 
 pytestmark = pytest.mark.e2e
@@ -147,3 +152,35 @@ def test_follow_timeout_returns_while_the_run_goes_on(tmp_path: Path, redis_url:
     follow = _cli("follow", run_id, "--timeout", "2s", cwd=tmp_path, KONTEXT_REDIS_URL=redis_url)
     assert follow.returncode == 3
     assert f"kontext-batch follow {run_id}" in follow.stderr
+
+
+class _WorkersWithoutS3Credentials(WorkerPool):
+    """Workers configured by hand at 2 a.m.: the CLI has the S3 credentials, these workers do not."""
+
+    def _env(self) -> dict[str, str]:
+        return {k: v for k, v in super()._env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+
+def test_workers_without_storage_credentials_end_the_run_failed_naming_the_cause(
+    tmp_path: Path, redis_url: str, s3_url: str
+) -> None:
+    rows = [{"id": f"r{i}", "prompt": f"edit {i}"} for i in range(20)]
+    manifest = write_csv(tmp_path / "m.csv", ["id", "prompt"], rows)
+    with Emulator(EmulatorConfig(latency={"*": LatencySpec.fixed(0.2)}, render="fast")) as emu:
+        s = Settings(api_key=Secret("k-no-creds"), api_base=emu.base_url, redis_url=redis_url, poll_first_s=0.1)
+        with _WorkersWithoutS3Credentials(s, n=2, concurrency=8):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")} | s.to_env()
+            t0 = time.monotonic()
+            proc = subprocess.run(
+                [sys.executable, "-m", "kontext_batch", "run", str(manifest), "-o", f"{s3_url}/out", "--wait"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            took = time.monotonic() - t0
+    assert proc.returncode not in (0, 130), proc.stderr[-3000:]
+    assert "no S3 credentials on worker" in proc.stdout + proc.stderr
+    assert "169.254.169.254" not in proc.stdout + proc.stderr
+    print(f"workers without S3 credentials: exit {proc.returncode} after {took:.1f} s")

@@ -141,6 +141,15 @@ TIMEOUT = click.option(
     help="With --wait: stop waiting after this long (90s, 15m, 2h); the run goes on. Exit 3.",
 )
 
+MODEL = click.option(
+    "--model",
+    envvar="KONTEXT_MODEL",
+    show_envvar=True,
+    default="pro",
+    show_default=True,
+    help="Model for rows without one: pro (4 credits an image) or max (8).",
+)
+
 INPUTS_ROOT = click.option(
     "--inputs-root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -175,14 +184,7 @@ def cli(ctx: click.Context, redis_url: str | None, api_base: str | None) -> None
 
 @cli.command()
 @click.argument("manifest")
-@click.option(
-    "--model",
-    envvar="KONTEXT_MODEL",
-    show_envvar=True,
-    default="pro",
-    show_default=True,
-    help="Model for rows without one: pro (4 credits an image) or max (8).",
-)
+@MODEL
 @click.option("--no-images", is_flag=True, help="Skip reading and decoding the input images.")
 @INPUTS_ROOT
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -232,14 +234,7 @@ def validate(
     show_default=True,
     help="Output store: a folder, file://, s3://bucket/prefix, gs://, az://.",
 )
-@click.option(
-    "--model",
-    envvar="KONTEXT_MODEL",
-    show_envvar=True,
-    default="pro",
-    show_default=True,
-    help="Model for rows without one: pro (4 credits an image) or max (8).",
-)
+@MODEL
 @click.option("--skip-invalid", is_flag=True, help="Record invalid rows as `invalid` and run the rest.")
 @click.option("--force", is_flag=True, help="Run rows again even when their output already exists.")
 @click.option(

@@ -12,7 +12,6 @@ import contextlib
 import importlib
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -394,7 +393,7 @@ def _follow(
         watchdog(look)
 
     try:
-        with _detaching() if detach else contextlib.nullcontext():
+        with interrupts() if detach else contextlib.nullcontext():
             try:
                 # Twice a second: the live display moves smoothly; plain lines keep their own cadence.
                 outcome = follow(
@@ -416,21 +415,6 @@ def _follow(
     else:
         click.echo(summary.render())
     return EXIT_CODES[outcome.kind]
-
-
-@contextlib.contextmanager
-def _detaching() -> Iterator[None]:
-    """SIGINT and SIGTERM become KeyboardInterrupt while following, even when inherited as ignored."""
-
-    def _raise(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    old = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 class _Watchdog:

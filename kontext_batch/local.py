@@ -257,7 +257,8 @@ def local_stack(
 
 @contextlib.contextmanager
 def interrupts() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into KeyboardInterrupt so the `with` blocks stop every process we started.
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt: the `with` blocks stop every process we started,
+    and a command following a run detaches from it cleanly.
 
     SIGINT is set explicitly: a command started in the background of a script inherits it ignored,
     and Ctrl-C (or ``kill -INT``) would then leave Redis and the workers running.

@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 import kontext_batch.manifest.images as images_mod
-from kontext_batch.api.models import KontextRequest
 from kontext_batch.errors import ManifestError
 from kontext_batch.manifest import (
     ImageCache,
@@ -150,31 +149,6 @@ def test_stdin_bytes_with_bom(tmp_path: Path) -> None:
     raw = io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfprompt,seed\r\na,1\r\n"), encoding="utf-8")
     (row,) = rows("-", stdin=raw)
     assert dict(row.params) == {"seed": 1}
-
-
-def test_row_json_round_trip(tmp_path: Path) -> None:
-    text = "id,prompt,input_image,seed,output_format,style,z\nk,p,in.png,3,webp,red,\n"
-    (row,) = rows(write(tmp_path, text))
-    encoded = json.dumps(row.to_json(), separators=(",", ":"))
-    back = ManifestRow.from_json(json.loads(encoded))
-    assert back == row
-    assert list(back.extra) == ["style", "z"]
-
-
-def test_request_uses_payloads_and_always_sends_output_format(tmp_path: Path) -> None:
-    text = "prompt,input_image,input_image_2,seed\nedit,a.png,https://x.test/b.png,5\n"
-    (row,) = rows(write(tmp_path, text))
-    req = row.request(["QUJD", "https://x.test/b.png"])
-    assert isinstance(req, KontextRequest)
-    assert req.bfl_body() == {
-        "prompt": "edit",
-        "input_image": "QUJD",
-        "input_image_2": "https://x.test/b.png",
-        "seed": 5,
-        "output_format": "png",
-    }
-    with pytest.raises(ValueError):
-        row.request(["only-one"])
 
 
 def test_rows_are_read_only(tmp_path: Path) -> None:

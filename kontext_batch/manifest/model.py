@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from string import Formatter
 from types import MappingProxyType
@@ -18,7 +18,6 @@ from kontext_batch.api.models import (
     ENDPOINT_COST_CREDITS,
     INPUT_IMAGE_FIELDS,
     MODEL_ENDPOINTS,
-    KontextRequest,
     endpoint_for_model,
 )
 from kontext_batch.errors import RequestInvalid
@@ -184,47 +183,3 @@ class ManifestRow:
     @property
     def extension(self) -> str:
         return EXTENSIONS.get(self.output_format, self.output_format)
-
-    def to_json(self) -> dict[str, Any]:
-        """A compact JSON-able dict (short keys; empty parts left out). Inverse: :meth:`from_json`."""
-        d: dict[str, Any] = {"r": self.row, "id": self.id, "e": self.endpoint, "p": self.prompt}
-        if self.images:
-            d["i"] = [[img.field, img.ref, int(img.is_local)] for img in self.images]
-        if self.params:
-            d["a"] = dict(self.params)
-        d["o"] = self.output_name
-        if self.output_format != "png":
-            d["f"] = self.output_format
-        if self.extra:
-            # A list of pairs keeps column order through any JSON library.
-            d["x"] = [[k, v] for k, v in self.extra.items()]
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> ManifestRow:
-        """Rebuild a row from :meth:`to_json`'s dict."""
-        return cls(
-            row=int(d["r"]),
-            id=str(d["id"]),
-            endpoint=str(d["e"]),
-            prompt=str(d["p"]),
-            images=tuple(ImageRef(str(f), str(r), bool(loc)) for f, r, loc in d.get("i", ())),
-            params=dict(d.get("a", {})),
-            output_name=str(d["o"]),
-            output_format=str(d.get("f", "png")),
-            extra={str(k): str(v) for k, v in d.get("x", ())},
-        )
-
-    def request(self, images: Sequence[str]) -> KontextRequest:
-        """The API request, with ``images[i]`` (base64 or an http(s) URL) for ``self.images[i]``.
-
-        ``output_format`` is always sent, so the API's output matches the name's extension even
-        where a provider's default differs. Raises RequestInvalid if a payload is refused.
-        """
-        if len(images) != len(self.images):
-            raise ValueError(f"row {self.row} has {len(self.images)} input image(s), got {len(images)}")
-        fields: dict[str, Any] = dict(self.params)
-        fields["output_format"] = self.output_format
-        for ref, payload in zip(self.images, images, strict=True):
-            fields[ref.field] = payload
-        return KontextRequest.build(prompt=self.prompt, **fields)

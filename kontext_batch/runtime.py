@@ -7,8 +7,9 @@ environment again.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -22,6 +23,7 @@ from kontext_batch.keys import Keys
 from kontext_batch.manifest.staging import PayloadCache
 from kontext_batch.polling import PollPlanner
 from kontext_batch.ratelimit import SubmitRateLimiter
+from kontext_batch.redisconn import tls_options
 from kontext_batch.runs import RunStore
 from kontext_batch.settings import Settings
 from kontext_batch.storage import ObjectStore, open_store
@@ -37,8 +39,13 @@ class Scheduler(Protocol):
     def poll(self, ref: str, token: int, *, countdown_s: float = 0.0) -> None: ...
 
 
-def connect_redis(url: str) -> redis.Redis:
-    """A pooled client that rides out a Redis restart: reconnects with backoff for ~30 s."""
+def connect_redis(url: str, *, tls: Mapping[str, Any] | None = None) -> redis.Redis:
+    """A pooled client that rides out a Redis restart: reconnects with backoff for ~30 s.
+
+    ``tls`` holds the ``rediss://`` options (:func:`kontext_batch.redisconn.tls_options`). redis-py
+    retries a wrong password too (it is a ConnectionError), so callers that must fail fast check
+    first with :func:`kontext_batch.redisconn.check_redis`.
+    """
     return redis.Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
@@ -46,6 +53,7 @@ def connect_redis(url: str) -> redis.Redis:
         health_check_interval=15,
         socket_connect_timeout=5,
         socket_timeout=30,
+        **(tls or {}),
     )
 
 
@@ -71,7 +79,7 @@ class Runtime:
         s = settings
         return cls(
             settings=s,
-            redis=connect_redis(s.effective_redis_url),
+            redis=connect_redis(s.effective_redis_url, tls=tls_options(s)),
             scheduler=scheduler,
             provider=provider or make_provider(s),
             planner=PollPlanner.from_settings(s),

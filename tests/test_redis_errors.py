@@ -17,14 +17,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from kontext_batch.local import WorkerPool, free_port
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
-from tests.e2e_support import write_csv
+from tests.e2e_support import read_results, running_system, write_csv
 from tests.redis_servers import Pki, make_pki, redis_server, tls_args
 
 PASSWORD = "s3cret-redis-pw-51ab"
@@ -212,3 +213,37 @@ def test_a_worker_waits_for_redis_says_why_in_one_line_and_connects_when_it_come
             wait_for("the sweeper recovering", lambda: "answers again" in log.read_text(errors="replace"), 60)
             wait_for("a ping answered again", lambda: answers_ping(app), 60)
         assert "Traceback" not in log.read_text(errors="replace")
+
+
+# -- the locked-down user of docs/guarantees.md -----------------------------------------------------
+
+GUARANTEES = Path(__file__).resolve().parent.parent / "docs" / "guarantees.md"
+
+
+def documented_acl() -> list[str]:
+    """The ``user kontext ...`` rule that docs/guarantees.md recommends, as redis-server arguments."""
+    (line,) = [ln.strip() for ln in GUARANTEES.read_text().splitlines() if ln.strip().startswith("user kontext ")]
+    words = line.split()
+    return ["--user", *[f">{PASSWORD}" if w == ">PASSWORD" else w for w in words[1:]]]
+
+
+def test_a_run_works_as_the_documented_acl_user_and_nothing_else_is_reachable(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "acl", *documented_acl(), "--user", "default", "off") as port:
+        url = f"redis://kontext:{PASSWORD}@127.0.0.1:{port}/0"
+        rows: list[dict[str, object]] = [{"id": f"a{i}", "prompt": f"white background {i}"} for i in range(3)]
+        manifest = write_csv(tmp_path / "m.csv", ["id", "prompt"], rows)
+        with running_system(url, workers=1, log_dir=tmp_path / "logs") as system:
+            proc = system.cli("run", str(manifest), "--output", str(tmp_path / "out"), "--wait", timeout_s=60)
+            status = system.cli("status")
+        logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*.log"))
+        assert proc.returncode == 0, (proc.stderr[-3000:], logs[-3000:])
+        assert status.returncode == 0, status.stderr[-3000:]
+        assert "NOPERM" not in logs, logs[-3000:]
+        assert [r["status"] for r in read_results((tmp_path / "out" / "results.csv").read_bytes())] == ["succeeded"] * 3
+
+        client = redis.Redis.from_url(url)
+        with pytest.raises(NoPermissionError):
+            client.get("someone-elses-key")
+        with pytest.raises(NoPermissionError):
+            client.config_get("dir")
+        client.close()

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Final
 
 import click
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from kontext_batch.control import cancel_run, retry_run
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, OverBudget
@@ -29,6 +31,7 @@ from kontext_batch.local import demo_manifest, interrupts, local_stack
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.netguard import FetchPolicy
 from kontext_batch.progress import Look, hms, reporter_for, summarize, take_look
+from kontext_batch.redisconn import check_redis, explain
 from kontext_batch.results import render_results
 from kontext_batch.runner import Progress, RunRequest, RunView, follow, start_run, view_run
 from kontext_batch.runtime import Runtime
@@ -82,9 +85,17 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _runtime(settings: Settings) -> Runtime:
-    from workers.app import CelerySchedule, configure  # noqa: PLC0415
+    """The command's runtime, once one quick PING says the Redis is usable.
 
-    return Runtime.create(settings, CelerySchedule(configure(settings)))
+    Without the check, a Redis that is down or refuses the password costs ~30 s of the client's
+    reconnect retries and ends in a traceback; with it, one line (RedisUnavailable) and exit 2.
+    The runtime makes an API client only for a key it is asked to use, so commands that only read
+    or change run state need no key.
+    """
+    from workers.app import celery_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
+
+    check_redis(settings)
+    return celery_runtime(settings)
 
 
 def _need_key(s: Settings) -> None:
@@ -734,14 +745,6 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
     sys.exit(0 if code in (0, EXIT_FAILED_ROWS) else code)
 
 
-def main() -> None:
-    try:
-        cli(standalone_mode=True)
-    except KontextBatchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-
-
 @cli.command("gallery")
 @click.argument("run_id")
 @click.pass_context
@@ -751,3 +754,19 @@ def gallery_command(ctx: click.Context, run_id: str) -> None:
     rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
     click.echo(put_gallery(rt.runs, run_id, rt.store(rt.runs.meta(run_id)["output"])))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KontextBatchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (RedisError, KombuOperationalError) as exc:
+        # Redis went away after the start-up check (mid-follow, say): the same one line, no traceback.
+        try:
+            s = Settings.from_env()
+        except ConfigError:
+            s = Settings()
+        click.echo(f"error: {explain(exc, s)}", err=True)
+        sys.exit(EXIT_USAGE)

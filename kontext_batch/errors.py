@@ -7,7 +7,8 @@
     │   ├── TransportError         no usable HTTP response at all
     │   │   ├── ApiTimeout         connect/read/write/pool timeout
     │   │   └── ApiConnectionError refused, reset or dropped connection
-    │   └── StorageUnavailable     the object store failed in a way that may pass
+    │   ├── StorageUnavailable     the object store failed in a way that may pass
+    │   └── RedisUnavailable       Redis cannot be reached, refused our credentials, or TLS failed
     └── PermanentError             retrying the same request cannot help
         ├── RequestInvalid         our own model refused the request before sending it
         ├── ApiValidationError     422 from the API, with field paths from ``detail``
@@ -51,6 +52,7 @@ __all__ = [
     "OverBudget",
     "PermanentError",
     "RateLimited",
+    "RedisUnavailable",
     "RequestInvalid",
     "RetryableError",
     "RowError",
@@ -160,6 +162,19 @@ class ApiConnectionError(TransportError):
 
 class StorageUnavailable(RetryableError):
     """Raised when the object store failed in a way that may pass (timeouts, 5xx, throttling)."""
+
+
+class RedisUnavailable(RetryableError):
+    """Raised when Redis cannot be used: nothing listens, it refused the password or ACL user, or the
+    TLS handshake failed. ``redis`` is the URL without its password; the message names the cause.
+
+    Retryable because a worker rides it out (Redis restarting, a password being rotated); the CLI
+    reports it in one line and exits 2.
+    """
+
+    def __init__(self, message: str, *, redis: str) -> None:
+        super().__init__(message)
+        self.redis = redis
 
 
 class RequestInvalid(PermanentError):

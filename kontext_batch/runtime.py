@@ -8,9 +8,9 @@ the environment once, before; only the object-store library reads its own creden
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import redis
@@ -29,6 +29,7 @@ from kontext_batch.keys import Keys
 from kontext_batch.manifest.staging import PayloadCache
 from kontext_batch.polling import PollPlanner
 from kontext_batch.ratelimit import SubmitRateLimiter
+from kontext_batch.redisconn import tls_options
 from kontext_batch.runs import RunStore
 from kontext_batch.settings import Settings
 from kontext_batch.storage import ObjectStore, open_store
@@ -45,8 +46,13 @@ class Scheduler(Protocol):
     def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None: ...
 
 
-def connect_redis(url: str) -> redis.Redis:
-    """A pooled client that rides out a Redis restart: reconnects with backoff for ~30 s."""
+def connect_redis(url: str, *, tls: Mapping[str, Any] | None = None) -> redis.Redis:
+    """A pooled client that rides out a Redis restart: reconnects with backoff for ~30 s.
+
+    ``tls`` holds the ``rediss://`` options (:func:`kontext_batch.redisconn.tls_options`). redis-py
+    retries a wrong password too (it is a ConnectionError), so callers that must fail fast check
+    first with :func:`kontext_batch.redisconn.check_redis`.
+    """
     return redis.Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
@@ -54,6 +60,7 @@ def connect_redis(url: str) -> redis.Redis:
         health_check_interval=15,
         socket_connect_timeout=5,
         socket_timeout=30,
+        **(tls or {}),
     )
 
 
@@ -95,7 +102,7 @@ class Runtime:
         s = settings
         return cls(
             settings=s,
-            redis=redis_client or connect_redis(s.effective_redis_url),
+            redis=redis_client or connect_redis(s.effective_redis_url, tls=tls_options(s)),
             scheduler=scheduler,
             provider=provider,
             planner=PollPlanner.from_settings(s),

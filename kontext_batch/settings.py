@@ -10,6 +10,9 @@ KONTEXT_API_BASE               global | eu | us | any http(s) URL  global (https
 KONTEXT_PROVIDER               bfl | reseller                      bfl
 KONTEXT_REDIS_URL              broker and run state                (embedded Redis for demo/--local;
                                                                    else redis://127.0.0.1:6379/0)
+KONTEXT_REDIS_CA               CA bundle for a rediss:// URL       (system trust store)
+KONTEXT_REDIS_CERT             client certificate (rediss://)      (none)
+KONTEXT_REDIS_KEY              its private key                     (none)
 KONTEXT_OUTPUT                 output store URL or folder          ./output
 KONTEXT_MODEL                  default model for rows without one  pro
 KONTEXT_MAX_ACTIVE             active tasks per key, all models    24
@@ -161,6 +164,9 @@ class Settings:
     api_base: str = API_BASES["global"]
     provider: str = "bfl"
     redis_url: str | None = None
+    redis_ca: str | None = None
+    redis_cert: str | None = None
+    redis_key: str | None = None
     output: str = "./output"
     model: str = "pro"
     max_active: int = 24
@@ -218,6 +224,9 @@ class Settings:
             api_base=resolve_api_base(env.get("KONTEXT_API_BASE", d.api_base)),
             provider=provider,
             redis_url=env.get("KONTEXT_REDIS_URL") or None,
+            redis_ca=env.get("KONTEXT_REDIS_CA") or None,
+            redis_cert=env.get("KONTEXT_REDIS_CERT") or None,
+            redis_key=env.get("KONTEXT_REDIS_KEY") or None,
             output=env.get("KONTEXT_OUTPUT", d.output),
             model=env.get("KONTEXT_MODEL", d.model),
             max_active=int(num("KONTEXT_MAX_ACTIVE", d.max_active, minimum=1)),
@@ -310,4 +319,8 @@ class Settings:
             out["KONTEXT_BUDGET"] = str(self.budget_credits)
         if self.webhook_url:
             out["KONTEXT_WEBHOOK_URL"] = self.webhook_url
+        for name in ("redis_ca", "redis_cert", "redis_key"):
+            value = getattr(self, name)
+            if value:
+                out[f"KONTEXT_{name.upper()}"] = value
         return out

@@ -7,7 +7,8 @@ Why these settings:
 - visibility_timeout an hour: longer than any countdown we use, so Redis does not hand out a delayed
   poll twice. A killed worker's jobs are re-driven much sooner by the sweeper (lease expiry).
 - no result backend, no chords: completion is counted in Redis by the pipeline.
-- our Redis transport (workers/broker.py) keeps a worker alive through a Redis restart.
+- our Redis transport (workers/broker.py) keeps a worker alive through a Redis restart, and
+  broker_connection_max_retries=None keeps it retrying through an outage of any length.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from kombu import Queue
 
 from kontext_batch.delays import DelayQueue, DueMessage
 from kontext_batch.keys import Keys
+from kontext_batch.redisconn import tls_options
 from kontext_batch.runtime import Runtime, connect_redis
 from kontext_batch.settings import Settings
 from workers.queues import ALL_QUEUES, POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK, key_queues
@@ -33,7 +35,12 @@ def configure(settings: Settings) -> Celery:
         broker_url=settings.effective_redis_url,
         broker_transport="workers.broker:Transport",
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600, "socket_keepalive": True},
+        # A worker outlives a Redis outage of any length (Celery's default gives up after 100 tries).
+        broker_connection_max_retries=None,
+        broker_transport_options={"visibility_timeout": 3600, "socket_keepalive": True, "socket_connect_timeout": 5},
+        # Same TLS options as the state connection; without them our transport would speak plain
+        # text to a rediss:// URL (kombu only adds TLS for the scheme when it picks the transport).
+        broker_use_ssl=tls_options(settings) or False,
         task_ignore_result=True,
         result_backend=None,
         task_serializer="json",
@@ -100,6 +107,6 @@ class CelerySchedule:
 
 def celery_runtime(settings: Settings) -> Runtime:
     """A runtime whose steps go to Celery (delayed ones through the Redis delay queue)."""
-    r = connect_redis(settings.effective_redis_url)
+    r = connect_redis(settings.effective_redis_url, tls=tls_options(settings))
     schedule = CelerySchedule(configure(settings), DelayQueue(r, Keys()))
     return Runtime.create(settings, schedule, redis_client=r)

@@ -14,11 +14,15 @@ import threading
 from typing import Any
 
 from celery import signals
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
+from kontext_batch.errors import RedisUnavailable
 from kontext_batch.holders import BEAT_S
 from kontext_batch.logs import configure_logging
 from kontext_batch.metrics import MeteredTransport, serve_metrics
 from kontext_batch.pipeline import sweep
+from kontext_batch.redisconn import check_redis, explain
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
 from workers.app import CelerySchedule, celery_runtime
@@ -78,11 +82,33 @@ def _pump() -> None:
 
 
 def _sweeper() -> None:
+    down = False
     while not _stop.wait(SWEEP_INTERVAL_S):
+        rt = get_runtime()
         try:
-            sweep(get_runtime())
-        except Exception:  # a sweep failing (Redis restarting) must not end the thread
+            sweep(rt)
+        except (RedisError, KombuOperationalError, OSError) as exc:
+            # Redis down or restarting: one line when it starts, one when it ends, not a traceback a second.
+            if not down:
+                log.error("%s; the sweeper keeps trying", explain(exc, rt.settings))  # noqa: TRY400 - no traceback
+                down = True
+            continue
+        except Exception:  # any other failure must not end the thread either
             log.warning("sweep failed; trying again in %.0f s", SWEEP_INTERVAL_S, exc_info=True)
+            continue
+        if down:
+            log.warning("Redis at %s answers again; sweeping resumed", rt.settings.redis_display)
+            down = False
+
+
+@signals.celeryd_after_setup.connect
+def _check_redis(**_: Any) -> None:
+    """Say once, in words, why a worker that cannot use its Redis waits (Celery retries meanwhile)."""
+    rt = get_runtime()
+    try:
+        check_redis(rt.settings)
+    except RedisUnavailable as exc:
+        log.error("%s; the worker keeps trying to connect", exc)  # noqa: TRY400 - one line, no traceback
 
 
 def setup_logging(settings: Settings, loglevel: int | str | None = None) -> None:

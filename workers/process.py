@@ -59,12 +59,17 @@ def get_runtime() -> Runtime:
     return _runtime
 
 
+_REDIS_DOWN = (RedisError, KombuOperationalError, OSError)
+
+
 def _heartbeat() -> None:
     # Its own thread: a slow sweep must never make this process look dead and lose its slots.
     while not _stop.wait(BEAT_S):
         try:
             get_runtime().beat()
-        except Exception:  # Redis restarting: the next beat tries again
+        except _REDIS_DOWN:  # the sweeper says so, once per outage; the next beat tries again
+            log.debug("heartbeat: Redis unavailable", exc_info=True)
+        except Exception:
             log.warning("heartbeat failed; trying again in %.0f s", BEAT_S, exc_info=True)
 
 
@@ -76,7 +81,10 @@ def _pump() -> None:
         try:
             scheduler = get_runtime().scheduler
             wait = scheduler.send_due() if isinstance(scheduler, CelerySchedule) else 1.0
-        except Exception:  # Redis restarting: try again shortly
+        except _REDIS_DOWN:  # the sweeper says so, once per outage
+            log.debug("delay pump: Redis unavailable", exc_info=True)
+            wait = 1.0
+        except Exception:
             log.warning("sending due messages failed; trying again in 1 s", exc_info=True)
             wait = 1.0
 
@@ -87,7 +95,7 @@ def _sweeper() -> None:
         rt = get_runtime()
         try:
             sweep(rt)
-        except (RedisError, KombuOperationalError, OSError) as exc:
+        except _REDIS_DOWN as exc:
             # Redis down or restarting: one line when it starts, one when it ends, not a traceback a second.
             if not down:
                 log.error("%s; the sweeper keeps trying", explain(exc, rt.settings))  # noqa: TRY400 - no traceback

@@ -382,6 +382,10 @@ def run_system(
         try:
             pool.start()
             _wait_for_workers(rt.scheduler.celery, workers)  # type: ignore[attr-defined]
+            if prof_dir is not None:  # leave worker start-up out of the profiles (see profiled.py)
+                for i in range(workers):
+                    (prof_dir / f"worker-{sc.name}-{i}.prof.reset").touch()
+                time.sleep(0.5)
             meter = CpuMeter([p.pid for p in pool.procs], [p for p in [redis_pid(redis_url)] if p])
             meter.start()
             t0 = time.time()

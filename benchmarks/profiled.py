@@ -7,8 +7,10 @@
 ``python -m cProfile`` profiles the main thread only, and a Celery worker with the threads pool runs
 every task in other threads; so each new thread gets its own ``cProfile.Profile`` (timer
 ``time.thread_time``: the thread's CPU, so time spent waiting on sockets is not counted), and the
-profiles are merged into ``OUT.prof`` at exit (a worker stopped by SIGTERM exits normally). CPython
-3.11 only: from 3.12 on one profiler at a time may be active.
+profiles are merged into ``OUT.prof`` at exit (a worker stopped by SIGTERM exits normally). When the
+file ``OUT.prof.reset`` appears, every profile so far is cleared, so start-up (imports, connecting)
+is left out: the benchmark creates it once the workers answer a ping. CPython 3.11 only: from 3.12
+on one profiler at a time may be active.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import runpy
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -74,6 +77,18 @@ def main() -> None:
         if stats is not None:
             stats.dump_stats(out)
 
+    def reset_when_asked() -> None:
+        flag = Path(out + ".reset")
+        while not flag.exists():
+            time.sleep(0.05)
+        # This thread holds the GIL here, so no profiled thread is inside a profiler callback; a
+        # thread whose call stack the clear forgets just records its next calls afresh.
+        with lock:
+            for prof in profiles:
+                prof.clear()
+
+    # Started before the hook: this thread is not profiled.
+    threading.Thread(target=reset_when_asked, name="profile-reset", daemon=True).start()
     threading.setprofile(hook)
     atexit.register(dump)
     start()

@@ -58,6 +58,7 @@ class BaselineResult:
     retries_429: int = 0
     first_submit_at: float = 0.0
     last_stored_at: float = 0.0
+    cpu_s: float = 0.0  # this process's user + system CPU over the run (jobs only: not imports, not the manifest)
     stored_at: dict[str, float] = field(default_factory=dict)  # task id -> when its file was written
 
     @property
@@ -187,10 +188,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL_S, help="seconds between polls")
     a = p.parse_args(argv)
     jobs = read_jobs(a.manifest, a.rows)
+    cpu0 = time.process_time()
     if a.kind == "bfl-loop":
         res = run_bfl_loop(jobs, a.base_url.rstrip("/"), a.key, a.out, a.poll_interval)
     else:
         res = run_asyncio(jobs, a.base_url.rstrip("/"), a.key, a.out, a.concurrency, a.poll_interval)
+    res.cpu_s = time.process_time() - cpu0
     print(json.dumps({**asdict(res), "wall_s": res.wall_s}))
 
 

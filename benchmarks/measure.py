@@ -9,6 +9,7 @@ gates, wait lists and counters are their own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -24,11 +25,12 @@ import redis
 
 from benchmarks.manifest_gen import write_manifest
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.local import WorkerPool, embedded_redis
+from kontext_batch.emulator.config import FAULT_KINDS
+from kontext_batch.local import WorkerPool, embedded_redis, free_port
 from kontext_batch.runner import RunRequest, start_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
-from kontext_batch.settings import Settings
+from kontext_batch.settings import ApiKey, Settings
 from workers.app import celery_runtime
 
 __all__ = [
@@ -36,16 +38,27 @@ __all__ = [
     "EnqueueFigures",
     "Scenario",
     "SystemFigures",
+    "WebhookFigures",
     "pct",
     "run_baseline",
     "run_enqueue",
     "run_system",
+    "run_webhook",
+    "webhook_drop_fault",
+    "webhook_mode_present",
 ]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MAX_CAP = 6  # BFL's cap for flux-kontext-max: the emulator's and Settings' default too
 EMULATOR_SEED = 6
+#: Set to a folder: every worker and the enqueue CLI run under cProfile and leave their profiles there.
+PROFILE_ENV = "KB_BENCH_PROFILE"
+
+
+def profile_dir() -> Path | None:
+    raw = os.environ.get(PROFILE_ENV, "").strip()
+    return Path(raw) if raw else None
 
 
 @dataclass(frozen=True)
@@ -59,11 +72,18 @@ class Scenario:
     latency: LatencySpec
     time_scale: float = 1.0
     scale_poll_knobs: bool = False  # poll_first/min/max_s times time_scale: the same run, only faster
+    keys: int = 1  # more than 1: a pool of this many keys (KONTEXT_API_KEYS), each with cap_total
+    render: str = "fast"  # the emulator's rendering: "fast" (one shared sample) or "full" (Pillow per task)
+    faults: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def cap_per_key(self) -> int:
+        return min(MAX_CAP, self.cap_total) if self.model == "max" else self.cap_total
 
     @property
     def cap(self) -> int:
-        """The cap that binds this scenario's rows."""
-        return min(MAX_CAP, self.cap_total) if self.model == "max" else self.cap_total
+        """The cap that binds this scenario's rows: every key of the pool together."""
+        return self.cap_per_key * self.keys
 
     def emulator_config(self) -> EmulatorConfig:
         return EmulatorConfig(
@@ -72,7 +92,15 @@ class Scenario:
             max_active={"flux-kontext-max": MAX_CAP},
             max_active_total=self.cap_total,
             seed=EMULATOR_SEED,
+            render="full" if self.render == "full" else "fast",
+            faults=dict(self.faults),
         )
+
+    def key_settings(self) -> dict[str, Any]:
+        """``api_key`` for one key, ``api_keys`` (the pool a run binds to) for several."""
+        if self.keys == 1:
+            return {"api_key": Secret(f"bench-{self.name}")}
+        return {"api_keys": tuple(ApiKey(Secret(f"bench-{self.name}-{i}")) for i in range(self.keys))}
 
     def settings_changes(self) -> dict[str, Any]:
         """The Settings this scenario sets away from the defaults (reported beside the figures)."""
@@ -92,7 +120,9 @@ class Scenario:
             ltxt = f"L={lat.median * self.time_scale:g}s"
         else:
             ltxt = f"L~logn({lat.median:g}s,{lat.sigma:g})x{self.time_scale:g}"
-        return f"{self.model} C={self.cap} {ltxt} N={self.n}"
+        cap = f"{self.keys} keys x C={self.cap_per_key}" if self.keys > 1 else f"C={self.cap}"
+        render = " render=full" if self.render == "full" else ""
+        return f"{self.model} {cap} {ltxt} N={self.n}{render}"
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -193,10 +223,18 @@ class SystemFigures:
     ready_to_stored_p95_s: float
     ready_to_stored_max_s: float
     rejected_429: int
-    peak_active: int
+    peak_active: int  # the emulator's peak of active tasks, summed over the pool's keys
+    mean_busy_slots: float  # sum of task latencies / (first submit -> last ready): slots busy on average
     cpu_busy: float  # fraction of the whole machine's CPU busy during the run (every process)
     cpu_ms_per_job: dict[str, float] = field(default_factory=dict)  # workers / emulator / redis
     settings_changed: dict[str, Any] = field(default_factory=dict)
+    keys: int = 1
+    render: str = "fast"
+    per_key_peak: list[int] = field(default_factory=list)
+
+    @property
+    def worker_cpu_ms_per_job(self) -> float:
+        return self.cpu_ms_per_job.get("workers", 0.0)
 
     @property
     def util_api(self) -> float:
@@ -231,6 +269,69 @@ class SystemFigures:
         return d
 
 
+class BenchWorkerPool(WorkerPool):
+    """Workers as ``WorkerPool`` starts them; with ``prof_dir`` each runs under ``profiled.py`` (cProfile in
+    every thread) and leaves ``worker-{tag}-{i}.prof`` there; ``extra_env`` goes to their environment."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        prof_dir: Path | None = None,
+        tag: str = "",
+        extra_env: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(settings, **kw)
+        self.prof_dir = prof_dir
+        self.tag = tag
+        self.extra_env = extra_env or {}
+
+    def _env(self) -> dict[str, str]:
+        return {**super()._env(), **self.extra_env}
+
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        if self.prof_dir is None:
+            return super()._spawn(i)
+        out: int | Any = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 - closed in stop()
+            self._logs.append(out)
+        self.prof_dir.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "profiled.py"),
+                str(self.prof_dir / f"worker-{self.tag}-{i}.prof"),
+                "-m",
+                "kontext_batch",
+                "worker",
+                "-c",
+                str(self.concurrency),
+                "-l",
+                self.loglevel,
+                "-n",
+                f"kontext-{i}-{os.getpid()}@%h",
+            ],
+            env=self._env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+
+
+def _busy_slots(tasks: dict[str, dict[str, Any]]) -> float:
+    """Slots the emulator saw busy on average: each task is active from its submit to its ready time."""
+    if not tasks:
+        return 0.0
+    start = min(t["submitted_at"] for t in tasks.values())
+    end = max(t["ready_at"] for t in tasks.values())
+    busy = sum(t["ready_at"] - t["submitted_at"] for t in tasks.values())
+    return busy / (end - start) if end > start else 0.0
+
+
 def _wait_for_workers(app: Any, n: int, timeout_s: float = 60) -> None:
     """Return once ``n`` workers answer a ping, so worker boot is not part of any wall time."""
     deadline = time.monotonic() + timeout_s
@@ -248,26 +349,43 @@ def _wait_finished(rt: Runtime, run_id: str, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def run_system(sc: Scenario, redis_url: str, work: Path, *, workers: int, concurrency: int) -> SystemFigures:
-    """Generate ``sc``'s manifest and run it through the whole system; return its figures."""
+def run_system(
+    sc: Scenario,
+    redis_url: str,
+    work: Path,
+    *,
+    workers: int,
+    concurrency: int,
+    prof_dir: Path | None = None,
+) -> SystemFigures:
+    """Generate ``sc``'s manifest and run it through the whole system; return its figures.
+
+    With ``prof_dir`` every worker runs under cProfile and leaves ``worker-{scenario}-{i}.prof`` there.
+    """
     wdir = work / sc.name
     out = wdir / "output"
     manifest = write_manifest(wdir / "manifest.csv", sc.n, model=sc.model)
     changed = sc.settings_changes()
     with Emulator(sc.emulator_config()) as emu:
         settings = Settings(
-            api_key=Secret(f"bench-{sc.name}"),
             api_base=emu.base_url,
             redis_url=redis_url,
             output=str(out),
             log_level="WARNING",
+            **sc.key_settings(),
             **changed,
         )
         rt = celery_runtime(settings)
-        pool = WorkerPool(settings, n=workers, concurrency=concurrency, log_dir=wdir / "logs")
+        pool = BenchWorkerPool(
+            settings, prof_dir=prof_dir, tag=sc.name, n=workers, concurrency=concurrency, log_dir=wdir / "logs"
+        )
         try:
             pool.start()
             _wait_for_workers(rt.scheduler.celery, workers)  # type: ignore[attr-defined]
+            if prof_dir is not None:  # leave worker start-up out of the profiles (see profiled.py)
+                for i in range(workers):
+                    (prof_dir / f"worker-{sc.name}-{i}.prof.reset").touch()
+                time.sleep(0.5)
             meter = CpuMeter([p.pid for p in pool.procs], [p for p in [redis_pid(redis_url)] if p])
             meter.start()
             t0 = time.time()
@@ -288,6 +406,8 @@ def run_system(sc: Scenario, redis_url: str, work: Path, *, workers: int, concur
         s["timings"]["stored_at"] - tasks[s["bfl_task_id"]]["ready_at"] for s in sidecars if s["bfl_task_id"] in tasks
     ]
     latencies = [t["ready_at"] - t["submitted_at"] for t in tasks.values()]
+    fps = [k.fingerprint for k in settings.run_keys]
+    per_key_peak = [int(stats["peak_active"].get(fp, {}).get("total", 0)) for fp in fps]
     first_submit = min((t["submitted_at"] for t in tasks.values()), default=t0)
     last_stored = max((s["timings"]["stored_at"] for s in sidecars), default=t0)
     return SystemFigures(
@@ -308,7 +428,8 @@ def run_system(sc: Scenario, redis_url: str, work: Path, *, workers: int, concur
         ready_to_stored_p95_s=pct(lags, 0.95),
         ready_to_stored_max_s=max(lags, default=0.0),
         rejected_429=int(stats["rejected_429"]),
-        peak_active=int(stats["peak_active"].get(settings.api_key.fingerprint, {}).get("total", 0)),
+        peak_active=sum(per_key_peak),
+        mean_busy_slots=_busy_slots(tasks),
         cpu_busy=meter.busy,
         cpu_ms_per_job={
             "workers": round(meter.workers_s / sc.n * 1000, 2),
@@ -316,6 +437,9 @@ def run_system(sc: Scenario, redis_url: str, work: Path, *, workers: int, concur
             "redis": round(meter.redis_s / sc.n * 1000, 2),
         },
         settings_changed=changed,
+        keys=sc.keys,
+        render=sc.render,
+        per_key_peak=per_key_peak,
     )
 
 
@@ -335,6 +459,7 @@ class BaselineFigures:
     polls_per_job: float
     poll_interval_s: float
     extrapolated_to: int | None = None
+    cpu_ms_per_job: float = 0.0  # the script's own CPU (user + system) over its run, per row it ran
 
     @property
     def ratio(self) -> float:
@@ -394,6 +519,7 @@ def run_baseline(
         polls_per_job=float(stats["polls_per_task_mean"]),
         poll_interval_s=interval,
         extrapolated_to=extrapolate_to,
+        cpu_ms_per_job=round(float(res.get("cpu_s", 0.0)) / rows * 1000, 2),
     )
 
 
@@ -424,10 +550,11 @@ class EnqueueFigures:
         return dict(self.__dict__)
 
 
-def run_enqueue(rows: int, work: Path, *, images: int = 0) -> EnqueueFigures:
+def run_enqueue(rows: int, work: Path, *, images: int = 0, prof: Path | None = None) -> EnqueueFigures:
     """``kontext-batch run MANIFEST --output DIR`` as a subprocess with no workers: it validates and enqueues.
 
     It gets its own embedded Redis (flushed afterwards), so used_memory before/after is its alone.
+    With ``prof`` the CLI runs under ``python -m cProfile -o PROF`` (its figures then include cProfile's cost).
     """
     wdir = work / f"enqueue-{rows}-{images}"
     manifest = write_manifest(wdir / "manifest.csv", rows, images=images)
@@ -441,6 +568,7 @@ def run_enqueue(rows: int, work: Path, *, images: int = 0) -> EnqueueFigures:
             "-c",
             _MEASURE,
             sys.executable,
+            *(["-m", "cProfile", "-o", str(prof)] if prof is not None else []),
             "-m",
             "kontext_batch",
             "run",
@@ -458,3 +586,105 @@ def run_enqueue(rows: int, work: Path, *, images: int = 0) -> EnqueueFigures:
     # ru_maxrss is in kilobytes on Linux, bytes on macOS.
     rss_mb = int(maxrss) / (1024 * 1024 if sys.platform == "darwin" else 1024)
     return EnqueueFigures(rows, images, float(wall), rss_mb, float(cpu), (after - before) / rows)
+
+
+# -- webhooks -----------------------------------------------------------------------------------------
+
+
+def webhook_mode_present() -> bool:
+    """Whether this checkout's workers can be told to ask for webhooks (``Settings.webhook_url``)."""
+    return "webhook_url" in {f.name for f in dataclasses.fields(Settings)}
+
+
+def webhook_drop_fault() -> str | None:
+    """The emulator's fault kind that drops a task's webhook, if it has one."""
+    return next((k for k in FAULT_KINDS if "webhook" in k), None)
+
+
+@dataclass
+class WebhookFigures:
+    scenario: str
+    describe: str
+    n: int
+    drop_rate: float
+    succeeded: int
+    polls_per_job: float
+    webhooks_sent: int
+    webhooks_failed: int
+    system_wall_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _receiver_command() -> list[str] | None:
+    """``kontext-batch webhooks`` when the CLI has it; None when the worker serves webhooks itself."""
+    cmd = [sys.executable, "-m", "kontext_batch", "webhooks"]
+    probe = subprocess.run([*cmd, "--help"], capture_output=True, text=True, cwd=ROOT, check=False)
+    return cmd if probe.returncode == 0 else None
+
+
+def run_webhook(
+    sc: Scenario, redis_url: str, work: Path, *, workers: int, concurrency: int, drop_rate: float
+) -> WebhookFigures:
+    """``sc`` with ``KONTEXT_WEBHOOK_URL`` set: rows complete by webhook; ``drop_rate`` of webhooks are lost.
+
+    Written against the interface webhook mode is expected to have: ``Settings(webhook_url=...)`` on
+    the workers, the receiver started as ``kontext-batch webhooks --port N`` (or by the worker when
+    that command does not exist), the emulator's webhook-drop fault from ``FAULT_KINDS``.
+    """
+    wdir = work / f"{sc.name}-drop{drop_rate:g}"
+    out = wdir / "output"
+    manifest = write_manifest(wdir / "manifest.csv", sc.n, model=sc.model)
+    faults = dict(sc.faults)
+    if drop_rate > 0:
+        fault = webhook_drop_fault()
+        if fault is None:
+            raise RuntimeError("the emulator has no webhook-drop fault")
+        faults[fault] = drop_rate
+    port = free_port()
+    cfg = dataclasses.replace(sc.emulator_config(), faults=faults)
+    with Emulator(cfg) as emu, contextlib.ExitStack() as stack:
+        settings = Settings(
+            api_base=emu.base_url,
+            redis_url=redis_url,
+            output=str(out),
+            log_level="WARNING",
+            **sc.key_settings(),
+            **sc.settings_changes(),
+            webhook_url=f"http://127.0.0.1:{port}",  # type: ignore[call-arg]  # not in Settings until webhook mode lands
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+        env.update(settings.to_env(), KONTEXT_WEBHOOK_URL=f"http://127.0.0.1:{port}")
+        receiver = _receiver_command()
+        if receiver is not None:
+            proc = subprocess.Popen([*receiver, "--port", str(port)], env=env, cwd=ROOT)
+            stack.callback(proc.wait, 10)
+            stack.callback(proc.terminate)
+        rt = celery_runtime(settings)
+        stack.callback(rt.close)
+        pool = BenchWorkerPool(
+            settings,
+            extra_env={"KONTEXT_WEBHOOK_URL": env["KONTEXT_WEBHOOK_URL"]},
+            n=workers,
+            concurrency=concurrency,
+            log_dir=wdir / "logs",
+        )
+        stack.enter_context(pool)
+        _wait_for_workers(rt.scheduler.celery, workers)  # type: ignore[attr-defined]
+        t0 = time.time()
+        rep = start_run(rt, RunRequest(str(manifest), str(out), model=sc.model))
+        _wait_finished(rt, rep.run_id, max(120.0, 20 * sc.n * sc.latency.median * sc.time_scale / sc.cap))
+        info = rt.runs.info(rep.run_id)
+        stats = emu.stats(tasks=False)
+    return WebhookFigures(
+        scenario=sc.name,
+        describe=sc.describe(),
+        n=sc.n,
+        drop_rate=drop_rate,
+        succeeded=info.counts.get("succeeded", 0),
+        polls_per_job=float(stats["polls_per_task_mean"]),
+        webhooks_sent=int(stats.get("webhooks_sent", 0)),
+        webhooks_failed=int(stats.get("webhooks_failed", 0)),
+        system_wall_s=float(info.meta["finished_at"]) - t0,
+    )

@@ -4,12 +4,15 @@ A poll due in 0.8 s could be a Celery countdown message instead, but a countdown
 the memory of the worker that reserved it: when that worker is killed, the message is gone until
 the broker's visibility timeout (an hour) and its job stalls until the sweeper notices. Kept here,
 a due message is taken (atomically, by one pump) and sent the moment it is due, so a killed worker
-loses only the steps it was running, which the sweeper re-drives within seconds.
+loses only the steps it was running, which the sweeper re-drives within seconds. A pump sleeps
+until the next message is due (at most half a second, since other processes push too) or until its
+own process pushes one.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -21,10 +24,13 @@ from kontext_batch.redisio import decode
 
 __all__ = ["DelayQueue", "DueMessage"]
 
-# KEYS: the delay zset. ARGV: now ms, limit. Takes every due entry (once: ZREM in the same script).
+# KEYS: the delay zset. ARGV: now ms, limit. Takes every due entry (once: ZREM in the same script),
+# then appends the due time of the next one (or -1).
 _TAKE_DUE: Final = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+due[#due + 1] = nxt[2] or '-1'
 return due
 """
 
@@ -46,25 +52,25 @@ class DelayQueue:
         self.r = r
         self.key = keys.delayed
         self._take = r.register_script(_TAKE_DUE)
+        #: Set when this process pushes a message: its pump may be sleeping past the new due time.
+        self.pushed = threading.Event()
 
     def push(self, msg: DueMessage, delay_s: float) -> None:
         member = json.dumps([msg.kind, msg.ref, msg.token, msg.fp], separators=(",", ":"))
         self.r.zadd(self.key, {member: int((time.time() + delay_s) * 1000)})
+        self.pushed.set()
 
-    def take_due(self, limit: int = 500) -> list[DueMessage]:
-        raw = self._take(keys=[self.key], args=[int(time.time() * 1000), limit])
+    def take_due(self, limit: int = 500) -> tuple[list[DueMessage], float | None]:
+        """Every message due now (each taken by exactly one caller), and the seconds until the next
+        one is due (None when there is none)."""
+        now = time.time()
+        *raw, nxt = self._take(keys=[self.key], args=[int(now * 1000), limit])
         out = []
         for item in raw:
             kind, ref, token, fp = json.loads(decode(item))
             out.append(DueMessage(kind, ref, int(token), fp))
-        return out
-
-    def next_due_in_s(self) -> float | None:
-        """Seconds until the earliest message is due (0 if one is due), None when there is none."""
-        first = self.r.zrange(self.key, 0, 0, withscores=True)
-        if not first:
-            return None
-        return max(0.0, float(first[0][1]) / 1000 - time.time())
+        next_ms = float(nxt)
+        return out, (None if next_ms < 0 else max(0.0, next_ms / 1000 - now))
 
     def __len__(self) -> int:
         return int(self.r.zcard(self.key))

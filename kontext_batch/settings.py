@@ -30,6 +30,7 @@ KONTEXT_TASK_DEADLINE_S        least time an API task may take     300
 KONTEXT_STALL_WARN_S           --wait warns after this long with   300
                                no row finishing
 KONTEXT_WEBHOOK_URL            public URL of the webhook receiver  (none: poll every row)
+KONTEXT_TASK_EVENTS            Celery task events (for Flower)     0
 KONTEXT_PROGRESS_EVERY_S       off a terminal, --wait/follow print 30
                                a progress line this often
 KONTEXT_POLL_FIRST_S           first poll before any latency seen  0.5
@@ -181,6 +182,7 @@ class Settings:
     task_deadline_s: float = 300.0
     stall_warn_s: float = 300.0
     webhook_url: str | None = None
+    task_events: bool = False
     progress_every_s: float = 30.0
     poll_first_s: float = 0.5
     poll_min_s: float = 0.25
@@ -241,6 +243,7 @@ class Settings:
             task_deadline_s=num("KONTEXT_TASK_DEADLINE_S", d.task_deadline_s, minimum=1.0),
             stall_warn_s=num("KONTEXT_STALL_WARN_S", d.stall_warn_s, minimum=1.0),
             webhook_url=_webhook_url(env.get("KONTEXT_WEBHOOK_URL", "")),
+            task_events=env.get("KONTEXT_TASK_EVENTS", "0").strip().lower() in _TRUE,
             progress_every_s=num("KONTEXT_PROGRESS_EVERY_S", d.progress_every_s, minimum=0.1),
             poll_first_s=num("KONTEXT_POLL_FIRST_S", d.poll_first_s, minimum=0.01),
             poll_min_s=num("KONTEXT_POLL_MIN_S", d.poll_min_s, minimum=0.01),
@@ -319,6 +322,8 @@ class Settings:
             out["KONTEXT_BUDGET"] = str(self.budget_credits)
         if self.webhook_url:
             out["KONTEXT_WEBHOOK_URL"] = self.webhook_url
+        if self.task_events:
+            out["KONTEXT_TASK_EVENTS"] = "1"
         for name in ("redis_ca", "redis_cert", "redis_key"):
             value = getattr(self, name)
             if value:

@@ -74,19 +74,19 @@ def _heartbeat() -> None:
 
 
 def _pump() -> None:
-    # Delayed messages are sent from here when due (see kontext_batch.delays): a short loop, since a
-    # poll sent late is a slot held idle.
-    wait = 0.05
-    while not _stop.wait(wait):
+    # Delayed messages are sent from here when due (see kontext_batch.delays).
+    scheduler = get_runtime().scheduler
+    if not isinstance(scheduler, CelerySchedule):
+        return
+    while not _stop.is_set():
         try:
-            scheduler = get_runtime().scheduler
-            wait = scheduler.send_due() if isinstance(scheduler, CelerySchedule) else 1.0
+            scheduler.pump(_stop)
         except _REDIS_DOWN:  # the sweeper says so, once per outage
             log.debug("delay pump: Redis unavailable", exc_info=True)
-            wait = 1.0
+            _stop.wait(1.0)
         except Exception:
             log.warning("sending due messages failed; trying again in 1 s", exc_info=True)
-            wait = 1.0
+            _stop.wait(1.0)
 
 
 def _sweeper() -> None:

@@ -184,3 +184,15 @@ def test_workers_without_storage_credentials_end_the_run_failed_naming_the_cause
     assert "no S3 credentials on worker" in proc.stdout + proc.stderr
     assert "169.254.169.254" not in proc.stdout + proc.stderr
     print(f"workers without S3 credentials: exit {proc.returncode} after {took:.1f} s")
+
+
+def test_inputs_root_confines_local_inputs(tmp_path: Path) -> None:
+    product_image(tmp_path / "inside" / "ok.jpg", (10, 120, 10))
+    product_image(tmp_path / "outside.jpg", (120, 10, 10))
+    text = "id,prompt,input_image\na,edit,inside/ok.jpg\nb,edit,outside.jpg\n"
+    (tmp_path / "m.csv").write_text(text)
+    proc = _cli("validate", "m.csv", "--inputs-root", str(tmp_path / "inside"), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "row 2:" in proc.stdout
+    assert "outside the inputs folder" in proc.stdout
+    assert "row 1:" not in proc.stdout

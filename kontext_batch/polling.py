@@ -3,8 +3,8 @@
 BFL's own example polls every 0.5 s, about L/0.5 polls for a task of L seconds. We instead learn the
 latency distribution as jobs finish and poll when a job is likely to be ready:
 
-- first poll at a low quantile (the 40th percentile) of the latencies seen so far for the endpoint (``first_s``, an early
-  probe, before any): a job that ends early is fetched soon, and one still running reports the
+- first poll at a low quantile (the 40th percentile) of the latencies seen so far for the endpoint
+  (``first_s``, an early probe, before any): a job that ends early is fetched soon, and one still running reports the
   progress that times the next poll;
 - while Pending with a usable ``progress`` p after t seconds, the rest should take t*(1-p)/p: poll
   just after that;

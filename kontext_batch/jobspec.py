@@ -64,4 +64,3 @@ class JobSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> JobSpec:
         return cls(**d)
-

@@ -338,8 +338,12 @@ def _submit_and_follow(
     """
 
     rt = _runtime(s)
+    stop = threading.Event()
     try:
-        queued = start_run(rt, req, stdin=sys.stdin if req.manifest == "-" else None)
+        # Ctrl-C only sets a flag that the pass checks between rows: a KeyboardInterrupt raised
+        # wherever the main thread happens to be can land in a finalizer, which swallows it.
+        with interrupts(stop) if detach else contextlib.nullcontext():
+            queued = start_run(rt, req, stdin=sys.stdin if req.manifest == "-" else None, stop=stop.is_set)
     except OverBudget as exc:
         _say(f"error: {exc}; nothing was queued (raise --budget, or split the manifest)")
         return EXIT_USAGE
@@ -403,12 +407,19 @@ def _follow(
         reporter.update(look)
         watchdog(look)
 
+    stop = threading.Event()
     try:
-        with interrupts() if detach else contextlib.nullcontext():
+        with interrupts(stop) if detach else contextlib.nullcontext():
             try:
                 # Twice a second: the live display moves smoothly; plain lines keep their own cadence.
                 outcome = follow(
-                    rt, run_id, on_progress=on_progress, max_failures=max_failures, timeout_s=timeout_s, interval_s=0.5
+                    rt,
+                    run_id,
+                    on_progress=on_progress,
+                    max_failures=max_failures,
+                    timeout_s=timeout_s,
+                    interval_s=0.5,
+                    stop=stop.is_set,
                 )
             finally:
                 reporter.close()

@@ -58,7 +58,7 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
         return
     if reserved:  # once, by the step that recorded the row
         rt.budget.settle(run_id, reserved, float(result.get("cost_credits") or 0))
-    if done >= rt.runs.total(run_id):
+    if done >= int(rt.runs.recent_meta(run_id).get("total") or 0) and done >= rt.runs.total(run_id):
         finalize(rt, run_id)
 
 

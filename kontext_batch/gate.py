@@ -250,6 +250,7 @@ class SlotGate:
         self.grace_ms = int(grace_s * 1000)
         self.hold_ms = int(hold_s * 1000)
         self._pools: dict[str, Pool] = {}
+        self._keys_out: tuple[float, dict[str, str]] | None = None
         self._dispatch = r.register_script(_DISPATCH)
         self._claim = r.register_script(_CLAIM)
         self._update = r.register_script(_UPDATE)
@@ -280,14 +281,23 @@ class SlotGate:
     def mark_key_out(self, fp: str, reason: str) -> None:
         """The API refused this key (401/403/402): no more slots on it until an operator clears it."""
         self.r.hset(self.keys.keys_out, fp, reason)
+        self._keys_out = None
 
-    def keys_out(self) -> dict[str, str]:
-        return {decode(k): decode(v) for k, v in self.r.hgetall(self.keys.keys_out).items()}
+    def keys_out(self, max_age_s: float = 1.0) -> dict[str, str]:
+        """Refused keys and why, as read at most ``max_age_s`` ago (every dispatch asks)."""
+        now = time.monotonic()
+        cached = self._keys_out
+        if cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
+        out = {decode(k): decode(v) for k, v in self.r.hgetall(self.keys.keys_out).items()}
+        self._keys_out = (now, out)
+        return out
 
     def clear_keys_out(self, fps: Iterable[str]) -> None:
         fps = list(fps)
         if fps:
             self.r.hdel(self.keys.keys_out, *fps)
+        self._keys_out = None
 
     # -- waiting and granting ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -256,15 +257,20 @@ def local_stack(
 
 
 @contextlib.contextmanager
-def interrupts() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into KeyboardInterrupt: the `with` blocks stop every process we started,
-    and a command following a run detaches from it cleanly.
+def interrupts(flag: threading.Event | None = None) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt (or, with ``flag``, into setting it): the `with`
+    blocks stop every process we started, and a command following a run detaches from it cleanly.
 
     SIGINT is set explicitly: a command started in the background of a script inherits it ignored,
-    and Ctrl-C (or ``kill -INT``) would then leave Redis and the workers running.
+    and Ctrl-C (or ``kill -INT``) would then leave Redis and the workers running. A ``flag`` is for
+    loops that check it between steps: a KeyboardInterrupt raised wherever the main thread happens
+    to be can land in an object's finalizer, which swallows it.
     """
 
     def _raise(*_: object) -> None:
+        if flag is not None:
+            flag.set()
+            return
         raise KeyboardInterrupt
 
     old = {sig: signal.signal(sig, _raise) for sig in (signal.SIGINT, signal.SIGTERM)}

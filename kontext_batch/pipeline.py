@@ -101,7 +101,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     fp, endpoint = split_gate_id(job["gate"])
     if _not_ours(rt, ref, held, fp, poll=False):
         return
-    meta = rt.runs.meta(run_id)
+    meta = rt.runs.recent_meta(run_id)
     stop = _run_stop(meta)
     if stop is not None:
         _end_active(rt, ref, job)
@@ -134,6 +134,8 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
             return
         delay = backoff_s(rt, attempts, exc)
         extra = {"possible_duplicate": 1} if maybe_created else {}
+        if maybe_created:
+            rt.runs.count(run_id, "possible_duplicates")
         if rt.gate.handoff(ref, held, delay, state="granted", last_error=str(exc), reserved=0, **extra):
             rt.scheduler.submit(ref, int(held), fp, countdown_s=delay)
         return
@@ -325,7 +327,7 @@ def _store(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str],
     try:
         sample = rt.provider_for(fp).download(res.sample_url)
         data, content_type, transcoded_from = conform_sample(sample.content, spec.output_format)
-        store = rt.store(rt.runs.meta(run_id)["output"])
+        store = rt.store(rt.runs.recent_meta(run_id)["output"])
         uri = store.put(spec.output_name, data, content_type=content_type)
         side = _sidecar(run_id, spec, job, res, content_type)
         if transcoded_from:

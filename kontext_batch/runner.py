@@ -87,12 +87,15 @@ class QueuedRun:
         return self.report.cost_credits
 
 
-def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> QueuedRun:
+def start_run(
+    rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None, stop: Callable[[], bool] | None = None
+) -> QueuedRun:
     """Check, register and queue ``req.manifest`` (``-``: ``stdin``) in one pass over it.
 
     Raises ManifestError (nothing queued, the run forgotten) when a row is invalid and
     ``req.skip_invalid`` is off, or for file-level problems; StorageError when the output store
-    cannot be written; OSError when the manifest cannot be read.
+    cannot be written; OSError when the manifest cannot be read; KeyboardInterrupt when ``stop()``
+    turns true during the pass (the run is forgotten, as on every failure).
     """
     keys = rt.settings.run_keys
     if not keys:
@@ -121,7 +124,7 @@ def start_run(rt: Runtime, req: RunRequest, *, stdin: TextIO | None = None) -> Q
         },
     )
     try:
-        queued = _Enqueue(rt, run_id, store, req, pool, budget).run(stdin)
+        queued = _Enqueue(rt, run_id, store, req, pool, budget).run(stdin, stop or (lambda: False))
     except BaseException:
         rt.runs.delete(run_id)  # nothing of it waits in a gate yet
         rt.budget.delete(run_id)
@@ -150,7 +153,7 @@ class _Enqueue:
         self.waiting: dict[str, array[int]] = {}
         self.endpoints: Counter[str] = Counter()
 
-    def run(self, stdin: TextIO | None) -> QueuedRun:
+    def run(self, stdin: TextIO | None, stop: Callable[[], bool]) -> QueuedRun:
         report = self.out.report
         rows = iter_checked_rows(
             self.req.manifest,
@@ -161,6 +164,8 @@ class _Enqueue:
             inputs_root=self.req.inputs_root,
         )
         for read in rows:
+            if stop():
+                raise KeyboardInterrupt  # asked between two rows: nothing half-written
             refused = report.errors_total > 0 and not self.req.skip_invalid  # only checking from here on
             staged: list[StagedImage] = []
             checked = read
@@ -395,10 +400,12 @@ def follow(
     max_failures: float = 0,
     interval_s: float = 1.0,
     timeout_s: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> RunOutcome:
     """Look at the run every ``interval_s`` until it is final (or ``timeout_s`` passed).
 
-    Calls ``on_progress`` with each look, the last one included; prints nothing.
+    Calls ``on_progress`` with each look, the last one included; prints nothing. Raises
+    KeyboardInterrupt when ``stop()`` turns true (the run goes on; only the looking stops).
     """
     start = last_change = time.monotonic()
     first_done: int | None = None
@@ -418,3 +425,5 @@ def follow(
         if timeout_s is not None and elapsed >= timeout_s:
             return RunOutcome(info, "timed_out", 0)
         time.sleep(interval_s)
+        if stop is not None and stop():
+            raise KeyboardInterrupt

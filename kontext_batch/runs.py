@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ class RunStore:
         self.keys = keys
         self._record = r.register_script(_RECORD)
         self._reopen = r.register_script(_REOPEN)
+        self._meta_cache: dict[str, tuple[float, dict[str, str]]] = {}
+        self._meta_lock = threading.Lock()
 
     def register(self, run_id: str, meta: dict[str, Any]) -> None:
         pipe = self.r.pipeline(transaction=True)
@@ -104,6 +107,21 @@ class RunStore:
 
     def meta(self, run_id: str) -> dict[str, str]:
         return {decode(k): decode(v) for k, v in self.r.hgetall(self.keys.run(run_id)).items()}
+
+    def recent_meta(self, run_id: str, max_age_s: float = 1.0) -> dict[str, str]:
+        """The run's metadata as read at most ``max_age_s`` ago by this process: every step of every
+        job reads it, and what steps need (output, webhook, stop flags) may lag by a second."""
+        now = time.monotonic()
+        with self._meta_lock:
+            hit = self._meta_cache.get(run_id)
+        if hit is not None and now - hit[0] < max_age_s:
+            return hit[1]
+        meta = self.meta(run_id)
+        with self._meta_lock:
+            if len(self._meta_cache) > 1000:
+                self._meta_cache.clear()
+            self._meta_cache[run_id] = (now, meta)
+        return meta
 
     def exists(self, run_id: str) -> bool:
         return bool(self.r.exists(self.keys.run(run_id)))

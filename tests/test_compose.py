@@ -93,6 +93,7 @@ def test_worker_environment_points_at_the_stack(services: dict[str, dict[str, An
     assert env["KONTEXT_API_KEY"].startswith("${KONTEXT_API_KEY")
     assert env["KONTEXT_API_BASE"] == "${KONTEXT_API_BASE:-http://emulator:8765}"
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    assert env["KONTEXT_TASK_EVENTS"] == "1"  # Flower, beside them, needs the workers' task events
 
 
 def test_worker_waits_for_redis_and_the_bucket(services: dict[str, dict[str, Any]]) -> None:

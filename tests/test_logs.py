@@ -129,11 +129,15 @@ def test_log_format_setting() -> None:
         Settings.from_env({"KONTEXT_LOG_FORMAT": "xml"})
 
 
-def test_workers_send_task_events_for_flower() -> None:
-    # Flower shows task progress only from these events; the settings' broker is not contacted here.
-    conf = configure(Settings()).conf
+def test_workers_send_task_events_for_flower_when_asked() -> None:
+    # Flower shows task progress only from these events (docker-compose asks for them); they cost
+    # worker CPU, so they are off otherwise. The settings' broker is not contacted here.
+    conf = configure(Settings.from_env({"KONTEXT_TASK_EVENTS": "1"})).conf
     assert conf.worker_send_task_events is True
     assert conf.task_send_sent_event is True
+    conf = configure(Settings()).conf
+    assert conf.worker_send_task_events is False
+    assert conf.task_send_sent_event is False
 
 
 def test_a_run_out_of_credits_logs_why_it_stopped(redis_url: str, tmp_path: Path) -> None:

@@ -277,7 +277,8 @@ def test_accepted_lost_duplicates_are_marked_and_counted(redis_url: str, tmp_pat
     # Every paid duplicate belongs to a flagged row: each lost answer cost its row one more submit
     # (a row can lose two answers, so count submits, not rows).
     assert sum(int(r["attempts"]) - 1 for r in flagged) >= duplicates
-    assert all(int(r["attempts"]) == 1 for r in res if not r["possible_duplicate"])
+    # (Other rows may retry too: a lost task still holds an API slot, so a 429 can come back. A 429
+    # creates no task and is no duplicate.)
     assert int(info.meta.get("possible_duplicates", 0)) >= duplicates  # and counted in `status`
     per_1000 = round(1000 * duplicates / n)
     fault_figures.add(rows=n, duplicates_per_1000_accepted_lost_2pct=per_1000)

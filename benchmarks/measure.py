@@ -290,36 +290,13 @@ class BenchWorkerPool(WorkerPool):
     def _env(self) -> dict[str, str]:
         return {**super()._env(), **self.extra_env}
 
-    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+    def _command(self, i: int) -> list[str]:
+        cmd = super()._command(i)
         if self.prof_dir is None:
-            return super()._spawn(i)
-        out: int | Any = subprocess.DEVNULL
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 - closed in stop()
-            self._logs.append(out)
+            return cmd
         self.prof_dir.mkdir(parents=True, exist_ok=True)
-        return subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "profiled.py"),
-                str(self.prof_dir / f"worker-{self.tag}-{i}.prof"),
-                "-m",
-                "kontext_batch",
-                "worker",
-                "-c",
-                str(self.concurrency),
-                "-l",
-                self.loglevel,
-                "-n",
-                f"kontext-{i}-{os.getpid()}@%h",
-            ],
-            env=self._env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=ROOT,
-        )
+        # The same worker, started through the per-thread profiler (cmd[0] is the interpreter).
+        return [cmd[0], str(HERE / "profiled.py"), str(self.prof_dir / f"worker-{self.tag}-{i}.prof"), *cmd[1:]]
 
 
 def _busy_slots(tasks: dict[str, dict[str, Any]]) -> float:

@@ -143,6 +143,22 @@ class WorkerPool:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    def _command(self, i: int) -> list[str]:
+        """The argv of worker ``i`` (a subclass may wrap it, as the benchmark's profiler does)."""
+        return [
+            sys.executable,
+            "-m",
+            "kontext_batch",
+            "worker",
+            "-c",
+            str(self.concurrency),
+            "-l",
+            self.loglevel,
+            "-n",
+            f"kontext-{i}-{os.getpid()}@%h",
+            *(self.extra_args(i) if self.extra_args else ()),
+        ]
+
     def _spawn(self, i: int) -> subprocess.Popen[bytes]:
         out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_dir is not None:
@@ -150,23 +166,7 @@ class WorkerPool:
             out = open(self.log_dir / f"worker-{i}.log", "ab")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kontext_batch",
-                "worker",
-                "-c",
-                str(self.concurrency),
-                "-l",
-                self.loglevel,
-                "-n",
-                f"kontext-{i}-{os.getpid()}@%h",
-                *(self.extra_args(i) if self.extra_args else ()),
-            ],
-            env=self._env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self._command(i), env=self._env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def start_one(self) -> subprocess.Popen[bytes]:

@@ -347,13 +347,14 @@ def test_budget_refuses_a_run_whose_estimate_is_over_it(redis_url: str, tmp_path
 def test_budget_stops_submits_within_one_rows_cost_and_retry_continues(redis_url: str, tmp_path: Path) -> None:
     n = 40
     with stack(redis_url, emulator(0.3)) as s:
-        s.workers(KEY_A, n=2)
         manifest = text_rows(tmp_path, n)
         out = tmp_path / "out"
-        # The estimate (160) is over 50, so `run --budget 50` would refuse the run: lower the budget of
-        # a running run instead, to reach the cap mid-run.
+        # The estimate (160) is over 50, so `run --budget 50` would refuse the run: queue it under a
+        # budget of 200 while no worker holds the key (nothing is submitted), lower its budget to 50
+        # as an operator would, then let workers in, to reach the cap mid-run.
         run_id = s.start(manifest, out, "--budget", "200", keys=(KEY_A,))
         Budget(redis.Redis.from_url(redis_url), Keys()).set(run_id, 50)
+        s.workers(KEY_A, n=2)
         info = wait_finished(redis_url, run_id, 120)
         spent = s.emu.stats(tasks=False)["keys"][FP[KEY_A]]["credits_spent"]
         res = results_of(out)

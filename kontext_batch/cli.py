@@ -151,6 +151,14 @@ TIMEOUT = click.option(
     help="With --wait: stop waiting after this long (90s, 15m, 2h); the run goes on. Exit 3.",
 )
 
+MAX_FAILURES = click.option(
+    "--max-failures",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Rows allowed to fail before the wait exits 1: a count, or a fraction when < 1.",
+)
+
 MODEL = click.option(
     "--model",
     envvar="KONTEXT_MODEL",
@@ -253,13 +261,7 @@ def validate(
     help="Show progress until the run ends (Ctrl-C detaches: the run goes on). Off a terminal: a line "
     "every KONTEXT_PROGRESS_EVERY_S seconds (default 30) and on each change of state.",
 )
-@click.option(
-    "--max-failures",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    help="Rows allowed to fail before --wait exits 1: a count, or a fraction when < 1.",
-)
+@MAX_FAILURES
 @click.option(
     "--budget",
     type=click.FloatRange(min=0),
@@ -625,13 +627,7 @@ def retry(
 
 @cli.command("follow")
 @click.argument("run_id")
-@click.option(
-    "--max-failures",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    help="Rows allowed to fail before exiting 1: a count, or a fraction when < 1.",
-)
+@MAX_FAILURES
 @TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print JSON events, one a line: progress, then the outcome.")
 @click.pass_context

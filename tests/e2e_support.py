@@ -7,7 +7,8 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.local import WorkerPool
+from kontext_batch.runs import RunInfo, RunStore
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 
@@ -96,3 +98,27 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[dict[str, object
 
 def read_results(data: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(data.decode())))
+
+
+def wait_finished(
+    runs: RunStore,
+    run_id: str,
+    timeout_s: float,
+    *,
+    during: Callable[[RunInfo], None] | None = None,
+    detail: Callable[[], str] = lambda: "",
+) -> RunInfo:
+    """Poll until the run is final; ``during(info)`` runs between looks (to kill things meanwhile).
+    On timeout the assertion says where the run stands, plus ``detail()``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = runs.info(run_id)
+        if info.finished:
+            return info
+        if during is not None:
+            during(info)
+        time.sleep(0.2)
+    info = runs.info(run_id)
+    raise AssertionError(
+        f"run {run_id} not finished after {timeout_s:.0f} s: {info.ndone}/{info.total} {info.counts}\n" + detail()
+    )

@@ -6,8 +6,9 @@ cancel), then checks the run's books: one results line per manifest row, one val
 succeeded row, the API's active-task caps never passed, no lease left behind. What each test saw is
 added to :mod:`tests.fault_figures`, printed at the end of the session.
 
-Settings are shrunk so recovery happens in seconds: leases of 5 s (a killed worker's jobs are
-re-driven 5 s after their last step), HTTP timeouts of 1.5 s, backoff from 0.05 s up to 1 s.
+Settings are shrunk so recovery happens in seconds: HTTP timeouts of 1.5 s, backoff from 0.05 s up to
+1 s. A killed worker's jobs are re-driven when its heartbeat (5 s TTL) lapses; leases of 5 s are only
+the leak guard.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ from kontext_batch.local import embedded_redis, free_port
 from kontext_batch.runs import RunInfo, RunStore
 from kontext_batch.storage import open_store
 from tests import fault_figures
-from tests.e2e_support import E2E_KEY, System, product_image, read_results, running_system, write_csv
+from tests.e2e_support import (
+    E2E_KEY,
+    System,
+    product_image,
+    read_results,
+    running_system,
+    wait_finished,
+    write_csv,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -104,23 +113,6 @@ class Books:
 
     def statuses(self) -> Counter[str]:
         return Counter(r["status"] for r in self.results)
-
-
-def wait_finished(runs: RunStore, run_id: str, timeout_s: float, *, during: Any = None) -> RunInfo:
-    """Poll until the run is final; ``during()`` runs between looks (to kill things meanwhile)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = runs.info(run_id)
-        if info.finished:
-            return info
-        if during is not None:
-            during(info)
-        time.sleep(0.2)
-    info = runs.info(run_id)
-    raise AssertionError(
-        f"run {run_id} not finished after {timeout_s:.0f} s: {info.ndone}/{info.total} {info.counts}\n"
-        + _pending_jobs(runs.r, run_id)
-    )
 
 
 def _pending_jobs(r: redis.Redis, run_id: str) -> str:
@@ -210,7 +202,7 @@ def record(books: Books, *, kills: int = 0, redis_restarts: int = 0, orphaned: i
 def books_of(
     system: System, r: redis.Redis, out: Path, run_id: str, n_rows: int, timeout_s: float, during: Any = None
 ) -> Books:
-    info = wait_finished(RunStore(r, Keys()), run_id, timeout_s, during=during)
+    info = wait_finished(RunStore(r, Keys()), run_id, timeout_s, during=during, detail=lambda: _pending_jobs(r, run_id))
     results, lost, duplicated = account(out, info, n_rows)
     return Books(info, results, system.emu.stats(), lost, duplicated)
 

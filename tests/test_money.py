@@ -30,6 +30,7 @@ from kontext_batch.secret import Secret
 from kontext_batch.settings import ApiKey, Settings
 from tests import fault_figures
 from tests.e2e_support import read_results, write_csv
+from tests.e2e_support import wait_finished as wait_run
 
 pytestmark = pytest.mark.faults
 
@@ -124,17 +125,7 @@ def text_rows(tmp: Path, n: int, name: str = "m.csv", tag: str = "") -> Path:
 
 
 def wait_finished(redis_url: str, run_id: str, timeout_s: float, during: Any = None) -> RunInfo:
-    runs = RunStore(redis.Redis.from_url(redis_url), Keys())
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = runs.info(run_id)
-        if info.finished:
-            return info
-        if during is not None:
-            during(info)
-        time.sleep(0.2)
-    info = runs.info(run_id)
-    raise AssertionError(f"run {run_id} not finished after {timeout_s:.0f} s: {info.ndone}/{info.total} {info.counts}")
+    return wait_run(RunStore(redis.Redis.from_url(redis_url), Keys()), run_id, timeout_s, during=during)
 
 
 def results_of(out: Path) -> list[dict[str, str]]:

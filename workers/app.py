@@ -4,8 +4,9 @@ Why these settings:
 - threads pool: every task waits on HTTP; one process holds dozens of jobs in flight.
 - acks_late + reject_on_worker_lost: a job whose worker dies is delivered again; tasks are idempotent
   (fencing tokens, results written once), so a second delivery does no harm.
-- visibility_timeout an hour: longer than any countdown we use, so Redis does not hand out a delayed
-  poll twice. A killed worker's jobs are re-driven much sooner by the sweeper (lease expiry).
+- visibility_timeout an hour: a redelivered message is stale by then (fencing tokens). Delayed steps
+  wait in our Redis delay queue, not as countdown messages; a killed worker's jobs are re-driven
+  within seconds by the sweeper (its heartbeat stops).
 - no result backend, no chords: completion is counted in Redis by the pipeline.
 - our Redis transport (workers/broker.py) keeps a worker alive through a Redis restart, and
   broker_connection_max_retries=None keeps it retrying through an outage of any length.
@@ -70,7 +71,7 @@ class CelerySchedule:
     and its fencing token, never a key or a row's data; they go to the queues of the job's key.
 
     A message with a countdown waits in the :class:`~kontext_batch.delays.DelayQueue` (in Redis,
-    not in a worker's memory) until a worker's pump sends it; see :func:`send_due`.
+    not in a worker's memory) until a worker's pump sends it; see :meth:`pump`.
     """
 
     def __init__(self, celery: Celery, delays: DelayQueue | None = None) -> None:

@@ -88,8 +88,9 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
         try:
             store = rt.store(meta["output"])
             uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
-        except StorageUnavailable:
-            return None  # may pass: the next sweep tries again
+        except StorageUnavailable as exc:
+            log.warning("run %s: results.csv not written yet (%s); the next sweep tries again", run_id, exc)
+            return None
         except (KontextBatchError, OSError) as exc:
             # It will not pass by waiting: end the run, failed, saying why, instead of retrying for ever.
             reason = f"results.csv could not be written to {meta.get('output')}: {exc}"

@@ -7,7 +7,10 @@ latency distribution as jobs finish and poll when a job is likely to be ready:
   (``first_s``, an early probe, before any): a job that ends early is fetched soon, and one still running reports the
   progress that times the next poll;
 - while Pending with a usable ``progress`` p after t seconds, the rest should take t*(1-p)/p: poll
-  just after that;
+  just after that. After the *first* poll that one prediction may come sooner than ``min_s`` (down to
+  a tenth of it): a first poll that lands a few milliseconds before the end would otherwise hold the
+  slot a whole ``min_s`` longer. Later polls keep ``min_s``, so a progress figure that never moves
+  cannot make us poll fast for long;
 - with no progress, poll at the median of the seen latencies that exceed the time already waited,
   or back off geometrically when the job outlives everything seen.
 
@@ -75,11 +78,13 @@ class PollPlanner:
             return self._clamp(self.first_s)
         return self._clamp(seen[min(len(seen) - 1, int(len(seen) * self.first_quantile))])
 
-    def next_delay(self, endpoint: str, elapsed_s: float, progress: float | None) -> float:
+    def next_delay(self, endpoint: str, elapsed_s: float, progress: float | None, *, polls: int = 1) -> float:
+        """When to poll again, ``elapsed_s`` after the submit, after ``polls`` polls found it running."""
         if progress is not None and 0.05 <= progress < 1.0 and elapsed_s > 0:
             remaining = elapsed_s * (1.0 - progress) / progress
             # A little past the predicted end: landing just before it costs a whole extra poll.
-            return self._clamp(remaining * 1.03 + 0.03)
+            floor = self.min_s / 10 if polls <= 1 else self.min_s
+            return max(floor, min(self.max_s, remaining * 1.03 + 0.03))
         seen = self._sorted(endpoint)
         later = seen[bisect.bisect_right(seen, elapsed_s) :]
         if later:

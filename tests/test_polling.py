@@ -28,7 +28,19 @@ def test_without_progress_poll_at_the_median_of_longer_jobs() -> None:
 def test_delays_stay_within_bounds() -> None:
     p = PollPlanner(min_s=0.25, max_s=5)
     assert p.next_delay("ep", 100.0, None) == 5
-    assert p.next_delay("ep", 1.0, 0.999) == 0.25
+    assert p.next_delay("ep", 1.0, 0.999, polls=2) == 0.25
+
+
+def test_a_first_poll_just_short_of_the_end_is_followed_up_sooner_than_min_s() -> None:
+    # 0.99 s in at 99 %: about 10 ms to go. Waiting min_s (0.25 s) would hold the slot 25 times
+    # longer than needed; the follow-up comes ~40 ms later, and never under a tenth of min_s.
+    p = PollPlanner(min_s=0.25, max_s=5)
+    d = p.next_delay("ep", 0.99, 0.99, polls=1)
+    assert 0.03 < d < 0.05
+    assert p.next_delay("ep", 1.0, 0.9999, polls=1) < 0.031
+    assert PollPlanner(min_s=1.0).next_delay("ep", 1.0, 0.9999, polls=1) == 0.1
+    # A progress figure that stays near the end does not keep us polling fast: later polls wait min_s.
+    assert p.next_delay("ep", 1.2, 0.99, polls=2) == 0.25
 
 
 def _ready(end_time: float | None) -> PollResult:

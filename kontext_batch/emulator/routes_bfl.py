@@ -146,9 +146,8 @@ async def get_result(request: Request, task_id: Annotated[str, Query(alias="id")
     host = request_host(request)
     if runtime.config.not_found_on_submit_host and host == task.submit_host != task.poll_host:
         return _not_found(task_id)
-    task.polls += 1
     now = state.now()
-    status = task.status_at(now)
+    status = task.polled(now)
     result = None
     if status == READY:
         result = {

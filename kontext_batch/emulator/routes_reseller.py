@@ -121,9 +121,8 @@ async def get_task(task_id: str, request: Request, key_fp: Annotated[str, Depend
     task = state.tasks.get(task_id)
     if task is None or task.dialect != "reseller":
         raise ResellerError(404, "not_found", f"Task {task_id} not found")
-    task.polls += 1
     now = state.now()
-    status = task.status_at(now)
+    status = task.polled(now)
     out: dict[str, Any] = {"id": task.id, "model": task.model}
     if status == PENDING:
         out["status"] = "pending" if task.progress_at(now) < _QUEUED_SHARE else "processing"

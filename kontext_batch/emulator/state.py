@@ -86,7 +86,17 @@ class TaskRecord:
     polls: int = 0
     downloads: int = 0
     first_download_at: float | None = None
+    #: When a poll first saw the task end: the client's notice lag is this minus ``ready_at``.
+    seen_done_at: float | None = None
     sample: asyncio.Future[bytes] | None = field(default=None, repr=False)
+
+    def polled(self, now: float) -> str:
+        """Count a poll answered at ``now`` and return the status it tells."""
+        self.polls += 1
+        status = self.status_at(now)
+        if status != PENDING and self.seen_done_at is None:
+            self.seen_done_at = now
+        return status
 
     def status_at(self, now: float) -> str:
         if self.outcome == REQUEST_MODERATED or now >= self.ready_at:
@@ -393,6 +403,7 @@ class EmulatorState:
                     "polls": t.polls,
                     "downloads": t.downloads,
                     "first_download_at": t.first_download_at,
+                    "seen_done_at": t.seen_done_at,
                 }
                 for t in self.tasks.values()
             }

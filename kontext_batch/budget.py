@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import redis
+from redis.client import Pipeline
 
 from kontext_batch.keys import Keys
 from kontext_batch.redisio import decode
@@ -65,10 +66,15 @@ class Budget:
     def settle(self, run_id: str, reserved: float, spent: float) -> None:
         """A reservation of ``reserved`` became a cost of ``spent`` (0 when no task was created)."""
         pipe = self.r.pipeline(transaction=True)
+        self.settle_in(pipe, run_id, reserved, spent)
+        pipe.execute()
+
+    def settle_in(self, pipe: Pipeline, run_id: str, reserved: float, spent: float) -> None:
+        """:meth:`settle` queued on a pipeline, which must be a transaction: a reservation checks
+        spent + reserved, and must never see the one changed without the other."""
         pipe.hincrbyfloat(self.keys.budget(run_id), "reserved", -reserved)
         if spent:
             pipe.hincrbyfloat(self.keys.budget(run_id), "spent", spent)
-        pipe.execute()
 
     def spend(self, run_id: str) -> Spend:
         raw = {decode(k): decode(v) for k, v in self.r.hgetall(self.keys.budget(run_id)).items()}

@@ -50,10 +50,13 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     reserved = float(job.get("reserved") or 0)
     if reserved and "cost_credits" not in result and "bfl_task_id" in result:
         result["cost_credits"] = reserved  # the API reported no cost: the price table's
-    done = rt.runs.record(run_id, row, result)
+    # Recorded once (by whichever step gets there first), and the job forgotten: one round trip.
+    pipe = rt.redis.pipeline(transaction=False)
+    rt.runs.record_in(pipe, run_id, row, result)
+    rt.gate.retire_in(pipe, ref)
+    done = rt.runs.recorded(pipe.execute()[0])
     metrics.row_finished(result, job, recorded=done is not None)
     logs.row_finished(ref, result, recorded=done is not None)
-    rt.gate.retire(ref)
     if done is None:
         return
     if reserved:  # once, by the step that recorded the row

@@ -24,13 +24,20 @@ def live_slots(rt: Runtime, pool_id: str, endpoint: str) -> list[KeySlot]:
     return slots
 
 
-def dispatch(rt: Runtime, pool_id: str, endpoint: str, *, keep_one: bool = False) -> Grant | None:
+def dispatch(
+    rt: Runtime,
+    pool_id: str,
+    endpoint: str,
+    *,
+    keep_one: bool = False,
+    release: tuple[str, str] | None = None,
+) -> Grant | None:
     """Give free slots of the pool's live keys to waiting rows and send their submit tasks.
 
     With ``keep_one`` the first grant is returned instead of sent, for the caller to submit itself
-    (it must hold that grant's key).
+    (it must hold that grant's key). ``release`` (gate id, ref) frees that job's slot first.
     """
-    grants = rt.gate.dispatch(pool_id, endpoint, live_slots(rt, pool_id, endpoint))
+    grants = rt.gate.dispatch(pool_id, endpoint, live_slots(rt, pool_id, endpoint), release=release)
     kept = None
     if keep_one:
         kept = next((g for g in grants if g.fp in rt.held), None)

@@ -33,29 +33,35 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import redis
+from redis.client import Pipeline
 
 from kontext_batch.keys import Keys
-from kontext_batch.redisio import batched, decode
+from kontext_batch.redisio import batched, decode, eval_in
 
 __all__ = ["Grant", "KeySlot", "Pool", "SlotGate", "StaleJob", "gate_id", "split_gate_id"]
 
 # KEYS: wait list, watch. ARGV: now, lease ms, limit, job prefix, lease prefix, endpoint, pool id,
-# watch deadline, then (fp, endpoint cap, total cap) per candidate key.
+# watch deadline, then a slot to free first as (ref, fp, endpoint) or ('', '', ''), then
+# (fp, endpoint cap, total cap) per candidate key.
 _DISPATCH: Final = """
 local now = tonumber(ARGV[1])
 local lease_exp = now + tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local jp, lp, ep, pool, deadline = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if ARGV[9] ~= '' then
+  redis.call('ZREM', lp .. ARGV[10], ARGV[9])
+  redis.call('ZREM', lp .. ARGV[10] .. ':' .. ARGV[11], ARGV[9])
+end
 local fps, room = {}, {}
-local nk = (#ARGV - 8) / 3
+local nk = (#ARGV - 11) / 3
 for i = 1, nk do
-  local fp = ARGV[6 + 3 * i]
+  local fp = ARGV[9 + 3 * i]
   local kt, ke = lp .. fp, lp .. fp .. ':' .. ep
   redis.call('ZREMRANGEBYSCORE', kt, '-inf', now)
   redis.call('ZREMRANGEBYSCORE', ke, '-inf', now)
   fps[i] = fp
-  room[i] = math.min(tonumber(ARGV[8 + 3 * i]) - redis.call('ZCARD', kt),
-                     tonumber(ARGV[7 + 3 * i]) - redis.call('ZCARD', ke))
+  room[i] = math.min(tonumber(ARGV[11 + 3 * i]) - redis.call('ZCARD', kt),
+                     tonumber(ARGV[10 + 3 * i]) - redis.call('ZCARD', ke))
 end
 local out, granted, progress = {}, 0, true
 while progress and granted < limit do
@@ -313,10 +319,28 @@ class SlotGate:
         pipe.execute()
         return n
 
-    def dispatch(self, pool_id: str, endpoint: str, slots: Sequence[KeySlot], *, limit: int = 1000) -> list[Grant]:
-        """Hand free slots on ``slots`` (in turn, one row each) to waiting rows, oldest first."""
+    def dispatch(
+        self,
+        pool_id: str,
+        endpoint: str,
+        slots: Sequence[KeySlot],
+        *,
+        limit: int = 1000,
+        release: tuple[str, str] | None = None,
+    ) -> list[Grant]:
+        """Hand free slots on ``slots`` (in turn, one row each) to waiting rows, oldest first.
+
+        ``release`` (gate id, ref) frees that job's slot first, in the same script: a step that ends
+        a task and hands its slot on makes one round trip, not two.
+        """
         if not slots:
+            if release is not None:
+                self.release(*release)
             return []
+        rel_ref, rel_fp, rel_ep = ("", "", "")
+        if release is not None:
+            rel_ref = release[1]
+            rel_fp, rel_ep = split_gate_id(release[0])
         now = self.now_ms()
         args: list[str | int] = [
             now,
@@ -327,6 +351,9 @@ class SlotGate:
             endpoint,
             pool_id,
             now + self.grace_ms,
+            rel_ref,
+            rel_fp,
+            rel_ep,
             *(v for s in slots for v in (s.fp, s.cap, s.cap_total)),
         ]
         flat = self._dispatch(keys=[self.keys.wait(pool_id, endpoint), self.keys.watch], args=args)
@@ -340,11 +367,27 @@ class SlotGate:
         Returns the job's fields (``step`` is now the token this step holds), or None when the
         message is stale (a duplicate, or a job re-driven meanwhile).
         """
+        keys, args = self._claim_call(ref, token, holder)
+        return self.claimed(self._claim(keys=keys, args=args))
+
+    def claim_in(self, pipe: Pipeline, ref: str, token: int, holder: str) -> None:
+        """:meth:`claim` queued on a pipeline; read its reply with :meth:`claimed`."""
+        eval_in(pipe, self._claim, *self._claim_call(ref, token, holder))
+
+    def _claim_call(self, ref: str, token: int, holder: str) -> tuple[list[str], list[str | int]]:
         now = self.now_ms()
-        raw = self._claim(
-            keys=[self.keys.job(ref), self.keys.watch],
-            args=[str(token), now + self.hold_ms, ref, self.keys.lease_total(""), now + self.lease_ms, holder],
-        )
+        return [self.keys.job(ref), self.keys.watch], [
+            str(token),
+            now + self.hold_ms,
+            ref,
+            self.keys.lease_total(""),
+            now + self.lease_ms,
+            holder,
+        ]
+
+    @staticmethod
+    def claimed(raw: Any) -> dict[str, str] | None:
+        """The job's fields from a claim's reply, or None when the claim was refused (stale token)."""
         if not raw:
             return None
         return {decode(raw[i]): decode(raw[i + 1]) for i in range(0, len(raw), 2)}
@@ -353,17 +396,32 @@ class SlotGate:
         """Write job fields if the step still holds token ``held``. False: a newer step owns the job."""
         return self._fenced(ref, held, "", fields)
 
+    def update_in(self, pipe: Pipeline, ref: str, held: int | str, **fields: Any) -> None:
+        """:meth:`update` queued on a pipeline (its reply: 1 written, 0 fenced off)."""
+        eval_in(pipe, self._update, *self._fenced_call(ref, held, "", fields))
+
     def handoff(self, ref: str, held: int | str, next_in_s: float, **fields: Any) -> bool:
         """The step ends and the job's next message goes out, due in ``next_in_s``: not busy any more,
         and overdue (so re-driven) ``grace_s`` after it is due. Call before sending the message."""
         deadline = self.now_ms() + int(next_in_s * 1000) + self.grace_ms
         return self._fenced(ref, held, str(deadline), {**fields, "busy": 0, "holder": ""})
 
+    def handoff_in(self, pipe: Pipeline, ref: str, held: int | str, next_in_s: float, **fields: Any) -> None:
+        """:meth:`handoff` queued on a pipeline (its reply: 1 handed off, 0 fenced off)."""
+        deadline = self.now_ms() + int(next_in_s * 1000) + self.grace_ms
+        eval_in(pipe, self._update, *self._fenced_call(ref, held, str(deadline), {**fields, "busy": 0, "holder": ""}))
+
     def _fenced(self, ref: str, held: int | str, deadline: str, fields: dict[str, Any]) -> bool:
+        keys, args = self._fenced_call(ref, held, deadline, fields)
+        return bool(self._update(keys=keys, args=args))
+
+    def _fenced_call(
+        self, ref: str, held: int | str, deadline: str, fields: dict[str, Any]
+    ) -> tuple[list[str], list[str | int]]:
         pairs = [v for k, val in fields.items() for v in (k, str(val))]
         exp = (int(deadline) if deadline else self.now_ms()) + self.lease_ms
         args: list[str | int] = [str(held), deadline, ref, self.keys.lease_total(""), exp, *pairs]
-        return bool(self._update(keys=[self.keys.job(ref), self.keys.watch], args=args))
+        return [self.keys.job(ref), self.keys.watch], args
 
     def fields(self, ref: str, *names: str) -> dict[str, str]:
         """Some of a job's fields (missing ones left out)."""
@@ -390,9 +448,13 @@ class SlotGate:
     def retire(self, ref: str) -> None:
         """Forget a job whose row is final: its state and its watch entry (its slot is released first)."""
         pipe = self.r.pipeline(transaction=True)
+        self.retire_in(pipe, ref)
+        pipe.execute()
+
+    def retire_in(self, pipe: Pipeline, ref: str) -> None:
+        """:meth:`retire` queued on a pipeline."""
         pipe.zrem(self.keys.watch, ref)
         pipe.delete(self.keys.job(ref))
-        pipe.execute()
 
     def requeue(self, ref: str, pool_id: str, endpoint: str, gid: str = "", **fields: Any) -> None:
         """Send a job that holds no API task back to the front of its pool's wait list."""

@@ -72,12 +72,26 @@ def _end_active(rt: Runtime, ref: str, job: dict[str, str], *, keep_one: bool = 
     gid, pool_id = job.get("gate", ""), job.get("pool", "")
     if not gid:
         return None
-    rt.gate.release(gid, ref)
-    return dispatch(rt, pool_id, split_gate_id(gid)[1], keep_one=keep_one) if pool_id else None
+    if not pool_id:
+        rt.gate.release(gid, ref)
+        return None
+    return dispatch(rt, pool_id, split_gate_id(gid)[1], keep_one=keep_one, release=(gid, ref))
 
 
-def _count_execution(rt: Runtime, ref: str) -> None:
-    rt.runs.count_execution(split_job_ref(ref)[0])
+def _claim(rt: Runtime, ref: str, token: int, *, delivered: bool) -> tuple[dict[str, str], JobSpec] | None:
+    """Take the job for this step (see :meth:`SlotGate.claim`), with its row's spec, and count the
+    delivery: one round trip, as every step of every job starts here. None: a stale message."""
+    run_id, row = split_job_ref(ref)
+    pipe = rt.redis.pipeline(transaction=False)
+    if delivered:  # every delivered message counts, stale no-ops too: the benchmark's figure
+        rt.runs.count_in(pipe, run_id, "task_executions")
+    rt.gate.claim_in(pipe, ref, token, rt.proc_id)
+    rt.runs.row_in(pipe, run_id, row)
+    *_, raw_job, raw_row = pipe.execute()
+    job = rt.gate.claimed(raw_job)
+    if job is None:
+        return None
+    return job, JobSpec.from_json(rt.runs.parse_row(raw_row, run_id, row))
 
 
 def _not_ours(rt: Runtime, ref: str, held: str, fp: str, *, poll: bool) -> bool:
@@ -91,13 +105,12 @@ def _not_ours(rt: Runtime, ref: str, held: str, fp: str, *, poll: bool) -> bool:
 
 
 def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> None:
-    if delivered:
-        _count_execution(rt, ref)
-    job = rt.gate.claim(ref, token, rt.proc_id)
-    if job is None:
+    claimed = _claim(rt, ref, token, delivered=delivered)
+    if claimed is None:
         return
+    job, spec = claimed
     held = job["step"]
-    run_id, row = split_job_ref(ref)
+    run_id, _ = split_job_ref(ref)
     fp, endpoint = split_gate_id(job["gate"])
     if _not_ours(rt, ref, held, fp, poll=False):
         return
@@ -107,7 +120,6 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         _end_active(rt, ref, job)
         finish(rt, ref, stop[0], job, error=stop[1])
         return
-    spec = JobSpec.from_json(rt.runs.row(run_id, row))
     price = float(cost_credits_for(spec.endpoint))
     if not rt.budget.reserve(run_id, price):
         _budget_reached(rt, ref, job)
@@ -119,6 +131,10 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     try:
         request = build_request(rt, spec, webhook=_webhook_for(meta, ref))
         rt.submit_rate.acquire()
+        # The API's clock for the task starts when the POST arrives, moments after this: everything
+        # timed from the submit (first poll, progress, learnt latency) counts from here, not from
+        # after our own handling of the answer, which waits on a busy process's GIL and Redis.
+        sent_at = time.time()
         task = rt.provider_for(fp).submit(spec.endpoint, request)
     except (OutOfCredits, AuthError) as exc:
         rt.budget.settle(run_id, price, 0)
@@ -144,14 +160,19 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         _end_active(rt, ref, job)
         finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"{type(exc).__name__}: {exc}")
         return
+    # One transaction: the reservation settled (BFL reports the cost at once; the reseller only when
+    # the task ends) and the job handed on to its first poll.
+    pipe = rt.redis.pipeline(transaction=True)
     reserved = price
-    if task.cost is not None:  # BFL reports the cost at once; the reseller only when the task ends
-        rt.budget.settle(run_id, price, task.cost)
+    if task.cost is not None:
+        rt.budget.settle_in(pipe, run_id, price, task.cost)
         reserved = 0.0
     # With a webhook, the first poll is only the fallback for a delivery that never comes.
     webhook = bool(meta.get("webhook_url"))
-    delay = rt.planner.webhook_fallback_s(spec.endpoint) if webhook else rt.planner.first_delay(spec.endpoint)
-    if rt.gate.handoff(
+    planned = rt.planner.webhook_fallback_s(spec.endpoint) if webhook else rt.planner.first_delay(spec.endpoint)
+    delay = max(0.0, sent_at + planned - time.time())
+    rt.gate.handoff_in(
+        pipe,
         ref,
         held,
         delay,
@@ -160,10 +181,11 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         polling_url=task.polling_url,
         cost_credits=task.cost if task.cost is not None else "",
         reserved=reserved,
-        submitted_at=time.time(),
+        submitted_at=sent_at,
         polls=0,
         poll_errors=0,
-    ):
+    )
+    if pipe.execute()[-1]:
         logs.row_event(ref, "submitted", f"task {task.id} at {spec.endpoint}", task=task.id, endpoint=spec.endpoint)
         rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
 
@@ -219,16 +241,15 @@ def _key_refused(rt: Runtime, ref: str, job: dict[str, str], fp: str, endpoint: 
 
 
 def poll_job(rt: Runtime, ref: str, token: int) -> None:
-    _count_execution(rt, ref)
-    job = rt.gate.claim(ref, token, rt.proc_id)
-    if job is None:
+    claimed = _claim(rt, ref, token, delivered=True)
+    if claimed is None:
         return
+    job, spec = claimed
     held = job["step"]
     fp, _ = split_gate_id(job.get("gate", ""))
     if _not_ours(rt, ref, held, fp, poll=True):
         return
     run_id, row = split_job_ref(ref)
-    spec = JobSpec.from_json(rt.runs.row(run_id, row))
     try:
         res = _from_webhook(job) or rt.provider_for(fp).poll(job["polling_url"])
     except RetryableError as exc:
@@ -273,7 +294,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
                 f"last status seen: {res.raw_status}",
             )
             return
-        delay = rt.planner.next_delay(spec.endpoint, elapsed, res.progress)
+        delay = rt.planner.next_delay(spec.endpoint, elapsed, res.progress, polls=polls)
         if rt.gate.handoff(ref, held, delay, polls=polls, poll_errors=0):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
@@ -285,11 +306,15 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     rt.planner.observe(spec.endpoint, _latency_seen(res, job, elapsed, polls))
     if res.cost is not None:
         job["cost_credits"] = str(res.cost)  # the reseller's usage.cost, on the completed poll
-    if rt.runs.is_final(run_id, row):
+    ready = res.status is Status.READY
+    pipe = rt.redis.pipeline(transaction=False)
+    rt.runs.is_final_in(pipe, run_id, row)
+    if ready:  # written in the same round trip; harmless when the row turns out final
+        rt.gate.update_in(pipe, ref, held, polls=polls, state="storing", ready_seen_at=time.time())
+    if pipe.execute()[0]:
         rt.gate.retire(ref)  # recorded meanwhile (the run was cancelled): nothing to store
         return
-    if res.status is Status.READY:
-        rt.gate.update(ref, held, polls=polls, state="storing", ready_seen_at=time.time())
+    if ready:
         logs.row_event(ref, "ready", f"after {polls} poll(s)", task=job.get("bfl_task_id"), polls=polls)
         _store(rt, ref, held, spec, job, res)
     elif res.status.moderated:

@@ -1,12 +1,16 @@
-"""Two small helpers every Redis owner here needs: decode a reply, write in bounded batches."""
+"""Small helpers every Redis owner here needs: decode a reply, write in bounded batches, and queue a
+Lua script on a pipeline that several owners share (one round trip for a step's reads and writes)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any, Final, TypeVar
 
-__all__ = ["BATCH", "batched", "decode"]
+from redis.client import Pipeline
+from redis.commands.core import Script
+
+__all__ = ["BATCH", "batched", "decode", "eval_in"]
 
 T = TypeVar("T")
 
@@ -24,3 +28,10 @@ def batched(items: Iterable[T], n: int = BATCH) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+def eval_in(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> None:
+    """Queue ``script`` on ``pipe`` by its body (EVAL; Redis caches it by digest). Queued as EVALSHA,
+    redis-py would first ask SCRIPT EXISTS on every execute: one more round trip than it saves."""
+    body = script.script
+    pipe.eval(body if isinstance(body, str) else decode(bytes(body)), len(keys), *keys, *args)

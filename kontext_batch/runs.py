@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import redis
+from redis.client import Pipeline
 
 from kontext_batch.keys import Keys
-from kontext_batch.redisio import batched, decode
+from kontext_batch.redisio import batched, decode, eval_in
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 
@@ -135,7 +136,14 @@ class RunStore:
         return n
 
     def row(self, run_id: str, row: int) -> dict[str, Any]:
-        raw = self.r.hget(self.keys.rows(run_id), str(row))
+        return self.parse_row(self.r.hget(self.keys.rows(run_id), str(row)), run_id, row)
+
+    def row_in(self, pipe: Pipeline, run_id: str, row: int) -> None:
+        """:meth:`row` queued on a pipeline; read its reply with :meth:`parse_row`."""
+        pipe.hget(self.keys.rows(run_id), str(row))
+
+    @staticmethod
+    def parse_row(raw: Any, run_id: str, row: int) -> dict[str, Any]:
         if raw is None:
             raise KeyError(f"run {run_id} has no row {row}")
         out: dict[str, Any] = json.loads(raw)
@@ -146,11 +154,21 @@ class RunStore:
 
     def record(self, run_id: str, row: int, result: dict[str, Any]) -> int | None:
         """Write a row's final result once. Returns the run's new done-count, or None if already final."""
-        n = self._record(
-            keys=[self.keys.results(run_id), self.keys.ndone(run_id), self.keys.counts(run_id)],
-            args=[str(row), json.dumps(result, separators=(",", ":")), result["status"]],
-        )
-        return None if int(n) < 0 else int(n)
+        keys, args = self._record_call(run_id, row, result)
+        return self.recorded(self._record(keys=keys, args=args))
+
+    def record_in(self, pipe: Pipeline, run_id: str, row: int, result: dict[str, Any]) -> None:
+        """:meth:`record` queued on a pipeline; read its reply with :meth:`recorded`."""
+        eval_in(pipe, self._record, *self._record_call(run_id, row, result))
+
+    def _record_call(self, run_id: str, row: int, result: dict[str, Any]) -> tuple[list[str], list[str]]:
+        keys = [self.keys.results(run_id), self.keys.ndone(run_id), self.keys.counts(run_id)]
+        return keys, [str(row), json.dumps(result, separators=(",", ":")), result["status"]]
+
+    @staticmethod
+    def recorded(raw: Any) -> int | None:
+        """The run's new done-count from a record's reply, or None when the row was final already."""
+        return None if int(raw) < 0 else int(raw)
 
     def count_execution(self, run_id: str) -> None:
         """One more task message delivered for this run (stale no-ops too): the benchmark's figure."""
@@ -159,6 +177,10 @@ class RunStore:
     def count(self, run_id: str, name: str, n: int = 1) -> None:
         """Add to one of the run's counters (kept in its metadata)."""
         self.r.hincrby(self.keys.run(run_id), name, n)
+
+    def count_in(self, pipe: Pipeline, run_id: str, name: str, n: int = 1) -> None:
+        """:meth:`count` queued on a pipeline."""
+        pipe.hincrby(self.keys.run(run_id), name, n)
 
     def first_time(self, run_id: str, what: str) -> bool:
         """True the first time ``what`` is said of this run (to log a thing once per run)."""
@@ -170,6 +192,10 @@ class RunStore:
 
     def is_final(self, run_id: str, row: int) -> bool:
         return bool(self.r.hexists(self.keys.results(run_id), str(row)))
+
+    def is_final_in(self, pipe: Pipeline, run_id: str, row: int) -> None:
+        """:meth:`is_final` queued on a pipeline (its reply: 1 when final)."""
+        pipe.hexists(self.keys.results(run_id), str(row))
 
     def total(self, run_id: str) -> int:
         return int(self.r.hget(self.keys.run(run_id), "total") or 0)

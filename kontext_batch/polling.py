@@ -3,9 +3,12 @@
 BFL's own example polls every 0.5 s, about L/0.5 polls for a task of L seconds. We instead learn the
 latency distribution as jobs finish and poll when a job is likely to be ready:
 
-- first poll at a low quantile (the 40th percentile) of the latencies seen so far for the endpoint
-  (``first_s``, an early probe, before any): a job that ends early is fetched soon, and one still running reports the
-  progress that times the next poll;
+- first poll at the 55th percentile of the latencies seen so far for the endpoint (``first_s``, an
+  early probe, before any). A job still running then reports the progress that times the next poll,
+  which nearly always lands: polls per job come to about 1 + (1 - q) = 1.45. The quantile trades
+  polls against the wait of the jobs that end before it: one ending at the 5th percentile waits
+  Q(0.55) - Q(0.05), about half the median latency when the spread is lognormal with sigma 0.4
+  (q = 0.4 gave 1.62 polls per job and a wait about 0.39 of the median);
 - while Pending with a usable ``progress`` p after t seconds, the rest should take t*(1-p)/p: poll
   just after that. After the *first* poll that one prediction may come sooner than ``min_s`` (down to
   a tenth of it): a first poll that lands a few milliseconds before the end would otherwise hold the
@@ -34,7 +37,7 @@ class PollPlanner:
     first_s: float = 0.5
     min_s: float = 0.25
     max_s: float = 10.0
-    first_quantile: float = 0.4
+    first_quantile: float = 0.55
     window: int = 256
     _seen: dict[str, deque[float]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -25,7 +25,7 @@ import redis
 
 from benchmarks.manifest_gen import write_manifest
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.emulator.config import FAULT_KINDS
+from kontext_batch.emulator.config import WEBHOOK_FAULTS
 from kontext_batch.local import WorkerPool, embedded_redis, free_port
 from kontext_batch.runner import RunRequest, start_run
 from kontext_batch.runtime import Runtime
@@ -44,8 +44,6 @@ __all__ = [
     "run_enqueue",
     "run_system",
     "run_webhook",
-    "webhook_drop_fault",
-    "webhook_mode_present",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -567,15 +565,8 @@ def run_enqueue(rows: int, work: Path, *, images: int = 0, prof: Path | None = N
 
 # -- webhooks -----------------------------------------------------------------------------------------
 
-
-def webhook_mode_present() -> bool:
-    """Whether this checkout's workers can be told to ask for webhooks (``Settings.webhook_url``)."""
-    return "webhook_url" in {f.name for f in dataclasses.fields(Settings)}
-
-
-def webhook_drop_fault() -> str | None:
-    """The emulator's fault kind that drops a task's webhook, if it has one."""
-    return next((k for k in FAULT_KINDS if "webhook" in k), None)
+#: The emulator's fault that drops a task's webhook delivery.
+WEBHOOK_DROP_FAULT = WEBHOOK_FAULTS[0]
 
 
 @dataclass
@@ -594,31 +585,17 @@ class WebhookFigures:
         return dict(self.__dict__)
 
 
-def _receiver_command() -> list[str] | None:
-    """``kontext-batch webhooks`` when the CLI has it; None when the worker serves webhooks itself."""
-    cmd = [sys.executable, "-m", "kontext_batch", "webhooks"]
-    probe = subprocess.run([*cmd, "--help"], capture_output=True, text=True, cwd=ROOT, check=False)
-    return cmd if probe.returncode == 0 else None
-
-
 def run_webhook(
     sc: Scenario, redis_url: str, work: Path, *, workers: int, concurrency: int, drop_rate: float
 ) -> WebhookFigures:
-    """``sc`` with ``KONTEXT_WEBHOOK_URL`` set: rows complete by webhook; ``drop_rate`` of webhooks are lost.
-
-    Written against the interface webhook mode is expected to have: ``Settings(webhook_url=...)`` on
-    the workers, the receiver started as ``kontext-batch webhooks --port N`` (or by the worker when
-    that command does not exist), the emulator's webhook-drop fault from ``FAULT_KINDS``.
-    """
+    """``sc`` with ``KONTEXT_WEBHOOK_URL`` set: rows complete by webhook; ``drop_rate`` of webhooks are
+    lost (the emulator's ``webhook-lost`` fault). The receiver runs as ``kontext-batch webhooks --port N``."""
     wdir = work / f"{sc.name}-drop{drop_rate:g}"
     out = wdir / "output"
     manifest = write_manifest(wdir / "manifest.csv", sc.n, model=sc.model)
     faults = dict(sc.faults)
     if drop_rate > 0:
-        fault = webhook_drop_fault()
-        if fault is None:
-            raise RuntimeError("the emulator has no webhook-drop fault")
-        faults[fault] = drop_rate
+        faults[WEBHOOK_DROP_FAULT] = drop_rate
     port = free_port()
     cfg = dataclasses.replace(sc.emulator_config(), faults=faults)
     with Emulator(cfg) as emu, contextlib.ExitStack() as stack:
@@ -629,15 +606,14 @@ def run_webhook(
             log_level="WARNING",
             **sc.key_settings(),
             **sc.settings_changes(),
-            webhook_url=f"http://127.0.0.1:{port}",  # type: ignore[call-arg]  # not in Settings until webhook mode lands
+            webhook_url=f"http://127.0.0.1:{port}",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
         env.update(settings.to_env(), KONTEXT_WEBHOOK_URL=f"http://127.0.0.1:{port}")
-        receiver = _receiver_command()
-        if receiver is not None:
-            proc = subprocess.Popen([*receiver, "--port", str(port)], env=env, cwd=ROOT)
-            stack.callback(proc.wait, 10)
-            stack.callback(proc.terminate)
+        receiver = [sys.executable, "-m", "kontext_batch", "webhooks", "--port", str(port)]
+        proc = subprocess.Popen(receiver, env=env, cwd=ROOT)
+        stack.callback(proc.wait, 10)
+        stack.callback(proc.terminate)
         rt = celery_runtime(settings)
         stack.callback(rt.close)
         pool = BenchWorkerPool(

@@ -52,13 +52,18 @@ class DelayQueue:
         self.r = r
         self.key = keys.delayed
         self._take = r.register_script(_TAKE_DUE)
-        #: Set when this process pushes a message: its pump may be sleeping past the new due time.
+        #: Set when this process pushes a message due before its pump means to wake (``wake_at``).
         self.pushed = threading.Event()
+        #: When this process's pump will look again (epoch s); 0 while it is looking: any push wakes it.
+        #: Most pushes fall due after the pump's next look; waking it for each cost a Redis call per push.
+        self.wake_at = 0.0
 
     def push(self, msg: DueMessage, delay_s: float) -> None:
         member = json.dumps([msg.kind, msg.ref, msg.token, msg.fp], separators=(",", ":"))
-        self.r.zadd(self.key, {member: int((time.time() + delay_s) * 1000)})
-        self.pushed.set()
+        due = time.time() + delay_s
+        self.r.zadd(self.key, {member: int(due * 1000)})
+        if due < self.wake_at or self.wake_at == 0.0:
+            self.pushed.set()
 
     def take_due(self, limit: int = 500) -> tuple[list[DueMessage], float | None]:
         """Every message due now (each taken by exactly one caller), and the seconds until the next

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.measure import BaselineFigures, EnqueueFigures, Scenario, SystemFigures, pct, webhook_mode_present
+from benchmarks.measure import BaselineFigures, EnqueueFigures, Scenario, SystemFigures, pct
 from benchmarks.run import build_rows, make_plan, parse_args, render_table
 from kontext_batch.emulator import LatencySpec
 
@@ -116,21 +116,12 @@ def test_pool_and_scale_lines_use_090_and_busy_slots_of_the_pool() -> None:
 
 def test_webhook_lines_say_why_they_did_not_run_and_the_machine_is_in_the_table() -> None:
     machine = {"nproc": 2, "cpu_model": "Test CPU", "memory": "1Gi", "python": "3.11", "loadavg_at_start": [1.0, 2.0]}
-    why = {"webhook": "webhook mode missing", "webhook-drop": "webhook mode missing"}
-    table = render_table(build_rows({}, {}, [], webhooks=why, machine_info=machine)).splitlines()
-    assert "not run: webhook mode missing" in _line(table, "9 polls per job, rows done by webhook")
+    table = render_table(build_rows({}, {}, [], machine_info=machine)).splitlines()
+    assert "not run: not asked (--only)" in _line(table, "9 polls per job, rows done by webhook")
     assert _line(table, "9 polls per job, 10% webhooks dropped").endswith("| -")
     assert "2 cores, Test CPU" in _line(table, "machine")
     assert "1.00 / 2.00" in _line(table, "load average at start")
     assert _line(table, "load average at end").split("|")[2].strip() == "-"
-
-
-def test_webhook_mode_is_detected_from_the_settings_fields() -> None:
-    from dataclasses import fields  # noqa: PLC0415
-
-    from kontext_batch.settings import Settings  # noqa: PLC0415
-
-    assert webhook_mode_present() == ("webhook_url" in {f.name for f in fields(Settings)})
 
 
 def test_percentile_is_nearest_rank() -> None:

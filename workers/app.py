@@ -15,6 +15,7 @@ Why these settings:
 from __future__ import annotations
 
 import threading
+import time
 
 from celery import Celery
 from kombu import Queue
@@ -103,14 +104,17 @@ class CelerySchedule:
         """Send delayed messages as they fall due, until ``stop`` is set (a worker's pump thread)."""
         if self.delays is None:
             return
-        pushed = self.delays.pushed
+        delays = self.delays
         while not stop.is_set():
-            pushed.clear()
-            due, next_in = self.delays.take_due()
+            delays.wake_at = 0.0  # looking now: any push may be due before the next look
+            delays.pushed.clear()
+            due, next_in = delays.take_due()
             for msg in due:
                 self.send(msg)
             if not due:
-                pushed.wait(longest_s if next_in is None else min(longest_s, next_in))
+                wait = longest_s if next_in is None else min(longest_s, next_in)
+                delays.wake_at = time.time() + wait
+                delays.pushed.wait(wait)
 
 
 def celery_runtime(settings: Settings) -> Runtime:

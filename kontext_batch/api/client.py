@@ -118,8 +118,8 @@ class KontextClient(ClientBase):
         return parse_bfl_submit(self._core.json_object(response, "POST"), self.base_url, url)
 
     def _poll_once(self, polling_url: str) -> PollResult:
-        self._core.check_api_url(polling_url)
-        response = self._core.send("GET", polling_url, headers=self._headers())
+        checked = self._core.check_api_url(polling_url)
+        response = self._core.send("GET", checked, headers=self._headers())
         if response.status_code == 404:
             # Unconfirmed: an unknown or expired id may answer 404 instead of "Task not found".
             return PollResult(

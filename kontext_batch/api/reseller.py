@@ -134,8 +134,8 @@ class ResellerClient(ClientBase):
         return Task(id=task_id, polling_url=f"{self.base_url}/tasks/{task_id}")
 
     def _poll_once(self, polling_url: str) -> PollResult:
-        self._core.check_api_url(polling_url)
-        response = self._core.send("GET", polling_url, headers=self._headers())
+        checked = self._core.check_api_url(polling_url)
+        response = self._core.send("GET", checked, headers=self._headers())
         if response.status_code == 404:
             return PollResult(
                 id=polling_url.rstrip("/").rsplit("/", 1)[-1],

@@ -100,15 +100,21 @@ class CelerySchedule:
     def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
         self._schedule(DueMessage("poll", ref, token, fp), countdown_s)
 
-    def pump(self, stop: threading.Event, longest_s: float = 0.5) -> None:
-        """Send delayed messages as they fall due, until ``stop`` is set (a worker's pump thread)."""
+    def pump(self, stop: threading.Event, longest_s: float = 0.5, batch: int = 16) -> None:
+        """Send delayed messages as they fall due, until ``stop`` is set (a worker's pump thread).
+
+        It takes at most ``batch`` due messages at a time: every pump wakes when the queue's next
+        message falls due, and a wave of 72 polls due together is then sent by all of them, a few
+        each, instead of by whichever took first, one publish (~1 ms) after another (the last poll
+        of such a wave went out ~140 ms late).
+        """
         if self.delays is None:
             return
         delays = self.delays
         while not stop.is_set():
             delays.wake_at = 0.0  # looking now: any push may be due before the next look
             delays.pushed.clear()
-            due, next_in = delays.take_due()
+            due, next_in = delays.take_due(batch)
             for msg in due:
                 self.send(msg)
             if not due:

@@ -252,6 +252,9 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     run_id, row = split_job_ref(ref)
     try:
         res = _from_webhook(job) or rt.provider_for(fp).poll(job["polling_url"])
+        # The answer (its status and progress) describes this moment, not the later one when this
+        # busy process gets round to reading it: time the job from here.
+        answered_at = time.time()
     except RetryableError as exc:
         errors = int(job.get("poll_errors", 0)) + 1
         if errors > 2 * rt.settings.max_attempts:
@@ -274,7 +277,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     polls = int(job.get("polls", 0)) + (0 if job.get("webhook_result") else 1)
     job["polls"] = str(polls)
     metrics.poll_answered(spec.endpoint)
-    elapsed = time.time() - float(job.get("submitted_at") or time.time())
+    elapsed = answered_at - float(job.get("submitted_at") or answered_at)
     if not res.status.terminal:
         if res.status is Status.UNKNOWN and rt.runs.first_time(run_id, f"status:{res.raw_status}"):
             log.warning(
@@ -294,7 +297,8 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
                 f"last status seen: {res.raw_status}",
             )
             return
-        delay = rt.planner.next_delay(spec.endpoint, elapsed, res.progress, polls=polls)
+        planned = rt.planner.next_delay(spec.endpoint, elapsed, res.progress, polls=polls)
+        delay = max(0.0, planned - (time.time() - answered_at))
         if rt.gate.handoff(ref, held, delay, polls=polls, poll_errors=0):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return

@@ -59,7 +59,7 @@ def test_help_runs_as_a_script_from_the_repository_root() -> None:
 def test_quick_shrinks_every_run_and_explicit_sizes_win() -> None:
     full, quick = parse_args([]), parse_args(["--quick", "--n", "48"])
     assert (full.n, full.enqueue_rows, full.enqueue_images_rows) == (600, 1_000_000, 100_000)
-    assert (full.n_pool, full.n_pool3) == (960, 720)
+    assert (full.n_pool, full.n_pool3) == (2400, 720)
     assert quick.n == 48
     assert quick.enqueue_rows < full.enqueue_rows
 
@@ -129,3 +129,19 @@ def test_percentile_is_nearest_rank() -> None:
     assert pct(values, 0.95) == 95.0
     assert pct(values, 0.5) == 50.0
     assert pct([], 0.95) == 0.0
+
+
+def test_slot_idle_time_is_split_into_start_gaps_and_end() -> None:
+    from benchmarks.slots import idle_per_slot, notice_lags  # noqa: PLC0415
+
+    # One key, cap 2, 1 s tasks. Slot A: 0-1, 1.1-2.1. Slot B: 0.2-1.2, 1.2-2.2 (then idle to the end, 2.2).
+    tasks = [
+        {"key": "k", "submitted_at": s, "ready_at": s + 1.0, "seen_done_at": s + 1.0 + lag, "polls": 1}
+        for s, lag in ((0.0, 0.05), (0.2, 0.01), (1.1, 0.0), (1.2, 0.0))
+    ]
+    idle, gaps = idle_per_slot(tasks, cap=2)
+    assert [round(g, 3) for g in gaps] == [0.1, 0.0]  # 1.1 - 1.0 and 1.2 - 1.2
+    assert round(idle["start"], 3) == 0.1  # (0 + 0.2) / 2 slots
+    assert round(idle["gaps"], 3) == 0.05
+    assert round(idle["end"], 3) == 0.05  # (2.2 - 2.1 + 0) / 2
+    assert {w: [round(x, 3) for x in v] for w, v in notice_lags(tasks).items()} == {0: [0.05, 0.01], 1: [0.0, 0.0]}

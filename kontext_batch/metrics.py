@@ -25,15 +25,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from kontext_batch.api._http import POOL_LIMITS
 
 if TYPE_CHECKING:
     from kontext_batch.runtime import Runtime
@@ -92,28 +90,49 @@ def call_kind(request: httpx.Request) -> str:
 
 
 class MeteredTransport(httpx.BaseTransport):
-    """Times every answer (its body read here, so downloads count whole) and counts 429s by kind."""
+    """Wraps a transport: times every answer until its body is closed (so downloads count whole)
+    and counts 429s by kind. The body still streams through: the client's byte caps apply."""
 
-    def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
-        # httpx ignores a client's ``limits`` when it is given a transport: the pool is sized here.
-        self.inner = inner or httpx.HTTPTransport(limits=POOL_LIMITS)
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         kind = call_kind(request)
         started = time.perf_counter()
         response = self.inner.handle_request(request)
-        try:
-            response.read()
-        except BaseException:
-            response.close()
-            raise
-        API_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
         if response.status_code == 429:
             RATE_LIMITED.labels(kind=kind).inc()
+
+        def done() -> None:
+            API_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
+
+        if isinstance(response.stream, httpx.SyncByteStream):
+            response.stream = _TimedStream(response.stream, done)
+        else:  # not a body we can follow: time the headers
+            done()
         return response
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _TimedStream(httpx.SyncByteStream):
+    """A response body passed through unchanged; ``done`` runs once, when it is closed."""
+
+    def __init__(self, inner: httpx.SyncByteStream, done: Callable[[], None]) -> None:
+        self.inner = inner
+        self.done: Callable[[], None] | None = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.inner
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            done, self.done = self.done, None
+            if done is not None:
+                done()
 
 
 class RedisCollector(Collector):

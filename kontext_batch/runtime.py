@@ -8,11 +8,10 @@ the environment once, before; only the object-store library reads its own creden
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
 import redis
 from redis import Redis
 from redis.backoff import ExponentialBackoff
@@ -20,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from kontext_batch.api._http import TransportWrapper
 from kontext_batch.api.provider import KontextProvider, make_provider, output_formats_of
 from kontext_batch.budget import Budget
 from kontext_batch.errors import KeyNotHeld
@@ -75,8 +75,8 @@ class Runtime:
     #: A fixed provider for every key (tests inject one); None: one per held key, made on first use.
     provider: KontextProvider | None = None
     proc_id: str = field(default_factory=new_process_id)
-    #: Makes the HTTP transport of each key's API client (workers: one that meters calls); None: httpx's.
-    transport_factory: Callable[[], httpx.BaseTransport] | None = field(default=None, repr=False)
+    #: Wraps each key's client transports (the workers' metrics); the URL and address checks stay.
+    transport_wrapper: TransportWrapper | None = field(default=None, repr=False)
     _providers: dict[str, KontextProvider] = field(default_factory=dict, repr=False)
     _stores: dict[str, ObjectStore] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -120,8 +120,9 @@ class Runtime:
                     raise KeyNotHeld(f"this process holds no API key with fingerprint {fp}")
                 # One attempt per call: the pipeline reschedules retryable failures itself, so a step
                 # never stacks the client's retries on top of its own (and never sleeps in them).
-                transport = self.transport_factory() if self.transport_factory else None
-                found = self._providers[fp] = make_provider(self.settings, key.secret, retry=None, transport=transport)
+                found = self._providers[fp] = make_provider(
+                    self.settings, key.secret, retry=None, wrap_transport=self.transport_wrapper
+                )
             return found
 
     @property

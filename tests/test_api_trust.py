@@ -16,9 +16,11 @@ import pytest
 from PIL import Image
 
 from kontext_batch.api import KontextClient, ResellerClient, Status, make_provider
+from kontext_batch.api._http import TransportWrapper
 from kontext_batch.api.client import parse_bfl_poll
 from kontext_batch.api.reseller import parse_reseller_poll
 from kontext_batch.errors import InvalidImage, UrlRefused
+from kontext_batch.metrics import MeteredTransport
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.local_http import Handler, LocalServer, local_server
@@ -116,11 +118,18 @@ def test_polls_on_bfls_own_hosts_carry_the_key(url: str) -> None:
 # --- samples --------------------------------------------------------------------------------------
 
 
-def test_an_oversized_sample_is_refused_without_reading_past_the_cap(api: LocalServer) -> None:
+#: Workers wrap their clients' transports in the metrics' timer: every check must hold through it.
+WRAPS = pytest.mark.parametrize("wrap", [None, MeteredTransport], ids=["plain", "metered"])
+
+
+@WRAPS
+def test_an_oversized_sample_is_refused_without_reading_past_the_cap(
+    api: LocalServer, wrap: TransportWrapper | None
+) -> None:
     total = 200_000_000
     api.routes["/big.png"] = lambda h: h.stream(total)
     api.routes["/declared.png"] = lambda h: h.stream(total, declare=True)
-    with KontextClient(KEY, api.base, max_sample_bytes=1_000_000) as client:
+    with KontextClient(KEY, api.base, max_sample_bytes=1_000_000, wrap_transport=wrap) as client:
         with pytest.raises(InvalidImage, match="1,000,000-byte limit"):
             client.download(api.url("/big.png"))
         with pytest.raises(InvalidImage, match="limit"):
@@ -128,9 +137,12 @@ def test_an_oversized_sample_is_refused_without_reading_past_the_cap(api: LocalS
     assert api.sent < total  # the server was cut off: the body was not read to its end
 
 
-def test_a_sample_redirect_into_loopback_is_refused(api: LocalServer, other: LocalServer) -> None:
+@WRAPS
+def test_a_sample_redirect_into_loopback_is_refused(
+    api: LocalServer, other: LocalServer, wrap: TransportWrapper | None
+) -> None:
     api.routes["/moved.png"] = lambda h: h.redirect(other.url("/inner.png"))
-    with KontextClient(KEY, api.base) as client:
+    with KontextClient(KEY, api.base, wrap_transport=wrap) as client:
         with pytest.raises(UrlRefused, match="loopback"):
             client.download(api.url("/moved.png"))
         with pytest.raises(UrlRefused, match="loopback"):

@@ -51,8 +51,8 @@ def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runt
     with _lock:
         if _runtime is None:
             _runtime = celery_runtime(settings)
-            # Each key's client gets a transport that times API calls and counts 429s for the metrics.
-            _runtime.transport_factory = MeteredTransport
+            # Each key's client transports are wrapped to time API calls and count 429s for the metrics.
+            _runtime.transport_wrapper = MeteredTransport
         rt = _runtime
     if metrics_port is not None:
         serve_metrics(rt, metrics_port, settings.metrics_host)

@@ -35,6 +35,7 @@ each redirect     https (http for a loopback host) to public addresses only, at 
 ================  ===========================================================================
 
 An injected ``transport`` or ``http`` client carries every request, samples included (tests).
+``wrap`` (the workers' metrics) wraps both pools' transports and leaves every check above in place.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ DEFAULT_MAX_SAMPLE_BYTES: Final = 64_000_000
 _ERROR_BODY_BYTES: Final = 4096  # of an error answer, read for its message; the rest is dropped
 
 Origin = tuple[str, str, int]
+#: Wraps a transport without changing where it connects (the workers' metrics).
+TransportWrapper = Callable[[httpx.BaseTransport], httpx.BaseTransport]
 
 
 def origin(url: str | httpx.URL) -> Origin:
@@ -179,6 +182,7 @@ class HttpCore:
         timeout_s: float,
         transport: httpx.BaseTransport | None,
         http: httpx.Client | None,
+        wrap: TransportWrapper | None = None,
         api_hosts: re.Pattern[str] | None = None,
         allow_private: bool = False,
         max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
@@ -194,16 +198,19 @@ class HttpCore:
         self._owns_http = http is None
         # No default headers: the key goes on each API request only, so it can never ride along to
         # a delivery host (downloads) or to another host through a redirect we did not ask for.
+        if http is None and transport is None and wrap is not None:
+            # httpx ignores a client's ``limits`` when it is given a transport: the pool is sized here.
+            transport = wrap(httpx.HTTPTransport(limits=POOL_LIMITS))
+            injected = False
+        else:
+            injected = transport is not None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport)
-        self._owns_delivery = not (http is not None or transport is not None or allow_private)
-        self.delivery = (
-            httpx.Client(
-                timeout=httpx.Timeout(timeout_s),
-                transport=guarded_transport(AddressGuard(), limits=POOL_LIMITS),
-            )
-            if self._owns_delivery
-            else self.http
-        )
+        self._owns_delivery = not (http is not None or injected or allow_private)
+        if self._owns_delivery:
+            guarded: httpx.BaseTransport = guarded_transport(AddressGuard(), limits=POOL_LIMITS)
+            self.delivery = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=wrap(guarded) if wrap else guarded)
+        else:
+            self.delivery = self.http
 
     def close(self) -> None:
         if self._owns_http:
@@ -489,6 +496,7 @@ class ClientBase:
         retry: RetryPolicy | None,
         transport: httpx.BaseTransport | None,
         http: httpx.Client | None,
+        wrap_transport: TransportWrapper | None = None,
         allow_private_urls: bool = False,
         max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
     ) -> None:
@@ -500,6 +508,7 @@ class ClientBase:
             timeout_s=timeout_s,
             transport=transport,
             http=http,
+            wrap=wrap_transport,
             api_hosts=self.api_hosts,
             allow_private=allow_private_urls,
             max_sample_bytes=max_sample_bytes,

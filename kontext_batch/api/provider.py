@@ -14,6 +14,7 @@ from typing import Final, Literal, Protocol, runtime_checkable
 
 import httpx
 
+from kontext_batch.api._http import TransportWrapper
 from kontext_batch.api.client import KontextClient
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Task
 from kontext_batch.api.reseller import ResellerClient
@@ -68,6 +69,7 @@ def make_provider(
     *,
     retry: RetryPolicy | Literal["settings"] | None = "settings",
     transport: httpx.BaseTransport | None = None,
+    wrap_transport: TransportWrapper | None = None,
 ) -> KontextProvider:
     """The provider ``settings.provider`` names, with its base, timeout and ``key`` (default: the
     settings' key). ``retry``: the settings' policy by default; None for one attempt per call.
@@ -80,6 +82,7 @@ def make_provider(
         timeout_s=settings.http_timeout_s,
         retry=RetryPolicy.from_settings(settings) if retry == "settings" else retry,
         transport=transport,
+        wrap_transport=wrap_transport,
         allow_private_urls=settings.allow_private_urls,
         max_sample_bytes=settings.max_sample_bytes,
     )

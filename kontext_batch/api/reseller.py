@@ -28,7 +28,15 @@ from typing import Any, Final
 
 import httpx
 
-from kontext_batch.api._http import DEFAULT_MAX_SAMPLE_BYTES, ClientBase, describe_url, opt_float, opt_int, opt_str
+from kontext_batch.api._http import (
+    DEFAULT_MAX_SAMPLE_BYTES,
+    ClientBase,
+    TransportWrapper,
+    describe_url,
+    opt_float,
+    opt_int,
+    opt_str,
+)
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import ConfigError, FieldError, RequestInvalid, ServerError
@@ -87,6 +95,7 @@ class ResellerClient(ClientBase):
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
+        wrap_transport: TransportWrapper | None = None,
         allow_private_urls: bool = False,
         max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
     ) -> None:
@@ -100,6 +109,7 @@ class ResellerClient(ClientBase):
             retry=retry,
             transport=transport,
             http=http,
+            wrap_transport=wrap_transport,
             allow_private_urls=allow_private_urls,
             max_sample_bytes=max_sample_bytes,
         )

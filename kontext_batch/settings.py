@@ -164,7 +164,7 @@ class Settings:
     budget_credits: float | None = None
     api_base: str = API_BASES["global"]
     provider: str = "bfl"
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # it may hold a password; see redis_display
     redis_ca: str | None = None
     redis_cert: str | None = None
     redis_key: str | None = None

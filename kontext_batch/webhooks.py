@@ -65,9 +65,7 @@ class WebhookReceiver:
     """A small threaded HTTP server for :func:`accept_webhook`. ``with WebhookReceiver(rt, port):``."""
 
     def __init__(self, rt: Runtime, port: int, host: str = "127.0.0.1") -> None:
-        self.rt = rt
-        handler = _handler(rt)
-        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server = ThreadingHTTPServer((host, port), _handler(rt))
         self.server.daemon_threads = True
         self.port: int = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="kontext-webhooks", daemon=True)
@@ -90,7 +88,13 @@ class WebhookReceiver:
 def _handler(rt: Runtime) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:  # read(-1) would read until the sender stops: no limit at all
+                self._answer(HTTPStatus.BAD_REQUEST)
+                return
             if length > MAX_BODY_BYTES:
                 self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
                 return

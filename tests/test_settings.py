@@ -12,6 +12,7 @@ from kontext_batch.settings import Settings
 def test_repr_and_messages_never_show_the_key_or_the_redis_password() -> None:
     s = Settings.from_env({"KONTEXT_API_KEY": "sk-abc123", "KONTEXT_REDIS_URL": "redis://:pw-xyz@h:6379/0"})
     assert "sk-abc123" not in repr(s)
+    assert "pw-xyz" not in repr(s)
     assert "pw-xyz" not in s.redis_display
     assert s.redis_display == "redis://:***@h:6379/0"
     assert s.api_key.reveal() == "sk-abc123"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from kontext_batch.local import WorkerPool, free_port
 from kontext_batch.pipeline import submit_job
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
-from kontext_batch.webhooks import accept_webhook
+from kontext_batch.webhooks import WebhookReceiver, accept_webhook
 from tests.e2e_support import read_results, write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
 
@@ -171,3 +172,12 @@ def test_a_run_in_webhook_mode_with_real_workers(redis_url: str, tmp_path: Path,
         assert lost_n > 0
         assert polls / n <= 0.3, (polls, lost_n)
     print(f"webhook mode ({form}, {lost:.0%} lost): {n} rows, {polls} polls ({polls / n:.2f} per job), {lost_n} lost")
+
+
+@pytest.mark.parametrize("length", ["-1", "abc"])
+def test_a_body_length_that_is_not_a_size_is_refused_before_reading(length: str) -> None:
+    # read(-1) would read until the sender stops: the receiver answers 400 without reading at all.
+    with WebhookReceiver(None, 0) as receiver, socket.create_connection(("127.0.0.1", receiver.port), 5) as sock:  # type: ignore[arg-type]
+        sock.sendall(f"POST /?job=r:1 HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+        sock.settimeout(5)
+        assert sock.recv(100).startswith(b"HTTP/1.0 400")  # while the connection is still open

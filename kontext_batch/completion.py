@@ -19,7 +19,11 @@ from kontext_batch.results import RESULTS_NAME, render_results
 from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
 
-__all__ = ["drain_waiting", "finalize", "finish", "record_now"]
+__all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "finalize", "finish", "record_now"]
+
+_CARRIED = ("bfl_task_id", "cost_credits", "submitted_at", "key", "possible_duplicate")
+#: The job fields :func:`finish` reads: its result's columns, and the reservation it settles.
+JOB_RESULT_FIELDS = ("attempts", "polls", "reserved", *_CARRIED)
 
 log = logging.getLogger("kontext_batch.completion")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from kontext_batch.completion import drain_waiting, finalize, finish
+from kontext_batch.completion import JOB_RESULT_FIELDS, drain_waiting, finalize, finish
 from kontext_batch.dispatch import dispatch
 from kontext_batch.gate import split_gate_id
 from kontext_batch.jobspec import JobSpec
@@ -30,7 +30,9 @@ def cancel_run(rt: Runtime, run_id: str) -> int:
     n = drain_waiting(rt, run_id, "cancelled", "run cancelled before this row was submitted")
     for row in rt.runs.rows_without_result(run_id):
         ref = job_ref(run_id, row)
-        job = rt.gate.fields(ref, "gate", "state")
+        # Whatever the job knows goes into its result (task id, key, attempts), and finish()
+        # settles its budget reservation.
+        job = rt.gate.fields(ref, "gate", "state", *JOB_RESULT_FIELDS)
         gid = job.get("gate", "")
         if job.get("state") in ("polling", "storing", "submitting") and rt.holders.live_keys([split_gate_id(gid)[0]]):
             continue  # a live worker will finish it
@@ -38,7 +40,7 @@ def cancel_run(rt: Runtime, run_id: str) -> int:
             rt.gate.release(gid, ref)  # no API task yet
         # A submitted row keeps its slot: its API task may still run, so the lease lapses on its own
         # (KONTEXT_LEASE_S) rather than letting another row past the account's cap meanwhile.
-        finish(rt, ref, "cancelled", error="run cancelled before this row finished")
+        finish(rt, ref, "cancelled", job, error="run cancelled before this row finished")
         n += 1
     if was_enqueuing:
         rt.runs.update(run_id, total=rt.runs.rows_written(run_id))

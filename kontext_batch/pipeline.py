@@ -94,6 +94,16 @@ def _claim(rt: Runtime, ref: str, token: int, *, delivered: bool) -> tuple[dict[
     return job, JobSpec.from_json(rt.runs.parse_row(raw_row, run_id, row))
 
 
+def _charge_reserved(rt: Runtime, run_id: str, job: dict[str, str]) -> None:
+    """The job's API task was created and is being left behind (a revoked key, an expired sample):
+    its reservation becomes spend, at the cost the API reported where it did (the reseller's, on
+    its completed poll). The job then holds no reservation."""
+    reserved = float(job.get("reserved") or 0)
+    if reserved:
+        rt.budget.settle(run_id, reserved, float(job.get("cost_credits") or reserved))
+    job["reserved"] = "0"
+
+
 def _not_ours(rt: Runtime, ref: str, held: str, fp: str, *, poll: bool) -> bool:
     """A message for a key this process does not hold (a worker started by hand on every queue):
     hand the step to a worker that holds it; it never runs with another key."""
@@ -268,6 +278,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     except AuthError as exc:
         # The key was revoked mid-run: its task's result is out of reach; another key of the pool
         # takes the row (a new task), or the run stops when none is left.
+        _charge_reserved(rt, run_id, job)
         _key_refused(rt, ref, job, fp, spec.endpoint, exc)
         return
     except (PermanentError, KeyNotHeld) as exc:
@@ -412,6 +423,7 @@ def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, c
 
 def _resubmit_expired(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
     run_id, row = split_job_ref(ref)
+    _charge_reserved(rt, run_id, job)  # the expired task was paid for; the next submit reserves anew
     if res.seed is not None and spec.params.get("seed") is None:
         spec = JobSpec.from_json({**spec.to_json(), "params": {**spec.params, "seed": res.seed}})
         rt.runs.set_row(run_id, row, spec.to_json())
@@ -441,10 +453,8 @@ def redrive(rt: Runtime, stale: StaleJob) -> None:
             # The POST may have reached the API before the worker died: at-least-once, so mark it.
             extra["possible_duplicate"] = 1
             rt.runs.count(run_id, "possible_duplicates")
-            job = rt.gate.fields(stale.ref, "reserved")
-            reserved = float(job.get("reserved") or 0)
-            if reserved:
-                rt.budget.settle(run_id, reserved, reserved)  # it may have been charged: count it spent
+            # It may have been charged: count it spent.
+            _charge_reserved(rt, run_id, rt.gate.fields(stale.ref, "reserved"))
             extra["reserved"] = 0
         rt.gate.requeue(stale.ref, stale.pool_id, endpoint, stale.gate_id, **extra)
         dispatch(rt, stale.pool_id, endpoint)

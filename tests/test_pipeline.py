@@ -12,6 +12,7 @@ from PIL import Image
 
 from kontext_batch.control import cancel_run, retry_run
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.manifest.validate import cost_credits_for
 from kontext_batch.pipeline import sweep
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
@@ -191,13 +192,18 @@ def test_expired_sample_fails_with_a_clear_reason(redis_url: str, tmp_path: Path
         assert all("expired" in r["error"] for r in rows)
 
 
-def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("provider", ["bfl", "reseller"])
+def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(
+    redis_url: str, tmp_path: Path, provider: str
+) -> None:
     cfg = fast(time_scale=0.0005, latency={"*": LatencySpec.fixed(200)})
     with Emulator(cfg) as emu:
         # Only the first poll of each row is late; the resubmitted job is fetched in time.
         sched = InlineScheduler(extra_poll_delay=lambda ref, n: 0.6 if n == 0 else 0.0)
         # poll_max_s keeps the late first poll from teaching the planner to wait past the URL's life.
-        rt = inline_runtime(settings(redis_url, emu, resubmit_expired=True, poll_max_s=0.1), sched)
+        base = emu.base_url + ("/reseller/v1" if provider == "reseller" else "")
+        s = settings(redis_url, emu, resubmit_expired=True, poll_max_s=0.1, provider=provider, api_base=base)
+        rt = inline_runtime(s, sched)
         start_specs(rt, "y", str(tmp_path), text_specs(2))
         sched.run(rt)
         rows = results_csv(rt, "y", tmp_path)
@@ -205,6 +211,11 @@ def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(redis_url: str
         assert [r["attempts"] for r in rows] == ["2", "2"]
         assert [r["seed"] for r in rows] == ["1", "2"]
         assert emu.stats()["submits"] == 4
+        # Both tasks of each row were paid for, and nothing stays reserved (the reseller reports its
+        # cost only when a task ends: the expired task's reservation used to stay held for ever).
+        spend = rt.budget.spend("y")
+        assert spend.reserved == 0
+        assert spend.spent == 4 * float(cost_credits_for("flux-kontext-pro"))
 
 
 def test_sweep_writes_results_of_a_run_whose_last_reply_was_lost(redis_url: str, emu: Emulator, tmp_path: Path) -> None:

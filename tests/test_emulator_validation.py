@@ -8,6 +8,7 @@ problems answer 403 with a string detail, before the body is looked at.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,49 @@ __all__ = ["emu", "http"]  # fixtures used by name
 
 # BFL's published OpenAPI lives in shared/reference beside the checkout (not copied into the repo).
 SPEC_NAME = "bfl-openapi-kontext-max.yaml"
-SPEC_CANDIDATES = [
-    Path(os.environ["KONTEXT_REFERENCE_DIR"]) / SPEC_NAME if os.environ.get("KONTEXT_REFERENCE_DIR") else None,
-    Path(__file__).resolve().parents[2] / "shared" / "reference" / SPEC_NAME,
-    Path(__file__).resolve().parents[1] / "shared" / "reference" / SPEC_NAME,
-]
-SPEC_PATH = next((p for p in SPEC_CANDIDATES if p is not None and p.exists()), Path(SPEC_NAME))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _origin() -> Path | None:
+    """The checkout this one was cloned from, when that is a folder on this machine: a clone made
+    elsewhere (CI's clean clone of main, /tmp/fresh) finds shared/ beside its origin."""
+    try:
+        url = subprocess.run(
+            ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = url.removeprefix("file://")
+    if not url or "://" in url or not Path(url).is_dir():
+        return None
+    return Path(url).resolve()
+
+
+def _spec_candidates() -> list[Path]:
+    found = [Path(os.environ["KONTEXT_REFERENCE_DIR"]) / SPEC_NAME] if os.environ.get("KONTEXT_REFERENCE_DIR") else []
+    for checkout in (ROOT, _origin()):
+        if checkout is not None:
+            found += [
+                checkout.parent / "shared" / "reference" / SPEC_NAME,
+                checkout / "shared" / "reference" / SPEC_NAME,
+            ]
+    return found
+
+
+SPEC_PATH = next((p for p in _spec_candidates() if p.exists()), Path(SPEC_NAME))
 
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
     if not SPEC_PATH.exists():
-        unavailable(f"BFL OpenAPI file {SPEC_NAME} not found in shared/reference beside the checkout")
+        unavailable(
+            f"BFL OpenAPI file {SPEC_NAME} not found in shared/reference beside the checkout or its origin "
+            "(or set KONTEXT_REFERENCE_DIR)"
+        )
     loaded: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
     return loaded
 

@@ -28,6 +28,8 @@ from kontext_batch.api import (
     Status,
     make_provider,
 )
+from kontext_batch.emulator import Emulator, EmulatorConfig
+from kontext_batch.emulator.config import LatencySpec
 from kontext_batch.errors import (
     ApiValidationError,
     AuthError,
@@ -38,12 +40,6 @@ from kontext_batch.errors import (
 )
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
-
-try:
-    from kontext_batch.emulator import Emulator, EmulatorConfig
-    from kontext_batch.emulator.config import LatencySpec
-except ImportError as exc:  # the emulator is built in parallel; say exactly what is missing
-    pytest.skip(f"kontext_batch.emulator is not importable yet: {exc}", allow_module_level=True)
 
 KEY = "emu-KEY-5d1e2b9c-must-never-leak"
 OTHER_KEY = "emu-KEY-wrong-0000"

@@ -7,6 +7,7 @@ the money side from the API's books, not from ours.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -214,14 +215,16 @@ def test_a_key_refused_with_403_mid_run_leaves_the_pool_and_the_run_completes(re
                 revoked.append(info.ndone)
 
         wait_finished(redis_url, run_id, 120, during=revoke_b)
-        status = s.cli("status", run_id, keys=(KEY_A,))
+        status = s.cli("status", run_id, "--json", keys=(KEY_A,))
     res = results_of(tmp_path / "out")
     once_each(res, n)
     assert Counter(r["status"] for r in res) == {"succeeded": n}
     assert revoked
     late = [r for r in res if int(r["row"]) > 40]
     assert {r["key_fingerprint"] for r in late} == {FP[KEY_A]}
-    assert f"key {FP[KEY_B]}" not in status.stdout or "finished" in status.stdout  # finished: keys not listed
+    refused = {k["fingerprint"]: k["refused"] for k in json.loads(status.stdout)[0]["keys"]}
+    assert refused[FP[KEY_B]]  # B left the pool, and status says why
+    assert not refused[FP[KEY_A]]
     fault_figures.add(rows=n)
 
 
@@ -358,7 +361,7 @@ def test_budget_stops_submits_within_one_rows_cost_and_retry_continues(redis_url
         assert statuses["budget"] == n - statuses["succeeded"]
         assert all("budget of 50 credits reached" in r["error"] for r in res if r["status"] == "budget")
         assert sum(float(r["cost_credits"] or 0) for r in res) == spent  # per row, as the API billed
-        status = s.cli("status", run_id, keys=(KEY_A,))
+        status = s.cli("status", run_id, "--json", keys=(KEY_A,))
         assert f"credits: {spent:g} spent" in status.stdout, status.stdout
         again = s.cli("retry", run_id, "--budget", "500", "--wait", keys=(KEY_A,))
         assert again.returncode == 0, again.stderr[-3000:]

@@ -215,8 +215,9 @@ def test_the_key_appears_nowhere_after_a_full_run(redis_url: str, tmp_path: Path
         for args in (("status", run_id, "--json"), ("status",), ("results", run_id)):
             p = system.cli(*args)
             assert p.returncode == 0, (args, p.stderr[-2000:])
-            cli_outputs[f"{' '.join(args[:1])} stdout"] = p.stdout.encode()
-            cli_outputs[f"{' '.join(args[:1])} stderr"] = p.stderr.encode()
+            name = " ".join(a for a in args if a != run_id)  # "status --json", "status", "results"
+            cli_outputs[f"{name} stdout"] = p.stdout.encode()
+            cli_outputs[f"{name} stderr"] = p.stderr.encode()
         stats = json.dumps(system.emu.stats()).encode()
         final_redis = dump_redis(redis.Redis.from_url(redis_url))
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote
 
 from kontext_batch.errors import KontextBatchError
+from kontext_batch.manifest.model import GALLERY_NAME  # reserved there: no output may take the name
 from kontext_batch.runs import RunStore
 from kontext_batch.storage import ObjectStore
 
@@ -41,7 +42,6 @@ __all__ = [
 
 log = logging.getLogger("kontext_batch.gallery")
 
-GALLERY_NAME: Final = "gallery.html"
 PAGE_SIZE: Final = 100
 #: The order of each row's fields in the embedded JSON (arrays, not objects: a third of the size).
 FIELDS: Final = ("row", "id", "status", "prompt", "error", "model", "seed", "inputs", "output")

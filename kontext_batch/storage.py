@@ -498,7 +498,19 @@ def _read_local(path: Path, max_bytes: int | None) -> bytes:
         raise StorageError(f"{path} is a folder, not a file") from None
     except OSError as exc:
         raise _translate(exc, str(path)) from exc
-    st = os.fstat(fd)
+    try:
+        return _read_fd(fd, path, max_bytes)
+    except OSError as exc:  # EIO and the like, after the open: the same errors as the open's
+        raise _translate(exc, str(path)) from exc
+
+
+def _read_fd(fd: int, path: Path, max_bytes: int | None) -> bytes:
+    """:func:`_read_local` after the open; closes ``fd``."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         if stat.S_ISDIR(st.st_mode):

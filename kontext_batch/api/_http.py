@@ -253,13 +253,17 @@ class HttpCore:
         *,
         headers: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
-        follow_redirects: bool = False,
     ) -> httpx.Response:
         """Send one request; transport failures become ApiTimeout/ApiConnectionError."""
         started = time.perf_counter()
         with self._mapped(method, url):
             response = self.http.request(
-                method, url, headers=headers, json=json_body, follow_redirects=follow_redirects
+                # Never followed: httpx drops Authorization on a cross-origin redirect, not x-key.
+                method,
+                url,
+                headers=headers,
+                json=json_body,
+                follow_redirects=False,
             )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -375,7 +379,7 @@ class HttpCore:
                 if response.is_redirect:
                     url = _redirect_target(response, sample_url)
                     continue
-                return self._sample(response, sample_url)
+                return self._sample(response, sample_url, url)
         raise UrlRefused(
             f"GET {describe_url(sample_url)}: more than {self.max_redirects} redirects",
             host=httpx.URL(sample_url).host,
@@ -394,15 +398,17 @@ class HttpCore:
             raise UrlRefused(f"sample URL {describe_url(url)} is not https; it was not fetched", host=host)
         return self.delivery, parsed
 
-    def _sample(self, response: httpx.Response, sample_url: str) -> Sample:
+    def _sample(self, response: httpx.Response, sample_url: str, answered_by: str) -> Sample:
+        """The sample in ``response``, which ``answered_by`` (``sample_url`` or a hop it redirected to) sent."""
         code = response.status_code
         what = f"GET {describe_url(sample_url)} -> {code}"
         if not 200 <= code < 300:
-            head = _read_upto(response, _ERROR_BODY_BYTES)
-            text = self.redact(" ".join(head.decode("utf-8", "replace").split()), sample_url)
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
             if code in (403, 404, 410):
                 raise SampleExpired(f"{what}: sample URL expired or unknown", status_code=code)
+            head = _read_upto(response, _ERROR_BODY_BYTES)
+            # An error page may echo the URL that answered: neither signature goes into the message.
+            text = self.redact(self.redact(" ".join(head.decode("utf-8", "replace").split()), sample_url), answered_by)
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
             if code == 429:
                 raise RateLimited(what, retry_after_s=retry_after)
             if code >= 500 or code == 408:

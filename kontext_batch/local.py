@@ -238,7 +238,8 @@ def local_stack(
         s = settings
         if not s.redis_url:
             url = stack.enter_context(embedded_redis())
-            s = s.with_(redis_url=url)
+            # Plain text on loopback: TLS files meant for the shell's own Redis do not apply here.
+            s = s.with_(redis_url=url, redis_ca=None, redis_cert=None, redis_key=None)
             announce(f"started private Redis at {url}")
         if emulator:
             from kontext_batch.emulator import Emulator, EmulatorConfig  # noqa: PLC0415 - FastAPI is heavy
@@ -249,8 +250,8 @@ def local_stack(
                 api_key=s.api_key if s.api_key else Secret(EMULATOR_KEY),
             )
             announce(f"started Kontext emulator at {emu.base_url} ({s.provider} API at {s.api_base})")
-        if not s.api_key:
-            raise ConfigError("KONTEXT_API_KEY is not set (add --emulator to run offline)")
+        if not s.held_keys:
+            raise ConfigError("neither KONTEXT_API_KEY nor KONTEXT_API_KEYS is set (add --emulator to run offline)")
         stack.enter_context(WorkerPool(s, n=workers))
         announce(f"started {workers} worker process(es)")
         yield s

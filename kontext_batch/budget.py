@@ -40,10 +40,6 @@ class Spend:
     spent: float
     reserved: float
 
-    @property
-    def left(self) -> float | None:
-        return None if self.budget is None else self.budget - self.spent - self.reserved
-
 
 class Budget:
     """Reservations against each run's budget in Redis. Thread-safe."""

@@ -1,8 +1,8 @@
 """A row's final result, and a run's end: recorded once, counted, and written out as results.csv.
 
-Below both sides: workers finish rows as their tasks end; the enqueue side finishes rows that never
-reach a worker (invalid, skipped, cancelled while waiting) and finalizes a run that is complete at
-once.
+Below both sides: workers finish rows as their tasks end; the enqueue side and ``cancel`` finish
+rows that wait for a slot and will never reach a worker, and finalize a run that is complete at once
+(the enqueue pass records its invalid and skipped rows itself, in batches with their specs).
 """
 
 from __future__ import annotations
@@ -19,20 +19,13 @@ from kontext_batch.results import RESULTS_NAME, render_results
 from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
 
-__all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "finalize", "finish", "record_now"]
+__all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "finalize", "finish"]
 
 _CARRIED = ("bfl_task_id", "cost_credits", "submitted_at", "key", "possible_duplicate")
 #: The job fields :func:`finish` reads: its result's columns, and the reservation it settles.
 JOB_RESULT_FIELDS = ("attempts", "polls", "reserved", *_CARRIED)
 
 log = logging.getLogger("kontext_batch.completion")
-
-
-def record_now(rt: Runtime, run_id: str, row: int, result: dict[str, Any]) -> None:
-    """Record a row that never became a job (invalid, skipped); finalize the run if it was the last."""
-    done = rt.runs.record(run_id, row, {**result, "finished_at": time.time()})
-    if done is not None and done >= rt.runs.total(run_id) and rt.runs.meta(run_id).get("status") != "enqueuing":
-        finalize(rt, run_id)
 
 
 def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None = None, **fields: Any) -> None:

@@ -76,9 +76,6 @@ class Holders:
             pipe.zrem(self.keys.holders(fp), proc)
         pipe.execute()
 
-    def alive(self, proc: str) -> bool:
-        return bool(proc) and bool(self.r.exists(self.keys.proc(proc)))
-
     def live_keys(self, fps: Iterable[str]) -> dict[str, KeyCaps]:
         """Of ``fps``, those some live process holds now, with the caps its holder announced.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from kontext_batch.budget import Spend
-from kontext_batch.completion import finalize, record_now
+from kontext_batch.completion import finalize
 from kontext_batch.dispatch import dispatch
 from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OutputInUse, OverBudget, RowError
 from kontext_batch.gate import Pool
@@ -81,10 +81,6 @@ class QueuedRun:
     invalid: int = 0
     skipped: int = 0
     report: ValidationReport = field(default_factory=lambda: ValidationReport(path=""), repr=False)
-
-    @property
-    def cost_credits(self) -> int:
-        return self.report.cost_credits
 
 
 def start_run(
@@ -150,6 +146,8 @@ class _Enqueue:
         self.existing = set() if req.force else _existing_outputs(store)
         self.extra_cols: dict[str, None] = {}
         self.specs: list[tuple[int, dict[str, Any]]] = []
+        #: Results of rows that never become jobs (invalid, skipped), written with their specs.
+        self.results: list[tuple[int, dict[str, Any]]] = []
         self.waiting: dict[str, array[int]] = {}
         self.endpoints: Counter[str] = Counter()
 
@@ -208,9 +206,8 @@ class _Enqueue:
         self.specs.append(
             (row, {"row": row, "id": raw.get("id") or str(row), "prompt": raw.get("prompt", ""), "extra": {}})
         )
-        self._flush()  # the result must find its spec
         error = "; ".join(f"{e.field}: {e.msg}" for e in checked.errors)
-        record_now(self.rt, self.run_id, row, {"status": "invalid", "error": error})
+        self.results.append((row, {"status": "invalid", "error": error, "finished_at": time.time()}))
         self.out.invalid += 1
 
     def _valid(self, row: ManifestRow, staged: list[StagedImage], raw: dict[str, str]) -> None:
@@ -232,8 +229,7 @@ class _Enqueue:
         self.specs.append((row.row, spec.to_json()))
         done_uri = _already_done(self.store, self.existing, spec)
         if done_uri is not None:
-            self._flush()
-            record_now(self.rt, self.run_id, row.row, {"status": "skipped", "output_uri": done_uri})
+            self.results.append((row.row, {"status": "skipped", "output_uri": done_uri, "finished_at": time.time()}))
             self.out.skipped += 1
             return
         self.waiting.setdefault(row.endpoint, array("I")).append(row.row)
@@ -243,6 +239,12 @@ class _Enqueue:
         if self.specs:
             self.rt.runs.put_rows(self.run_id, self.specs)
             self.specs.clear()
+        if self.results:  # after their specs, which results.csv reads beside them
+            pipe = self.rt.redis.pipeline(transaction=False)
+            for row, result in self.results:
+                self.rt.runs.record_in(pipe, self.run_id, row, result)
+            pipe.execute()
+            self.results.clear()
 
     def _queue(self) -> QueuedRun:
         rt, run_id, out = self.rt, self.run_id, self.out

@@ -170,10 +170,6 @@ class RunStore:
         """The run's new done-count from a record's reply, or None when the row was final already."""
         return None if int(raw) < 0 else int(raw)
 
-    def count_execution(self, run_id: str) -> None:
-        """One more task message delivered for this run (stale no-ops too): the benchmark's figure."""
-        self.count(run_id, "task_executions")
-
     def count(self, run_id: str, name: str, n: int = 1) -> None:
         """Add to one of the run's counters (kept in its metadata)."""
         self.r.hincrby(self.keys.run(run_id), name, n)

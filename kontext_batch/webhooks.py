@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from kontext_batch.api.webhook import parse_webhook, webhook_task_id
+from kontext_batch.api.webhook import parse_webhook
 from kontext_batch.errors import KontextBatchError
 from kontext_batch.keys import split_job_ref
 from kontext_batch.runtime import Runtime
@@ -42,20 +42,19 @@ def accept_webhook(rt: Runtime, ref: str, secret: str | None, body: bytes) -> HT
         run_id, _ = split_job_ref(ref)
     except ValueError:
         return HTTPStatus.BAD_REQUEST
-    expected = rt.runs.meta(run_id).get("webhook_secret", "")
+    expected = rt.runs.recent_meta(run_id).get("webhook_secret", "")  # set once, when the run starts
     if not expected or not secret or not hmac.compare_digest(expected.encode(), secret.encode()):
         return HTTPStatus.FORBIDDEN
     try:
         doc = json.loads(body)
         if not isinstance(doc, dict):
             return HTTPStatus.BAD_REQUEST
-        result = parse_webhook(doc)
-        task_id = webhook_task_id(doc)
+        result = parse_webhook(doc)  # a body without a task id is refused here
     except (ValueError, KontextBatchError):
         return HTTPStatus.BAD_REQUEST
-    if task_id is None or not result.status.terminal:
-        return HTTPStatus.OK  # a progress note, or nothing we act on
-    grant = rt.gate.webhook_arrived(ref, task_id, json.dumps(doc, separators=(",", ":")))
+    if not result.status.terminal:
+        return HTTPStatus.OK  # a progress note: nothing we act on
+    grant = rt.gate.webhook_arrived(ref, result.id, json.dumps(doc, separators=(",", ":")))
     if grant is not None:
         rt.scheduler.poll(grant.ref, grant.token, grant.fp)
     return HTTPStatus.OK

@@ -19,12 +19,12 @@ from kontext_batch.api.client import parse_bfl_poll
 from kontext_batch.api.models import PollResult, Status
 from kontext_batch.errors import ServerError
 
-__all__ = ["parse_webhook", "webhook_task_id"]
+__all__ = ["parse_webhook"]
 
 _ALT_STATUS = {"SUCCESS": Status.READY, "FAILED": Status.ERROR}
 
 
-def webhook_task_id(body: dict[str, Any]) -> str | None:
+def _task_id(body: dict[str, Any]) -> str | None:
     """The task a webhook body is about (``id`` or ``task_id``), or None."""
     value = body.get("id", body.get("task_id"))
     return str(value) if isinstance(value, str | int) and value != "" else None
@@ -32,7 +32,7 @@ def webhook_task_id(body: dict[str, Any]) -> str | None:
 
 def parse_webhook(body: dict[str, Any]) -> PollResult:
     """The outcome a webhook announces. Raises ServerError for a body of neither form."""
-    task_id = webhook_task_id(body)
+    task_id = _task_id(body)
     if task_id is None:
         raise ServerError("webhook without a task id", status_code=200)
     if "task_id" in body and isinstance(body.get("status"), str) and body["status"].upper() in _ALT_STATUS:

@@ -1,7 +1,7 @@
 """The benchmark of issue 6: kontext-batch at the API's active-task cap beside two baselines, in one table.
 
     python benchmarks/run.py            # the full benchmark (about 6 minutes on 2 cores)
-    python benchmarks/run.py --quick    # a smoke version (under 2 minutes)
+    python benchmarks/run.py --quick    # a smoke version: the same runs with smaller N
 
 One embedded Redis serves every system run; each run gets a fresh in-process emulator, fresh worker
 processes and its own API key (see ``measure.py``). The table goes to stdout, progress to stderr, and

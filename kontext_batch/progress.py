@@ -9,8 +9,8 @@ Three ways to show the same looks at a run (:class:`Look`), chosen by :func:`rep
   thousands;
 - :class:`JsonReporter`: ``--json``, one JSON event per line at the same cadence.
 
-429 answers are not shown: the API client retries them inside one call and no per-run count of them
-reaches Redis.
+429 answers are not shown: the pipeline reschedules the step, and they are counted per worker
+process (the ``kontext_api_rate_limited`` metric), not per run in Redis.
 
 :func:`summarize` reads a finished run once (failures grouped by reason) for the end-of-run account.
 """

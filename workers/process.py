@@ -1,10 +1,11 @@
 """Per-process state of a worker: the runtime (created once), its logging, metrics server and sweeper.
 
-Two threads run in every worker. The heartbeat says, about every second, that this process is alive
-and which API keys it holds (only then do its keys take rows, and its jobs keep their slots). The
-sweeper, each second, re-drives jobs whose holder died or whose message is overdue, fills free
-slots, and finalizes complete runs. It is idempotent (Lua scripts), so several workers sweeping at
-once is harmless.
+Three threads run in every worker besides Celery's. The heartbeat says, about every second, that
+this process is alive and which API keys it holds (only then do its keys take rows, and its jobs
+keep their slots). The sweeper, each second, re-drives jobs whose holder died or whose message is
+overdue, fills free slots, and finalizes complete runs. It is idempotent (Lua scripts), so several
+workers sweeping at once is harmless. The delay pump sends delayed steps as they fall due
+(:class:`~workers.app.CelerySchedule`).
 """
 
 from __future__ import annotations

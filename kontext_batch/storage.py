@@ -425,12 +425,20 @@ def _http_client(allow_private: bool) -> httpx.Client:
         return held[1]
 
 
+def _shown(url: str) -> str:
+    """``url`` as error messages name it: no query, fragment or credentials (a presigned URL's
+    signature would otherwise reach validate output, results.csv and logs)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}" if parts.netloc else parts.path
+
+
 def _read_http(url: str, timeout_s: float, max_bytes: int | None, fetch: FetchPolicy) -> bytes:
     """GET ``url`` within ``fetch``'s deadline and redirect budget; every hop's address is checked."""
+    fetched, url = url, _shown(url)  # ``url`` only names it in messages from here
     client = _http_client(fetch.allow_private)
     deadline = time.monotonic() + fetch.deadline_s
     late = f"{url}: did not finish within the {fetch.deadline_s:g} s deadline"
-    current = url
+    current = fetched
     for _ in range(fetch.max_redirects + 1):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -462,7 +470,7 @@ def _read_http(url: str, timeout_s: float, max_bytes: int | None, fetch: FetchPo
         except httpx.TransportError as exc:
             raise StorageUnavailable(f"{url}: cannot connect ({type(exc).__name__})") from exc
         except httpx.InvalidURL as exc:
-            raise StorageError(f"not a valid URL: {url!r}") from exc
+            raise StorageError(f"not a valid URL: {url!r}") from exc  # the query is not the problem
         except UrlRefused as exc:
             raise UrlRefused(f"{url}: {exc}", host=exc.host) from None
     raise UrlRefused(f"{url}: more than {fetch.max_redirects} redirects", host=urlsplit(url).hostname or "")
@@ -482,7 +490,8 @@ def _next_hop(url: str, resp: httpx.Response) -> str:
     location = resp.headers.get("location", "")
     target = resp.url.join(location) if location else None
     if target is None or target.scheme not in ("http", "https"):
-        raise StorageError(f"{url}: HTTP {resp.status_code} redirect to {location!r}, not an http(s) URL")
+        shown = _shown(location) if "://" in location else location.partition("?")[0]
+        raise StorageError(f"{url}: HTTP {resp.status_code} redirect to {shown!r}, not an http(s) URL")
     return str(target)
 
 

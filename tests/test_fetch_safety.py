@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from kontext_batch.errors import StorageError, UrlRefused
+from kontext_batch.errors import StorageError, StorageUnavailable, UrlRefused
 from kontext_batch.manifest.images import MAX_IMAGE_BYTES, resolve_image_ref
 from kontext_batch.manifest.validate import validate_manifest
 from kontext_batch.netguard import AddressGuard, FetchPolicy, address_problem, guarded_transport
@@ -287,3 +287,24 @@ def test_start_run_reads_the_setting_and_inputs_root(tmp_path: Path, srv: LocalS
     local = manifest(tmp_path, "a.png")
     with pytest.raises(ManifestError, match="outside the inputs folder"):
         start_run(runtime(), RunRequest(str(local), out, inputs_root=tmp_path / "inputs"))
+
+
+def test_errors_name_a_url_without_its_signature(srv: LocalServer) -> None:
+    # A presigned URL's query is a credential: the request carries it, no message does.
+    signed = "?X-Amz-Signature=s3cr3t-sig&X-Amz-Credential=AKIA-key"
+    srv.routes["/gone.png"] = lambda h: h.reply(500, b"boom")
+    srv.routes["/drip.png"] = lambda h: h.drip(total=1000, every_s=0.2)
+    srv.routes["/ftp.png"] = lambda h: h.redirect("ftp://127.0.0.1/x.png?token=ftp-secret")
+    cases = [
+        ("/gone.png", LOOPBACK_OK),
+        ("/drip.png", FetchPolicy(allow_private=True, deadline_s=0.5)),
+        ("/ftp.png", LOOPBACK_OK),
+    ]
+    for path, policy in cases:
+        with pytest.raises((StorageError, StorageUnavailable)) as err:
+            read_url(srv.url(path) + signed, timeout_s=10.0, fetch=policy)
+        assert path in str(err.value)
+        assert "s3cr3t" not in str(err.value)
+        assert "AKIA" not in str(err.value)
+        assert "ftp-secret" not in str(err.value)
+    assert any("s3cr3t-sig" in p for p, _ in srv.seen)  # the request itself kept the signature

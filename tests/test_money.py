@@ -361,7 +361,7 @@ def test_budget_stops_submits_within_one_rows_cost_and_retry_continues(redis_url
         assert statuses["budget"] == n - statuses["succeeded"]
         assert all("budget of 50 credits reached" in r["error"] for r in res if r["status"] == "budget")
         assert sum(float(r["cost_credits"] or 0) for r in res) == spent  # per row, as the API billed
-        status = s.cli("status", run_id, "--json", keys=(KEY_A,))
+        status = s.cli("status", run_id, keys=(KEY_A,))
         assert f"credits: {spent:g} spent" in status.stdout, status.stdout
         again = s.cli("retry", run_id, "--budget", "500", "--wait", keys=(KEY_A,))
         assert again.returncode == 0, again.stderr[-3000:]

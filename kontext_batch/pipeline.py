@@ -127,6 +127,10 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     meta = rt.runs.recent_meta(run_id)
     stop = _run_stop(meta)
     if stop is not None:
+        # Ending the row is for good: not on the 1 s cached meta, which `retry` may have just cleared.
+        meta = rt.runs.recent_meta(run_id, max_age_s=0)
+        stop = _run_stop(meta)
+    if stop is not None:
         _end_active(rt, ref, job)
         finish(rt, ref, stop[0], job, error=stop[1])
         return
@@ -496,6 +500,10 @@ def _stop_runs_without_keys(rt: Runtime) -> int:
             continue
         fps = rt.gate.pool(pool_id).fps
         if all(fp in out for fp in fps):
+            # Stopping is for good: not on the 1 s cached view, which `retry` may have just cleared.
+            out = rt.gate.keys_out(max_age_s=0)
+            if not all(fp in out for fp in fps):
+                continue
             reason = "; ".join(out[fp] for fp in fps)
             rt.runs.update(run_id, stopped="keys", stopped_reason=f"no key of the run's pool is left: {reason}")
             logs.run_stopped(run_id, "keys", f"no key of the run's pool is left: {reason}")

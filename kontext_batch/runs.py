@@ -111,7 +111,8 @@ class RunStore:
 
     def recent_meta(self, run_id: str, max_age_s: float = 1.0) -> dict[str, str]:
         """The run's metadata as read at most ``max_age_s`` ago by this process: every step of every
-        job reads it, and what steps need (output, webhook, stop flags) may lag by a second."""
+        job reads it, and what steps need (output, webhook, stop flags) may lag by a second. A step
+        that would end a row on a cached stop asks again with ``max_age_s=0`` (``retry`` lifts stops)."""
         now = time.monotonic()
         with self._meta_lock:
             hit = self._meta_cache.get(run_id)

@@ -233,3 +233,22 @@ def test_sweep_writes_results_of_a_run_whose_last_reply_was_lost(redis_url: str,
     assert rt.runs.info("lost").finished
     assert len(results_csv(rt, "lost", tmp_path)) == 3
     assert rt.runs.complete_but_open() == []
+
+
+def test_a_sweep_does_not_stop_a_run_on_a_stale_view_of_refused_keys(
+    redis_url: str, emu: Emulator, tmp_path: Path
+) -> None:
+    # A worker saw the run's only key refused (and caches that view for a second); then `retry`, in
+    # another process, cleared it. The worker's next sweep must not stop the run on its stale view.
+    sched = InlineScheduler()
+    worker = inline_runtime(settings(redis_url, emu), sched)
+    start_specs(worker, "stale", str(tmp_path), text_specs(2))
+    fp = worker.settings.api_key.fingerprint
+    worker.gate.mark_key_out(fp, "out of credits (402)")
+    assert fp in worker.gate.keys_out()  # cached now
+    retrying = inline_runtime(settings(redis_url, emu), InlineScheduler())
+    retrying.gate.clear_keys_out([fp])
+    sweep(worker)
+    assert "stopped" not in worker.runs.meta("stale")
+    sched.run(worker)
+    assert worker.runs.info("stale").counts == {"succeeded": 2}

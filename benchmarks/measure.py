@@ -26,12 +26,12 @@ import redis
 from benchmarks.manifest_gen import write_manifest
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.emulator.config import WEBHOOK_FAULTS
-from kontext_batch.local import WorkerPool, embedded_redis, free_port
-from kontext_batch.runner import RunRequest, start_run
+from kontext_batch.run.enqueue import RunRequest, start_run
+from kontext_batch.run.local import WorkerPool, embedded_redis, free_port
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import ApiKey, Settings
-from workers.app import celery_runtime
+from kontext_batch.workers.app import celery_runtime
 
 __all__ = [
     "BaselineFigures",

@@ -44,7 +44,7 @@ from benchmarks.measure import (
 )
 from benchmarks.profiles import load, top
 from kontext_batch.emulator import LatencySpec
-from kontext_batch.local import embedded_redis
+from kontext_batch.run.local import embedded_redis
 
 __all__ = ["Plan", "Row", "Targets", "build_rows", "main", "make_plan", "render_table"]
 

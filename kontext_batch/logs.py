@@ -29,7 +29,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from kontext_batch.keys import split_job_ref
+from kontext_batch.coord.keys import split_job_ref
 
 __all__ = ["JsonFormatter", "configure_logging", "row_event", "row_finished", "run_stopped"]
 

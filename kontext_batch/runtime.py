@@ -21,18 +21,18 @@ from redis.retry import Retry
 
 from kontext_batch.api._http import TransportWrapper
 from kontext_batch.api.provider import KontextProvider, make_provider, output_formats_of
-from kontext_batch.budget import Budget
+from kontext_batch.coord.budget import Budget
+from kontext_batch.coord.connection import tls_options
+from kontext_batch.coord.gate import SlotGate
+from kontext_batch.coord.holders import Holders, KeyCaps, new_process_id
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.ratelimit import SubmitRateLimiter
+from kontext_batch.coord.runs import RunStore
 from kontext_batch.errors import KeyNotHeld
-from kontext_batch.gate import SlotGate
-from kontext_batch.holders import Holders, KeyCaps, new_process_id
-from kontext_batch.keys import Keys
+from kontext_batch.io.storage import ObjectStore, open_store
 from kontext_batch.manifest.staging import PayloadCache
-from kontext_batch.polling import PollPlanner
-from kontext_batch.ratelimit import SubmitRateLimiter
-from kontext_batch.redisconn import tls_options
-from kontext_batch.runs import RunStore
 from kontext_batch.settings import Settings
-from kontext_batch.storage import ObjectStore, open_store
+from kontext_batch.steps.timing import PollPlanner
 
 __all__ = ["Runtime", "Scheduler", "connect_redis"]
 
@@ -49,9 +49,9 @@ class Scheduler(Protocol):
 def connect_redis(url: str, *, tls: Mapping[str, Any] | None = None) -> redis.Redis:
     """A pooled client that rides out a Redis restart: reconnects with backoff for ~30 s.
 
-    ``tls`` holds the ``rediss://`` options (:func:`kontext_batch.redisconn.tls_options`). redis-py
+    ``tls`` holds the ``rediss://`` options (:func:`kontext_batch.coord.connection.tls_options`). redis-py
     retries a wrong password too (it is a ConnectionError), so callers that must fail fast check
-    first with :func:`kontext_batch.redisconn.check_redis`.
+    first with :func:`kontext_batch.coord.connection.check_redis`.
     """
     return redis.Redis.from_url(
         url,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from kontext_batch.coord.runs import RunInfo, RunStore
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.local import WorkerPool
-from kontext_batch.runs import RunInfo, RunStore
+from kontext_batch.run.local import WorkerPool
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 

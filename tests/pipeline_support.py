@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kontext_batch.dispatch import dispatch
-from kontext_batch.gate import Pool
+from kontext_batch.coord.gate import Pool
+from kontext_batch.coord.keys import job_ref
 from kontext_batch.jobspec import JobSpec
-from kontext_batch.keys import job_ref
-from kontext_batch.pipeline import poll_job, submit_job
-from kontext_batch.polling import PollPlanner
 from kontext_batch.runtime import Runtime, connect_redis
 from kontext_batch.settings import Settings
+from kontext_batch.steps.dispatch import dispatch
+from kontext_batch.steps.pipeline import poll_job, submit_job
+from kontext_batch.steps.timing import PollPlanner
 
 
 @dataclass

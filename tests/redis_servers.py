@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kontext_batch.local import free_port
+from kontext_batch.run.local import free_port
 from tests.conftest import unavailable
 
 

@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from kontext_batch.delays import DelayQueue, DueMessage
-from kontext_batch.keys import Keys
-from workers.app import CelerySchedule
+from kontext_batch.coord.delays import DelayQueue, DueMessage
+from kontext_batch.coord.keys import Keys
+from kontext_batch.workers.schedule import CelerySchedule
 
 
 class _Recorder(CelerySchedule):

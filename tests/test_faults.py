@@ -31,12 +31,12 @@ import pytest
 import redis
 from PIL import Image
 
+from kontext_batch.coord.gate import SlotGate
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.runs import RunInfo, RunStore
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
-from kontext_batch.gate import SlotGate
-from kontext_batch.keys import Keys
-from kontext_batch.local import embedded_redis, free_port
-from kontext_batch.runs import RunInfo, RunStore
-from kontext_batch.storage import open_store
+from kontext_batch.io.storage import open_store
+from kontext_batch.run.local import embedded_redis, free_port
 from tests import fault_figures
 from tests.e2e_support import (
     E2E_KEY,

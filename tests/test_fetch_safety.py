@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from kontext_batch.errors import StorageError, StorageUnavailable, UrlRefused
+from kontext_batch.io.netguard import AddressGuard, FetchPolicy, address_problem, guarded_transport
+from kontext_batch.io.storage import read_url
 from kontext_batch.manifest.images import MAX_IMAGE_BYTES, resolve_image_ref
 from kontext_batch.manifest.validate import validate_manifest
-from kontext_batch.netguard import AddressGuard, FetchPolicy, address_problem, guarded_transport
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
-from kontext_batch.storage import read_url
 from tests.local_http import LocalServer, local_server
 
 LOOPBACK_OK = FetchPolicy(allow_private=True)
@@ -268,7 +268,7 @@ def test_a_redirect_into_loopback_is_refused_by_default(srv: LocalServer) -> Non
 
 def test_start_run_reads_the_setting_and_inputs_root(tmp_path: Path, srv: LocalServer, redis_url: str) -> None:
     from kontext_batch.errors import ManifestError  # noqa: PLC0415
-    from kontext_batch.runner import RunRequest, start_run  # noqa: PLC0415 - needs Redis, like the fixture
+    from kontext_batch.run.enqueue import RunRequest, start_run  # noqa: PLC0415 - needs Redis, like the fixture
     from kontext_batch.runtime import Runtime  # noqa: PLC0415
     from tests.pipeline_support import InlineScheduler, inline_runtime  # noqa: PLC0415
 

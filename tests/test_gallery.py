@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.gallery import GALLERY_NAME, ids_from_file, relative_link, render_gallery
-from kontext_batch.runner import RunRequest, start_run
+from kontext_batch.run.enqueue import RunRequest, start_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
+from kontext_batch.steps.gallery import GALLERY_NAME, ids_from_file, relative_link, render_gallery
 from tests.conftest import unavailable
 from tests.e2e_support import product_image, write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime

@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from kontext_batch.gate import KeySlot, Pool, SlotGate, gate_id
-from kontext_batch.holders import Holders, KeyCaps
-from kontext_batch.keys import Keys
+from kontext_batch.coord.gate import KeySlot, Pool, SlotGate, gate_id
+from kontext_batch.coord.holders import Holders, KeyCaps
+from kontext_batch.coord.keys import Keys
 
 MAX = "flux-kontext-max"
 PRO = "flux-kontext-pro"

@@ -13,8 +13,8 @@ from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from kontext_batch.errors import ConfigError
 from kontext_batch.logs import JsonFormatter, row_event
 from kontext_batch.settings import Settings
+from kontext_batch.workers.app import configure
 from tests.e2e_support import E2E_KEY, read_results, running_system, write_csv
-from workers.app import configure
 
 pytestmark = pytest.mark.e2e
 

@@ -16,6 +16,8 @@ from PIL import Image
 
 import kontext_batch.manifest.images as images_mod
 from kontext_batch.errors import ManifestError
+from kontext_batch.io.netguard import FetchPolicy
+from kontext_batch.io.storage import ObjectStore, open_store
 from kontext_batch.manifest import (
     ImageCache,
     ImageRef,
@@ -27,8 +29,6 @@ from kontext_batch.manifest import (
     validate_manifest,
 )
 from kontext_batch.manifest.staging import PayloadCache
-from kontext_batch.netguard import FetchPolicy
-from kontext_batch.storage import ObjectStore, open_store
 
 #: The test servers listen on 127.0.0.1, which the default policy refuses.
 LOOPBACK_OK = FetchPolicy(allow_private=True)

@@ -17,6 +17,7 @@ from PIL import Image
 
 import kontext_batch.manifest.images as images_mod
 from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, RowError
+from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest import (
     ImageCache,
     inspect_image,
@@ -24,7 +25,6 @@ from kontext_batch.manifest import (
     normalise_image,
     validate_manifest,
 )
-from kontext_batch.netguard import FetchPolicy
 from tests.s3_server import closed_port_url
 
 # --- image makers --------------------------------------------------------------------------------

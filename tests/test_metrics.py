@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.local import WorkerPool, free_port
 from kontext_batch.metrics import call_kind
+from kontext_batch.run.local import WorkerPool, free_port
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.e2e_support import read_results, write_csv

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import redis
 
-from kontext_batch.budget import Budget
+from kontext_batch.coord.budget import Budget
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.runs import RunInfo, RunStore
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.keys import Keys
-from kontext_batch.local import WorkerPool
-from kontext_batch.runs import RunInfo, RunStore
+from kontext_batch.run.local import WorkerPool
 from kontext_batch.secret import Secret
 from kontext_batch.settings import ApiKey, Settings
 from tests import fault_figures

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from kontext_batch.errors import RowError
+from kontext_batch.io.storage import open_store
 from kontext_batch.manifest import iter_manifest
 from kontext_batch.manifest.model import RESERVED_NAMES, render_output_name
-from kontext_batch.results import RESULTS_NAME
-from kontext_batch.storage import open_store
+from kontext_batch.steps.results import RESULTS_NAME
 
 
 def manifest(tmp_path: Path, names: list[str]) -> Path:

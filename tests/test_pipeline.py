@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kontext_batch.control import cancel_run, retry_run
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.manifest.validate import cost_credits_for
-from kontext_batch.pipeline import sweep
+from kontext_batch.run.control import cancel_run, retry_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
+from kontext_batch.steps.pipeline import sweep
 from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
 
 KEY = "pipeline-test-key"

@@ -1,6 +1,6 @@
 from kontext_batch.api.models import PollResult, Status
-from kontext_batch.pipeline import _latency_seen
-from kontext_batch.polling import PollPlanner
+from kontext_batch.steps.pipeline import _latency_seen
+from kontext_batch.steps.timing import PollPlanner
 
 
 def test_first_poll_uses_the_prior_until_latencies_are_seen() -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from kontext_batch.budget import Spend
-from kontext_batch.progress import (
+from kontext_batch.cli.progress import (
     JsonReporter,
     KeyLoad,
     LineReporter,
@@ -24,8 +23,9 @@ from kontext_batch.progress import (
     live_frame,
     reporter_for,
 )
-from kontext_batch.runner import KeyState, Progress, RunView
-from kontext_batch.runs import RunInfo
+from kontext_batch.coord.budget import Spend
+from kontext_batch.coord.runs import RunInfo
+from kontext_batch.run.enqueue import KeyState, Progress, RunView
 from kontext_batch.settings import Settings
 from tests.pipeline_support import InlineScheduler, inline_runtime
 

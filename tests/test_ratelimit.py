@@ -1,6 +1,6 @@
 import redis
 
-from kontext_batch.ratelimit import SubmitRateLimiter
+from kontext_batch.coord.ratelimit import SubmitRateLimiter
 
 
 def test_at_most_n_submits_per_second_across_limiters(redis_client: redis.Redis) -> None:

@@ -22,7 +22,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import NoPermissionError, RedisError
 
-from kontext_batch.local import WorkerPool, free_port
+from kontext_batch.run.local import WorkerPool, free_port
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.e2e_support import read_results, running_system, write_csv
@@ -182,7 +182,7 @@ def answers_ping(app: Celery) -> bool:
 
 
 def test_a_worker_waits_for_redis_says_why_in_one_line_and_connects_when_it_comes(tmp_path: Path) -> None:
-    from workers.app import configure  # noqa: PLC0415 - the app is configured per test
+    from kontext_batch.workers.app import configure  # noqa: PLC0415 - the app is configured per test
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"

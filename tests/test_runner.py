@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.local import WorkerPool
+from kontext_batch.run.local import WorkerPool
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.e2e_support import product_image, read_results, write_csv

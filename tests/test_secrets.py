@@ -29,7 +29,7 @@ from urllib.parse import quote, quote_plus
 import redis
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.local import WorkerPool
+from kontext_batch.run.local import WorkerPool
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.e2e_support import System, product_image, write_csv

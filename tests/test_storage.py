@@ -11,8 +11,8 @@ import boto3
 import pytest
 
 from kontext_batch.errors import StorageError, StorageUnavailable
-from kontext_batch.netguard import FetchPolicy
-from kontext_batch.storage import (
+from kontext_batch.io.netguard import FetchPolicy
+from kontext_batch.io.storage import (
     ObjectNotFound,
     ObjectStore,
     ObjectTooLarge,

@@ -5,7 +5,7 @@ this process is alive and which API keys it holds (only then do its keys take ro
 keep their slots). The sweeper, each second, re-drives jobs whose holder died or whose message is
 overdue, fills free slots, and finalizes complete runs. It is idempotent (Lua scripts), so several
 workers sweeping at once is harmless. The delay pump sends delayed steps as they fall due
-(:class:`~workers.app.CelerySchedule`).
+(:class:`~kontext_batch.workers.schedule.CelerySchedule`).
 """
 
 from __future__ import annotations
@@ -15,25 +15,26 @@ import sys
 import threading
 from typing import Any
 
-from celery import signals
+from celery import Celery, current_app, signals
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
+from kontext_batch.coord.connection import check_redis, explain
+from kontext_batch.coord.holders import BEAT_S
 from kontext_batch.errors import RedisUnavailable
-from kontext_batch.holders import BEAT_S
 from kontext_batch.logs import configure_logging
 from kontext_batch.metrics import MeteredTransport, serve_metrics
-from kontext_batch.pipeline import sweep
-from kontext_batch.redisconn import check_redis, explain
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
-from workers.app import CelerySchedule, celery_runtime
+from kontext_batch.steps.pipeline import sweep
+from kontext_batch.workers.schedule import CelerySchedule, celery_runtime
 
-__all__ = ["get_runtime", "init_runtime", "setup_logging"]
+__all__ = ["bind_app", "get_runtime", "init_runtime", "setup_logging"]
 
 log = logging.getLogger("kontext_batch.worker")
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+_app: Celery | None = None
 _stop = threading.Event()
 SWEEP_INTERVAL_S = 1.0
 #: The GIL's switch interval in a worker (Python's default is 5 ms). A worker is dozens of threads
@@ -44,6 +45,12 @@ SWEEP_INTERVAL_S = 1.0
 SWITCH_INTERVAL_S = 0.0005
 
 
+def bind_app(app: Celery) -> None:
+    """The app whose queues this process's steps go to (:mod:`kontext_batch.workers.app` calls it)."""
+    global _app  # noqa: PLW0603 - one app per process
+    _app = app
+
+
 def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runtime:
     """The process's runtime (created on the first call); with ``metrics_port``, serve its metrics too."""
     # httpx logs every URL at INFO; sample URLs carry signatures, so keep them out of worker logs.
@@ -51,7 +58,7 @@ def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runt
     global _runtime  # noqa: PLW0603 - one runtime per process is the point
     with _lock:
         if _runtime is None:
-            _runtime = celery_runtime(settings)
+            _runtime = celery_runtime(_app if _app is not None else current_app, settings)
             # Each key's client transports are wrapped to time API calls and count 429s for the metrics.
             _runtime.transport_wrapper = MeteredTransport
         rt = _runtime
@@ -62,7 +69,7 @@ def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runt
 
 def get_runtime() -> Runtime:
     if _runtime is None:
-        # A worker started by `celery -A workers.app worker` rather than `kontext-batch worker`.
+        # A worker started by `celery -A kontext_batch.workers.app worker` rather than `kontext-batch worker`.
         return init_runtime(Settings.from_env())
     return _runtime
 
@@ -82,7 +89,7 @@ def _heartbeat() -> None:
 
 
 def _pump() -> None:
-    # Delayed messages are sent from here when due (see kontext_batch.delays).
+    # Delayed messages are sent from here when due (see kontext_batch.coord.delays).
     scheduler = get_runtime().scheduler
     if not isinstance(scheduler, CelerySchedule):
         return

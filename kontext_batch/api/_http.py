@@ -29,7 +29,7 @@ API call          the configured base (``localhost`` and ``127.0.0.1`` count as 
                   also on the API's own hosts (``api_hosts``, https on port 443 only); any other
                   polling URL is UrlRefused before a byte is sent, key included
 sample (1st hop)  the configured base's origin, else https (http for a loopback host) to a
-                  host whose addresses are all public (:mod:`kontext_batch.netguard`)
+                  host whose addresses are all public (:mod:`kontext_batch.io.netguard`)
 each redirect     https (http for a loopback host) to public addresses only, at most
                   ``max_redirects``; ``allow_private`` lifts the address check
 ================  ===========================================================================
@@ -71,7 +71,7 @@ from kontext_batch.errors import (
     ServerError,
     UrlRefused,
 )
-from kontext_batch.netguard import DEFAULT_MAX_REDIRECTS, AddressGuard, guarded_transport, is_loopback_host
+from kontext_batch.io.netguard import DEFAULT_MAX_REDIRECTS, AddressGuard, guarded_transport, is_loopback_host
 from kontext_batch.secret import Secret
 
 if TYPE_CHECKING:

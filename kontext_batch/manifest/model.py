@@ -21,7 +21,7 @@ from kontext_batch.api.models import (
     endpoint_for_model,
 )
 from kontext_batch.errors import RequestInvalid
-from kontext_batch.storage import MAX_FILE_NAME_BYTES, MAX_NAME_BYTES, check_object_name
+from kontext_batch.io.storage import MAX_FILE_NAME_BYTES, MAX_NAME_BYTES, check_object_name
 
 __all__ = [
     "COLUMNS",
@@ -58,7 +58,7 @@ COLUMNS: Final = ("id", "prompt", *IMAGE_FIELDS, *PARAM_FIELDS, "model", "output
 EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({"png": "png", "jpeg": "jpg", "webp": "webp"})
 #: Top-level folder of the output store that holds staged input images; no output may be named in it.
 INPUTS_FOLDER: Final = "_inputs"
-#: The run's results file, at the store's root (kontext_batch.results writes it).
+#: The run's results file, at the store's root (kontext_batch.steps.results writes it).
 RESULTS_NAME: Final = "results.csv"
 #: The run's review page, beside the results file.
 GALLERY_NAME: Final = "gallery.html"
@@ -92,7 +92,7 @@ def render_output_name(template: str, cells: Mapping[str, str], **named: str | i
 
     Only plain names are allowed (``{row:05d}``-style format specs too; no attribute or index
     access). The result and its sidecar (``NAME.json``) must pass
-    :func:`~kontext_batch.storage.check_object_name`, and its first segment must not be one of
+    :func:`~kontext_batch.io.storage.check_object_name`, and its first segment must not be one of
     :data:`RESERVED_NAMES` (compared with :func:`fold_name`). Raises ValueError saying what is wrong.
     """
     try:

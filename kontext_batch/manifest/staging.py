@@ -7,7 +7,7 @@ local file        normalised (:func:`~.images.normalise_image`), uploaded once, 
                   to ``_inputs/<sha256>.<ext>`` in the run's output store (``put_if_absent``: a
                   re-run or a second row with the same image uploads nothing)
 http(s) URL       passed through: the API fetches it; ``sha256`` known if the validator fetched it
-s3/gs/az/memory   passed through: a worker reads it with :func:`~kontext_batch.storage.read_url`
+s3/gs/az/memory   passed through: a worker reads it with :func:`~kontext_batch.io.storage.read_url`
 ================  ================================================================================
 
 Workers call :func:`load_image_payload` on a staged URI: http(s) URLs go to the API as they are,
@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
+from kontext_batch.io.storage import ObjectStore
 from kontext_batch.manifest.images import (
     ImageCache,
     ImageInfo,
@@ -32,7 +33,6 @@ from kontext_batch.manifest.images import (
     source_key,
 )
 from kontext_batch.manifest.model import INPUTS_FOLDER, ImageRef
-from kontext_batch.storage import ObjectStore
 
 __all__ = [
     "CONTENT_TYPES",

@@ -2,7 +2,7 @@
 
 :func:`iter_checked_rows` is the one pass over a manifest: it streams like the reader and adds each
 row's image errors. ``validate`` reduces it to a :class:`ValidationReport`; a run
-(:mod:`kontext_batch.runner`) turns each checked row into a job or an ``invalid`` result as it goes.
+(:mod:`kontext_batch.run.enqueue`) turns each checked row into a job or an ``invalid`` result as it goes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Final, NamedTuple, TextIO
 
 from kontext_batch.api.models import ENDPOINT_COST_CREDITS
 from kontext_batch.errors import RowError
+from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest.images import (
     ImageCache,
     ImageInfo,
@@ -26,7 +27,6 @@ from kontext_batch.manifest.images import (
 )
 from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef, ManifestRow
 from kontext_batch.manifest.reader import RowOutcome, iter_manifest
-from kontext_batch.netguard import FetchPolicy
 
 __all__ = [
     "DEFAULT_COST_CREDITS",

@@ -12,12 +12,12 @@ import time
 from typing import Any
 
 from kontext_batch import logs, metrics
+from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.coord.runs import RowStatus
 from kontext_batch.errors import KontextBatchError, StorageUnavailable
-from kontext_batch.gallery import write_gallery
-from kontext_batch.keys import split_job_ref
-from kontext_batch.results import RESULTS_NAME, render_results
-from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
+from kontext_batch.steps.gallery import write_gallery
+from kontext_batch.steps.results import RESULTS_NAME, render_results
 
 __all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "finalize", "finish"]
 

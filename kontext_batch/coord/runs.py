@@ -18,8 +18,8 @@ from typing import Any, Final, Literal
 import redis
 from redis.client import Pipeline
 
-from kontext_batch.keys import Keys
-from kontext_batch.redisio import batched, decode, eval_in
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.redisio import batched, decode, eval_in
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 

@@ -19,8 +19,8 @@ from typing import Final
 
 import redis
 
-from kontext_batch.keys import Keys
-from kontext_batch.redisio import decode
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.redisio import decode
 
 __all__ = ["DelayQueue", "DueMessage"]
 

@@ -29,11 +29,11 @@ key                             type    holds
 {ns}:submit-rate                string  the global submits-per-second window
 ==============================  ======  =========================================================
 
-Owners: :mod:`~kontext_batch.gate` alone writes ``gates``, ``pools``, ``keys-out``, ``lease``, ``wait``,
+Owners: :mod:`~kontext_batch.coord.gate` alone writes ``gates``, ``pools``, ``keys-out``, ``lease``, ``wait``,
 ``watch`` and ``job`` (its scripts read ``proc`` to tell a live holder from a dead one);
-:mod:`~kontext_batch.holders` ``proc``, ``holders`` and ``key-caps``; :mod:`~kontext_batch.runs` the
-``runs`` and ``run`` keys; :mod:`~kontext_batch.budget` ``budget``; :mod:`~kontext_batch.delays`
-``delayed``; :mod:`~kontext_batch.ratelimit`
+:mod:`~kontext_batch.coord.holders` ``proc``, ``holders`` and ``key-caps``; :mod:`~kontext_batch.coord.runs` the
+``runs`` and ``run`` keys; :mod:`~kontext_batch.coord.budget` ``budget``; :mod:`~kontext_batch.coord.delays`
+``delayed``; :mod:`~kontext_batch.coord.ratelimit`
 ``submit-rate``. Everyone else goes through their methods.
 
 A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by

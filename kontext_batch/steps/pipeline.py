@@ -21,8 +21,9 @@ from kontext_batch import logs, metrics
 from kontext_batch.api.models import KontextRequest, PollResult, Status
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.api.webhook import parse_webhook
-from kontext_batch.completion import drain_waiting, finalize, finish
-from kontext_batch.dispatch import dispatch
+from kontext_batch.coord.gate import Grant, StaleJob, split_gate_id
+from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.coord.runs import RowStatus
 from kontext_batch.errors import (
     AuthError,
     KeyNotHeld,
@@ -34,14 +35,13 @@ from kontext_batch.errors import (
     ServerError,
     TransportError,
 )
-from kontext_batch.formats import conform_sample, request_format
-from kontext_batch.gate import Grant, StaleJob, split_gate_id
+from kontext_batch.io.formats import conform_sample, request_format
 from kontext_batch.jobspec import JobSpec
-from kontext_batch.keys import split_job_ref
 from kontext_batch.manifest.staging import load_image_payload
 from kontext_batch.manifest.validate import cost_credits_for
-from kontext_batch.runs import RowStatus
 from kontext_batch.runtime import Runtime
+from kontext_batch.steps.complete import drain_waiting, finalize, finish
+from kontext_batch.steps.dispatch import dispatch
 
 __all__ = ["poll_job", "redrive", "submit_job", "sweep"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from kontext_batch.completion import JOB_RESULT_FIELDS, drain_waiting, finalize, finish
-from kontext_batch.dispatch import dispatch
-from kontext_batch.gate import split_gate_id
+from kontext_batch.coord.gate import split_gate_id
+from kontext_batch.coord.keys import job_ref
+from kontext_batch.coord.runs import FINAL_STATUSES
 from kontext_batch.jobspec import JobSpec
-from kontext_batch.keys import job_ref
-from kontext_batch.runs import FINAL_STATUSES
 from kontext_batch.runtime import Runtime
+from kontext_batch.steps.complete import JOB_RESULT_FIELDS, drain_waiting, finalize, finish
+from kontext_batch.steps.dispatch import dispatch
 
 __all__ = ["cancel_run", "retry_run"]
 

@@ -11,7 +11,7 @@ endpoints (24). A slot is freed when the API task is terminal, or when the sweep
 holder dead and sends the job again.
 
 Liveness, not a clock, decides when a job is abandoned. Each step claims the job for its process
-(``holder``, ``busy``); while that process beats (:mod:`~kontext_batch.holders`), the sweeper only
+(``holder``, ``busy``); while that process beats (:mod:`~kontext_batch.coord.holders`), the sweeper only
 extends the job's watch, however slow the API is. A step that ends hands the job on (``busy`` off)
 with a deadline: when its next step is due, plus a grace for queueing. A job whose holder died, or
 whose next message is overdue past that grace (lost with a killed worker), is re-driven. Leases
@@ -35,8 +35,8 @@ from typing import Any, Final
 import redis
 from redis.client import Pipeline
 
-from kontext_batch.keys import Keys
-from kontext_batch.redisio import batched, decode, eval_in
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.redisio import batched, decode, eval_in
 
 __all__ = ["Grant", "KeySlot", "Pool", "SlotGate", "StaleJob", "gate_id", "split_gate_id"]
 

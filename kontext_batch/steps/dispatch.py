@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from kontext_batch.gate import Grant, KeySlot
+from kontext_batch.coord.gate import Grant, KeySlot
 from kontext_batch.runtime import Runtime
 
 __all__ = ["dispatch", "live_slots"]

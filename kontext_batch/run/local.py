@@ -46,7 +46,7 @@ DEMO_MANIFEST: Final = Path("manifests") / "examples" / "catalogue.csv"
 
 def demo_manifest() -> Path:
     """The bundled example: beside the source tree (editable install), else under the current folder."""
-    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
         if (base / DEMO_MANIFEST).exists():
             return base / DEMO_MANIFEST
     raise ConfigError(f"demo manifest {DEMO_MANIFEST} not found beside the package or in {Path.cwd()}")

@@ -23,22 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from kontext_batch.budget import Spend
-from kontext_batch.completion import finalize
-from kontext_batch.dispatch import dispatch
+from kontext_batch.coord.budget import Spend
+from kontext_batch.coord.gate import Pool
+from kontext_batch.coord.keys import job_ref
+from kontext_batch.coord.redisio import BATCH, batched
+from kontext_batch.coord.runs import RunInfo, new_run_id
 from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OutputInUse, OverBudget, RowError
-from kontext_batch.gate import Pool
+from kontext_batch.io.netguard import FetchPolicy
+from kontext_batch.io.storage import ObjectNotFound, ObjectStore
 from kontext_batch.jobspec import JobSpec
-from kontext_batch.keys import job_ref
 from kontext_batch.manifest.images import ImageCache, describe_image_error
 from kontext_batch.manifest.model import ManifestRow
 from kontext_batch.manifest.staging import StagedImage, stage_image
 from kontext_batch.manifest.validate import CheckedRow, ValidationReport, iter_checked_rows
-from kontext_batch.netguard import FetchPolicy
-from kontext_batch.redisio import BATCH, batched
-from kontext_batch.runs import RunInfo, new_run_id
 from kontext_batch.runtime import Runtime
-from kontext_batch.storage import ObjectNotFound, ObjectStore
+from kontext_batch.steps.complete import finalize
+from kontext_batch.steps.dispatch import dispatch
 
 __all__ = [
     "KeyState",

@@ -56,7 +56,7 @@ from obstore.exceptions import (
 from obstore.store import LocalStore, MemoryStore, S3Store, from_url
 
 from kontext_batch.errors import StorageError, StorageUnavailable, UrlRefused
-from kontext_batch.netguard import AddressGuard, FetchPolicy, guarded_transport
+from kontext_batch.io.netguard import AddressGuard, FetchPolicy, guarded_transport
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config

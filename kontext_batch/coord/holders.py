@@ -20,8 +20,8 @@ from typing import Final
 
 import redis
 
-from kontext_batch.keys import Keys
-from kontext_batch.redisio import decode
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.redisio import decode
 
 __all__ = ["BEAT_S", "TTL_S", "Holders", "KeyCaps", "new_process_id"]
 

@@ -26,8 +26,8 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from kontext_batch.api.webhook import parse_webhook
+from kontext_batch.coord.keys import split_job_ref
 from kontext_batch.errors import KontextBatchError
-from kontext_batch.keys import split_job_ref
 from kontext_batch.runtime import Runtime
 
 __all__ = ["MAX_BODY_BYTES", "WebhookReceiver", "accept_webhook"]

@@ -1,5 +1,5 @@
-"""The ``kontext-batch`` command: click commands and rendering. Run logic lives in :mod:`kontext_batch.runner`,
-processes in :mod:`kontext_batch.local`.
+"""The ``kontext-batch`` command: click commands and rendering. Run logic lives in :mod:`kontext_batch.run.enqueue`,
+processes in :mod:`kontext_batch.run.local`.
 
 Exit codes: 0 every row succeeded (or was skipped); 1 rows failed beyond the allowed threshold;
 2 bad usage, settings or manifest (nothing was queued); 3 the run stopped (out of credits, key refused,
@@ -24,18 +24,18 @@ import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from kontext_batch.control import cancel_run, retry_run
+from kontext_batch.cli.progress import Look, hms, reporter_for, summarize, take_look
+from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, OverBudget
-from kontext_batch.gallery import ids_from_file, put_gallery
-from kontext_batch.local import demo_manifest, interrupts, local_stack
+from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest.validate import render_report, validate_manifest
-from kontext_batch.netguard import FetchPolicy
-from kontext_batch.progress import Look, hms, reporter_for, summarize, take_look
-from kontext_batch.redisconn import check_redis, explain
-from kontext_batch.results import render_results
-from kontext_batch.runner import Progress, RunRequest, RunView, follow, start_run, view_run
+from kontext_batch.run.control import cancel_run, retry_run
+from kontext_batch.run.enqueue import Progress, RunRequest, RunView, follow, start_run, view_run
+from kontext_batch.run.local import demo_manifest, interrupts, local_stack
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings, resolve_api_base
+from kontext_batch.steps.gallery import ids_from_file, put_gallery
+from kontext_batch.steps.results import render_results
 
 __all__ = ["main"]
 
@@ -92,7 +92,7 @@ def _runtime(settings: Settings) -> Runtime:
     The runtime makes an API client only for a key it is asked to use, so commands that only read
     or change run state need no key.
     """
-    from workers.app import celery_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
+    from kontext_batch.workers.app import celery_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
 
     check_redis(settings)
     return celery_runtime(settings)
@@ -670,9 +670,9 @@ def worker(
     metrics_port: int | None,
 ) -> None:
     """Start a Celery worker of this app (threads pool) on the configured Redis."""
-    from workers.app import configure  # noqa: PLC0415
-    from workers.process import init_runtime, setup_logging  # noqa: PLC0415
-    from workers.queues import key_queues  # noqa: PLC0415
+    from kontext_batch.workers.app import configure  # noqa: PLC0415
+    from kontext_batch.workers.process import init_runtime, setup_logging  # noqa: PLC0415
+    from kontext_batch.workers.queues import key_queues  # noqa: PLC0415
 
     s = _settings(ctx)
     _need_key(s)
@@ -709,7 +709,7 @@ def worker(
 @click.pass_context
 def webhooks_command(ctx: click.Context, port: int, host: str) -> None:
     """Receive the API's webhooks for runs started with KONTEXT_WEBHOOK_URL (needs no API key)."""
-    from kontext_batch.webhooks import WebhookReceiver  # noqa: PLC0415 - only this command serves HTTP
+    from kontext_batch.steps.webhooks import WebhookReceiver  # noqa: PLC0415 - only this command serves HTTP
 
     rt = _runtime(_settings(ctx))
     with WebhookReceiver(rt, port, host) as receiver:

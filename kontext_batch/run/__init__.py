@@ -1,0 +1,3 @@
+"""A run as a whole, from the CLI's side: queue a manifest (:mod:`.enqueue`), watch it, stop or retry
+it (:mod:`.control`), or run everything on one machine (:mod:`.local`).
+"""

@@ -1,1 +1,1 @@
-"""Celery tasks: thin adapters that call :mod:`kontext_batch.steps.pipeline` with the process runtime."""
+"""Celery tasks: thin adapters that call the steps in :mod:`kontext_batch.steps` with the process runtime."""

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from kontext_batch.steps.pipeline import poll_job
+from kontext_batch.steps.poll import poll_job
 from kontext_batch.workers.process import get_runtime
 from kontext_batch.workers.queues import POLL_TASK
 

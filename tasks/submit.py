@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from kontext_batch.steps.pipeline import submit_job
+from kontext_batch.steps.submit import submit_job
 from kontext_batch.workers.process import get_runtime
 from kontext_batch.workers.queues import SUBMIT_TASK
 

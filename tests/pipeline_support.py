@@ -18,7 +18,8 @@ from kontext_batch.jobspec import JobSpec
 from kontext_batch.runtime import Runtime, connect_redis
 from kontext_batch.settings import Settings
 from kontext_batch.steps.dispatch import dispatch
-from kontext_batch.steps.pipeline import poll_job, submit_job
+from kontext_batch.steps.poll import poll_job
+from kontext_batch.steps.submit import submit_job
 from kontext_batch.steps.timing import PollPlanner
 
 

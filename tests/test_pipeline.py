@@ -16,7 +16,7 @@ from kontext_batch.run.control import cancel_run, retry_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
-from kontext_batch.steps.pipeline import sweep
+from kontext_batch.steps.sweep import sweep
 from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
 
 KEY = "pipeline-test-key"

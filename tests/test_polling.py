@@ -1,5 +1,5 @@
 from kontext_batch.api.models import PollResult, Status
-from kontext_batch.steps.pipeline import _latency_seen
+from kontext_batch.steps.poll import _latency_seen
 from kontext_batch.steps.timing import PollPlanner
 
 

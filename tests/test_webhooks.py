@@ -27,7 +27,7 @@ from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.local import WorkerPool, free_port
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
-from kontext_batch.steps.pipeline import submit_job
+from kontext_batch.steps.submit import submit_job
 from kontext_batch.steps.webhooks import WebhookReceiver, accept_webhook
 from tests.e2e_support import read_results, write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs

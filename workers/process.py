@@ -26,7 +26,7 @@ from kontext_batch.logs import configure_logging
 from kontext_batch.metrics import MeteredTransport, serve_metrics
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
-from kontext_batch.steps.pipeline import sweep
+from kontext_batch.steps.sweep import sweep
 from kontext_batch.workers.schedule import CelerySchedule, celery_runtime
 
 __all__ = ["bind_app", "get_runtime", "init_runtime", "setup_logging"]

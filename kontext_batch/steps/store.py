@@ -1,0 +1,98 @@
+"""The store step: download a Ready sample before its URL expires, write it and its sidecar to the
+output store, and record the row."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from kontext_batch.api.models import PollResult
+from kontext_batch.coord.gate import split_gate_id
+from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.errors import (
+    PermanentError,
+    RetryableError,
+    SampleExpired,
+)
+from kontext_batch.io.formats import conform_sample
+from kontext_batch.jobspec import JobSpec
+from kontext_batch.runtime import Runtime
+from kontext_batch.steps.complete import finish
+from kontext_batch.steps.dispatch import dispatch
+from kontext_batch.steps.job import backoff_s, charge_reserved
+
+__all__ = ["store_sample"]
+
+
+def store_sample(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
+    run_id, _ = split_job_ref(ref)
+    fp, _ = split_gate_id(job.get("gate", ""))
+    if not res.sample_url:
+        finish(rt, ref, "failed", job, error="Ready without a sample URL")
+        return
+    try:
+        sample = rt.provider_for(fp).download(res.sample_url)
+        data, content_type, transcoded_from = conform_sample(sample.content, spec.output_format)
+        store = rt.store(rt.runs.recent_meta(run_id)["output"])
+        uri = store.put(spec.output_name, data, content_type=content_type)
+        side = _sidecar(run_id, spec, job, res, content_type)
+        if transcoded_from:
+            side["transcoded_from"] = transcoded_from
+        store.put(spec.sidecar_name, json.dumps(side, indent=1).encode(), content_type="application/json")
+    except SampleExpired as exc:
+        if rt.settings.resubmit_expired and int(job.get("attempts", 0)) < rt.settings.max_attempts:
+            _resubmit_expired(rt, ref, held, spec, job, res)
+            return
+        finish(rt, ref, "failed", job, error=f"sample URL expired before download: {exc}", seed=res.seed)
+        return
+    except RetryableError as exc:
+        # The task is Ready and its URL lives 10 minutes: poll again for it and retry the download.
+        errors = int(job.get("poll_errors", 0)) + 1
+        if errors > 2 * rt.settings.max_attempts:
+            finish(rt, ref, "failed", job, error=f"storing failed {errors} times: {exc}")
+            return
+        delay = backoff_s(rt, errors)
+        if rt.gate.handoff(ref, held, delay, state="polling", poll_errors=errors, last_error=str(exc)):
+            rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
+        return
+    except (PermanentError, OSError) as exc:
+        finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}", seed=res.seed)
+        return
+    finish(rt, ref, "succeeded", job, output_uri=uri, seed=res.seed)
+
+
+def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, content_type: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "row": spec.row,
+        "id": spec.id,
+        "model": spec.endpoint,
+        "prompt": spec.prompt,
+        "result_prompt": res.prompt,
+        "seed": res.seed,
+        "params": spec.params,
+        "bfl_task_id": job.get("bfl_task_id"),
+        "key_fingerprint": job.get("key") or None,
+        "input_digests": spec.digests,
+        "job_key": spec.job_key,
+        "content_type": content_type,
+        "cost_credits": float(job["cost_credits"]) if job.get("cost_credits") else None,
+        "timings": {
+            "submitted_at": float(job["submitted_at"]) if job.get("submitted_at") else None,
+            "api_start_time": res.start_time,
+            "api_end_time": res.end_time,
+            "api_duration_s": res.duration,
+            "stored_at": time.time(),
+        },
+    }
+
+
+def _resubmit_expired(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
+    run_id, row = split_job_ref(ref)
+    charge_reserved(rt, run_id, job)  # the expired task was paid for; the next submit reserves anew
+    if res.seed is not None and spec.params.get("seed") is None:
+        spec = JobSpec.from_json({**spec.to_json(), "params": {**spec.params, "seed": res.seed}})
+        rt.runs.set_row(run_id, row, spec.to_json())
+    rt.gate.requeue(ref, job["pool"], spec.endpoint)
+    dispatch(rt, job["pool"], spec.endpoint)

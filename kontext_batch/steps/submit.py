@@ -1,0 +1,151 @@
+"""The submit step: reserve the row's price, POST it to the API, hand the job to its first poll."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from kontext_batch import logs
+from kontext_batch.api.models import KontextRequest
+from kontext_batch.coord.gate import split_gate_id
+from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.errors import (
+    AuthError,
+    OutOfCredits,
+    PermanentError,
+    RetryableError,
+    ServerError,
+    TransportError,
+)
+from kontext_batch.io.formats import request_format
+from kontext_batch.jobspec import JobSpec
+from kontext_batch.manifest.staging import load_image_payload
+from kontext_batch.manifest.validate import cost_credits_for
+from kontext_batch.runtime import Runtime
+from kontext_batch.steps.complete import drain_waiting, finish
+from kontext_batch.steps.job import backoff_s, claim, end_active, key_refused, not_ours, run_stop
+
+__all__ = ["build_request", "submit_job"]
+
+
+def build_request(rt: Runtime, spec: JobSpec, *, webhook: tuple[str, str] | None = None) -> KontextRequest:
+    """The API request for a row: http(s) inputs as URLs the API fetches, anything else as base64;
+    with ``webhook`` (URL, secret), the API announces the task's end there."""
+    fields: dict[str, Any] = dict(spec.params)
+    if webhook is not None:
+        fields["webhook_url"], fields["webhook_secret"] = webhook
+    # Always explicit: providers differ in their default, and the output name's extension must match.
+    fields["output_format"] = request_format(spec.output_format, rt.output_formats)
+    names = ("input_image", "input_image_2", "input_image_3", "input_image_4")
+    for name, uri in zip(names, spec.images, strict=False):
+        fields[name] = load_image_payload(uri, cache=rt.payloads)
+    return KontextRequest.build(prompt=spec.prompt, **fields)
+
+
+def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> None:
+    claimed = claim(rt, ref, token, delivered=delivered)
+    if claimed is None:
+        return
+    job, spec = claimed
+    held = job["step"]
+    run_id, _ = split_job_ref(ref)
+    fp, endpoint = split_gate_id(job["gate"])
+    if not_ours(rt, ref, held, fp, poll=False):
+        return
+    meta = rt.runs.recent_meta(run_id)
+    stop = run_stop(meta)
+    if stop is not None:
+        # Ending the row is for good: not on the 1 s cached meta, which `retry` may have just cleared.
+        meta = rt.runs.recent_meta(run_id, max_age_s=0)
+        stop = run_stop(meta)
+    if stop is not None:
+        end_active(rt, ref, job)
+        finish(rt, ref, stop[0], job, error=stop[1])
+        return
+    price = float(cost_credits_for(spec.endpoint))
+    if not rt.budget.reserve(run_id, price):
+        _budget_reached(rt, ref, job)
+        return
+    attempts = int(job.get("attempts", 0)) + 1
+    # The reservation is on the job before the POST: a re-drive of a dead submit can account for it.
+    rt.gate.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price)
+    job.update(attempts=str(attempts), key=fp, reserved=str(price))
+    try:
+        request = build_request(rt, spec, webhook=_webhook_for(meta, ref))
+        rt.submit_rate.acquire()
+        # The API's clock for the task starts when the POST arrives, moments after this: everything
+        # timed from the submit (first poll, progress, learnt latency) counts from here, not from
+        # after our own handling of the answer, which waits on a busy process's GIL and Redis.
+        sent_at = time.time()
+        task = rt.provider_for(fp).submit(spec.endpoint, request)
+    except (OutOfCredits, AuthError) as exc:
+        rt.budget.settle(run_id, price, 0)
+        key_refused(rt, ref, job, fp, endpoint, exc)
+        return
+    except RetryableError as exc:
+        rt.budget.settle(run_id, price, 0)
+        # A timeout or a 5xx may come after the API created the task: a retry may then be a duplicate.
+        maybe_created = isinstance(exc, TransportError | ServerError)
+        if attempts >= rt.settings.max_attempts:
+            end_active(rt, ref, job)
+            finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"submit failed after {attempts} attempts: {exc}")
+            return
+        delay = backoff_s(rt, attempts, exc)
+        extra = {"possible_duplicate": 1} if maybe_created else {}
+        if maybe_created:
+            rt.runs.count(run_id, "possible_duplicates")
+        if rt.gate.handoff(ref, held, delay, state="granted", last_error=str(exc), reserved=0, **extra):
+            rt.scheduler.submit(ref, int(held), fp, countdown_s=delay)
+        return
+    except (PermanentError, OSError) as exc:
+        rt.budget.settle(run_id, price, 0)
+        end_active(rt, ref, job)
+        finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"{type(exc).__name__}: {exc}")
+        return
+    # One transaction: the reservation settled (BFL reports the cost at once; the reseller only when
+    # the task ends) and the job handed on to its first poll.
+    pipe = rt.redis.pipeline(transaction=True)
+    reserved = price
+    if task.cost is not None:
+        rt.budget.settle_in(pipe, run_id, price, task.cost)
+        reserved = 0.0
+    # With a webhook, the first poll is only the fallback for a delivery that never comes.
+    webhook = bool(meta.get("webhook_url"))
+    planned = rt.planner.webhook_fallback_s(spec.endpoint) if webhook else rt.planner.first_delay(spec.endpoint)
+    delay = max(0.0, sent_at + planned - time.time())
+    rt.gate.handoff_in(
+        pipe,
+        ref,
+        held,
+        delay,
+        state="polling",
+        bfl_task_id=task.id,
+        polling_url=task.polling_url,
+        cost_credits=task.cost if task.cost is not None else "",
+        reserved=reserved,
+        submitted_at=sent_at,
+        polls=0,
+        poll_errors=0,
+    )
+    if pipe.execute()[-1]:
+        logs.row_event(ref, "submitted", f"task {task.id} at {spec.endpoint}", task=task.id, endpoint=spec.endpoint)
+        rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
+
+
+def _webhook_for(meta: dict[str, str], ref: str) -> tuple[str, str] | None:
+    """The run's webhook (its receiver's URL naming this job, and the run's secret), if it has one."""
+    if not meta.get("webhook_url"):
+        return None
+    return f"{meta['webhook_url']}?{urlencode({'job': ref})}", meta["webhook_secret"]
+
+
+def _budget_reached(rt: Runtime, ref: str, job: dict[str, str]) -> None:
+    run_id, _ = split_job_ref(ref)
+    sp = rt.budget.spend(run_id)
+    reason = f"budget of {sp.budget:g} credits reached: {sp.spent:g} spent, {sp.reserved:g} in flight"
+    rt.runs.update(run_id, stopped="budget", stopped_reason=reason)
+    logs.run_stopped(run_id, "budget", reason)
+    end_active(rt, ref, job)
+    finish(rt, ref, "budget", job, error=reason)
+    drain_waiting(rt, run_id, "budget", reason)

@@ -1,0 +1,98 @@
+"""The sweeper, run by every worker about once a second: re-drive jobs whose holder died or whose
+message is overdue, fill free slots, stop runs no key can serve, finalize complete runs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kontext_batch import logs
+from kontext_batch.coord.gate import StaleJob, split_gate_id
+from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.errors import (
+    KontextBatchError,
+)
+from kontext_batch.runtime import Runtime
+from kontext_batch.steps.complete import drain_waiting, finalize
+from kontext_batch.steps.dispatch import dispatch
+from kontext_batch.steps.job import charge_reserved
+
+__all__ = ["redrive", "sweep"]
+
+log = logging.getLogger("kontext_batch.pipeline")
+
+
+def redrive(rt: Runtime, stale: StaleJob) -> None:
+    """Send again a job whose holder died, or whose next message is overdue (lost with a killed worker)."""
+    if not stale.gate_id or not stale.pool_id:
+        return
+    run_id, row = split_job_ref(stale.ref)
+    if rt.runs.is_final(run_id, row):
+        # Its worker recorded the result and died before forgetting the job: nothing to send.
+        rt.gate.retire(stale.ref)
+        return
+    fp, endpoint = split_gate_id(stale.gate_id)
+    if stale.state in ("polling", "storing"):
+        # The API task may still be active: count it against the cap while we poll it again.
+        rt.gate.hold(stale.gate_id, stale.ref)
+        if rt.gate.handoff(stale.ref, stale.token, 0, state="polling"):
+            rt.scheduler.poll(stale.ref, stale.token, fp)
+    else:
+        # Not submitted, or the submit's fate is unknown: queue it again at the front.
+        extra: dict[str, Any] = {}
+        if stale.state == "submitting":
+            # The POST may have reached the API before the worker died: at-least-once, so mark it.
+            extra["possible_duplicate"] = 1
+            rt.runs.count(run_id, "possible_duplicates")
+            # It may have been charged: count it spent.
+            charge_reserved(rt, run_id, rt.gate.fields(stale.ref, "reserved"))
+            extra["reserved"] = 0
+        rt.gate.requeue(stale.ref, stale.pool_id, endpoint, stale.gate_id, **extra)
+        dispatch(rt, stale.pool_id, endpoint)
+    logs.row_event(stale.ref, "re-driven", f"was {stale.state or 'unknown'}", level=logging.WARNING)
+
+
+def sweep(rt: Runtime) -> int:
+    """Re-drive abandoned jobs, fill free slots, stop runs no key can serve, finalize complete runs.
+
+    Cheap; every worker runs it about once a second.
+    """
+    n = 0
+    for stale in rt.gate.claim_expired():
+        try:
+            redrive(rt, stale)
+            n += 1
+        except KontextBatchError:
+            log.exception("could not re-drive %s", stale.ref)
+    for pool_id, endpoint in rt.gate.known_waits():
+        if rt.gate.waiting(pool_id, endpoint):
+            dispatch(rt, pool_id, endpoint)
+    n += _stop_runs_without_keys(rt)
+    for run_id in rt.runs.complete_but_open():
+        finalize(rt, run_id)
+        n += 1
+    return n
+
+
+def _stop_runs_without_keys(rt: Runtime) -> int:
+    """A run whose every key the API refused can never finish its waiting rows: stop it now."""
+    out = rt.gate.keys_out()
+    if not out:
+        return 0
+    n = 0
+    for run_id in rt.runs.open_runs():
+        meta = rt.runs.meta(run_id)
+        pool_id = meta.get("pool")
+        if not pool_id or meta.get("stopped") or meta.get("status") != "running":
+            continue
+        fps = rt.gate.pool(pool_id).fps
+        if all(fp in out for fp in fps):
+            # Stopping is for good: not on the 1 s cached view, which `retry` may have just cleared.
+            out = rt.gate.keys_out(max_age_s=0)
+            if not all(fp in out for fp in fps):
+                continue
+            reason = "; ".join(out[fp] for fp in fps)
+            rt.runs.update(run_id, stopped="keys", stopped_reason=f"no key of the run's pool is left: {reason}")
+            logs.run_stopped(run_id, "keys", f"no key of the run's pool is left: {reason}")
+            n += drain_waiting(rt, run_id, "failed", reason)
+    return n

@@ -24,6 +24,7 @@
         │   └── KeyNotHeld         a job's key is not one this process holds
         ├── OverBudget             a run's estimate is over its budget: nothing was queued
         └── OutputInUse            another unfinished run writes to the same output
+    Interrupted                    a stop was asked (Ctrl-C, SIGTERM) and honoured between two steps
 
 Terminal task outcomes (moderation, ``Error``, ``Failed``, ``Task not found``) are *not* exceptions:
 they are statuses recorded per row.
@@ -43,6 +44,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "FieldError",
+    "Interrupted",
     "InvalidImage",
     "KeyNotHeld",
     "KontextBatchError",
@@ -284,3 +286,9 @@ class OutputInUse(PermanentError):
         super().__init__(f"run {run_id} is still writing to {output}; wait for it, cancel it, or use --force")
         self.output = output
         self.run_id = run_id
+
+
+class Interrupted(KontextBatchError):
+    """Raised when a stop was asked (Ctrl-C, SIGTERM) and a pass honours it between two rows or two
+    looks: nothing is half-written. Neither retryable nor permanent: the caller decides (the CLI
+    exits 130, or detaches from a run that goes on in the workers)."""

@@ -17,7 +17,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+PROMETHEUS = PROMETHEUS_DIR / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 
@@ -192,7 +193,8 @@ def test_prometheus_scrapes_every_worker_replica(compose: dict[str, Any], servic
     prom = services["prometheus"]
     assert prom["image"].startswith("prom/prometheus")
     mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in prom["volumes"]}
-    assert (ROOT / mounts["/etc/prometheus/prometheus.yml"]).resolve() == PROMETHEUS
+    # The whole folder: prometheus.yml and the rules.yml its rule_files names, relative to it.
+    assert (ROOT / mounts["/etc/prometheus"]).resolve() == PROMETHEUS_DIR
     assert "--config.file=/etc/prometheus/prometheus.yml" in _command(prom)
     assert mounts["/prometheus"] in compose["volumes"]
     assert all(str(p).startswith("127.0.0.1:") for p in prom["ports"])
@@ -204,3 +206,4 @@ def test_prometheus_scrapes_every_worker_replica(compose: dict[str, Any], servic
     assert sd["names"] == ["worker"]
     assert sd["type"] == "A"
     assert str(sd["port"]) == _env(services["worker"])["KONTEXT_METRICS_PORT"]
+    assert all((PROMETHEUS_DIR / f).is_file() for f in config["rule_files"])

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.conftest import unavailable
@@ -27,7 +26,6 @@ RULES = PROMETHEUS_DIR / "rules.yml"
 RULES_TEST = PROMETHEUS_DIR / "rules_test.yml"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 CONTRACT = PROMETHEUS_DIR / "metrics-contract.yml"
-MONITORING_DOC = ROOT / "docs" / "monitoring.md"
 
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = frozenset({"instance", "job"})
@@ -149,7 +147,9 @@ def contract_problems(expr: str, known: dict[str, Series]) -> list[str]:
             bad = [v for v in value.split("|") if v not in allowed]
             problems += [f"{name}{{{label}{op}...}}: {v!r} is not one of {sorted(allowed)}" for v in bad]
     labels = frozenset().union(*(known[n].labels for n in used.names if n in known)) | TARGET_LABELS
-    problems += [f"groups by {label!r}, which none of {sorted(used.names)} has" for label in sorted(used.grouping - labels)]
+    problems += [
+        f"groups by {label!r}, which none of {sorted(used.names)} has" for label in sorted(used.grouping - labels)
+    ]
     return problems
 
 
@@ -157,7 +157,9 @@ def test_the_contract_reader_sees_names_labels_and_values() -> None:
     # Guards the tests that rely on it: each kind of mistake must be caught.
     known = known_series()
     assert contract_problems('sum by (status) (rate(kontext_rows_finished_total{status="failed"}[5m]))', known) == []
-    assert contract_problems("rate(kontext_rows_finishd_total[5m])", known) == ["unknown metric kontext_rows_finishd_total"]
+    assert contract_problems("rate(kontext_rows_finishd_total[5m])", known) == [
+        "unknown metric kontext_rows_finishd_total"
+    ]
     assert contract_problems('kontext_rows_finished_total{state="failed"}', known) == [
         "kontext_rows_finished_total has no label 'state'"
     ]
@@ -168,7 +170,10 @@ def test_the_contract_reader_sees_names_labels_and_values() -> None:
     assert contract_problems("max by (pool) (kontext_run_rows_left)", known) == [
         "groups by 'pool', which none of ['kontext_run_rows_left'] has"
     ]
-    assert contract_problems("histogram_quantile(0.9, sum by (le) (rate(kontext_row_duration_seconds_bucket[5m])))", known) == []
+    assert (
+        contract_problems("histogram_quantile(0.9, sum by (le) (rate(kontext_row_duration_seconds_bucket[5m])))", known)
+        == []
+    )
     assert contract_problems("vector(1)", known) == ["selects no metric"]
 
 
@@ -294,8 +299,7 @@ def test_rules_use_only_contract_metrics_labels_and_values() -> None:
         if found := contract_problems(rule["expr"], known):
             problems[rule.get("alert") or rule["record"]] = found
     # The settings are constants, and select nothing on purpose.
-    settings = {"kontext:nightly_deadline_hour_utc", "kontext:nightly_window_hours", "kontext:nightly_deadline_timestamp_seconds"}
-    for name in settings:
+    for name in ("kontext:nightly_deadline_hour_utc", "kontext:nightly_window_hours"):
         assert problems.pop(name, None) == ["selects no metric"], name
     assert problems == {}
 
@@ -322,12 +326,3 @@ def test_counters_are_summed_and_cluster_gauges_are_never_summed_raw() -> None:
             assert not re.search(raw_sum, rule["expr"]), (rule.get("alert") or rule["record"], name)
     assert all(m["type"] in {"counter", "histogram"} for n, m in metrics.items() if m["aggregate"] == "sum")
     assert all(n.endswith("_total") for n, m in metrics.items() if m["type"] == "counter")
-
-
-def test_the_monitoring_doc_covers_every_metric_and_alert() -> None:
-    text = MONITORING_DOC.read_text(encoding="utf-8")
-    missing = [name for name in contract_metrics() if f"`{name}`" not in text]
-    missing += [a["alert"] for a in _alerts() if f"`{a['alert']}`" not in text]
-    missing += [a["annotations"]["runbook"] for a in _alerts() if a["annotations"]["runbook"] not in text]
-    assert "kontext:nightly_deadline_hour_utc" in text
-    assert missing == []

@@ -23,20 +23,19 @@ worker reports the same figures (take ``max`` over workers, not ``sum``).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from kontext_batch.runtime import Runtime
 
-__all__ = ["MeteredTransport", "RedisCollector", "poll_answered", "row_finished", "serve_metrics"]
+__all__ = ["MeteredTransport", "RedisCollector", "poll_answered", "row_finished"]
 
 log = logging.getLogger("kontext_batch.metrics")
 
@@ -52,9 +51,6 @@ API_SECONDS: Final = Histogram(
     ["kind"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
-
-_serving_lock = threading.Lock()
-_serving: tuple[str, int] | None = None
 
 
 def _endpoint_of(job: dict[str, str]) -> str:
@@ -168,15 +164,3 @@ class RedisCollector(Collector):
             log.warning("metrics: could not read Redis", exc_info=True)
             return
         yield from (active, cap, waiting, left)
-
-
-def serve_metrics(rt: Runtime, port: int, host: str = "127.0.0.1") -> tuple[str, int]:
-    """Serve ``/metrics`` on ``host:port`` from a daemon thread, once per process. Returns the address."""
-    global _serving  # noqa: PLW0603 - one server per process is the point
-    with _serving_lock:
-        if _serving is None:
-            REGISTRY.register(RedisCollector(rt))
-            server, _ = start_http_server(port, addr=host)
-            _serving = (host, int(server.server_address[1]))
-            log.info("metrics on http://%s:%d/metrics", *_serving)
-        return _serving

@@ -181,6 +181,7 @@ class Settings:
     step_grace_s: float = 15.0
     task_deadline_s: float = 300.0
     stall_warn_s: float = 300.0
+    shutdown_grace_s: float = 25.0
     webhook_url: str | None = None
     task_events: bool = False
     progress_every_s: float = 30.0
@@ -242,6 +243,7 @@ class Settings:
             step_grace_s=num("KONTEXT_STEP_GRACE_S", d.step_grace_s, minimum=1.0),
             task_deadline_s=num("KONTEXT_TASK_DEADLINE_S", d.task_deadline_s, minimum=1.0),
             stall_warn_s=num("KONTEXT_STALL_WARN_S", d.stall_warn_s, minimum=1.0),
+            shutdown_grace_s=num("KONTEXT_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
             webhook_url=_webhook_url(env.get("KONTEXT_WEBHOOK_URL", "")),
             task_events=env.get("KONTEXT_TASK_EVENTS", "0").strip().lower() in _TRUE,
             progress_every_s=num("KONTEXT_PROGRESS_EVERY_S", d.progress_every_s, minimum=0.1),

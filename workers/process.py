@@ -1,18 +1,29 @@
-"""Per-process state of a worker: the runtime (created once), its logging, metrics server and sweeper.
+"""Per-process state of a worker: the runtime (created once), its logging, HTTP endpoints, its three
+threads, and how it shuts down.
 
 Three threads run in every worker besides Celery's. The heartbeat says, about every second, that
 this process is alive and which API keys it holds (only then do its keys take rows, and its jobs
 keep their slots). The sweeper, each second, re-drives jobs whose holder died or whose message is
 overdue, fills free slots, and finalizes complete runs. It is idempotent (Lua scripts), so several
 workers sweeping at once is harmless. The delay pump sends delayed steps as they fall due
-(:class:`~kontext_batch.workers.schedule.CelerySchedule`).
+(:class:`~kontext_batch.workers.schedule.CelerySchedule`). Each loop's rounds feed the liveness
+probe, and each heartbeat that reaches Redis the readiness probe (:mod:`kontext_batch.workers.health`).
+
+On SIGTERM (a rolling update, a scale-down) the worker shuts down warm: readiness turns 503 at once,
+Celery stops taking messages, a step message that still arrives is handed back to its queue
+untouched (``Reject(requeue=True)``: its job was never claimed), and the steps in hand finish. If
+some are still running after ``KONTEXT_SHUTDOWN_GRACE_S``, the process leaves the holders' sets
+(its heartbeat goes, so the other workers' sweepers re-drive those jobs within a second, fenced by
+their tokens) and exits 0. A clean stop leaves the holders' sets too, so nothing waits for a TTL.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+import time
 from typing import Any
 
 from celery import Celery, current_app, signals
@@ -23,19 +34,24 @@ from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.coord.holders import BEAT_S
 from kontext_batch.errors import RedisUnavailable
 from kontext_batch.logs import configure_logging
-from kontext_batch.metrics import MeteredTransport, serve_metrics
+from kontext_batch.metrics import MeteredTransport
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
 from kontext_batch.steps.sweep import sweep
+from kontext_batch.workers.health import Health, serve
 from kontext_batch.workers.schedule import CelerySchedule, celery_runtime
 
-__all__ = ["bind_app", "get_runtime", "init_runtime", "setup_logging"]
+__all__ = ["bind_app", "get_runtime", "health", "init_runtime", "setup_logging", "taking_steps"]
 
 log = logging.getLogger("kontext_batch.worker")
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 _app: Celery | None = None
 _stop = threading.Event()
+#: What /healthz and /readyz read.
+health = Health()
+_in_hand = 0  # steps running in this process (Celery's task_prerun/task_postrun)
+_in_hand_lock = threading.Lock()
 SWEEP_INTERVAL_S = 1.0
 #: The GIL's switch interval in a worker (Python's default is 5 ms). A worker is dozens of threads
 #: that mostly wait on sockets; with the default, a thread whose reply has arrived waits up to 5 ms
@@ -63,8 +79,13 @@ def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runt
             _runtime.transport_wrapper = MeteredTransport
         rt = _runtime
     if metrics_port is not None:
-        serve_metrics(rt, metrics_port, settings.metrics_host)
+        serve(rt, health, metrics_port, settings.metrics_host)
     return rt
+
+
+def taking_steps() -> bool:
+    """False once the worker is shutting down: a task then hands its message back untouched."""
+    return not health.draining
 
 
 def get_runtime() -> Runtime:
@@ -80,8 +101,10 @@ _REDIS_DOWN = (RedisError, KombuOperationalError, OSError)
 def _heartbeat() -> None:
     # Its own thread: a slow sweep must never make this process look dead and lose its slots.
     while not _stop.wait(BEAT_S):
+        health.round("heartbeat")
         try:
             get_runtime().beat()
+            health.beat_ok()
         except _REDIS_DOWN:  # the sweeper says so, once per outage; the next beat tries again
             log.debug("heartbeat: Redis unavailable", exc_info=True)
         except Exception:
@@ -95,7 +118,7 @@ def _pump() -> None:
         return
     while not _stop.is_set():
         try:
-            scheduler.pump(_stop)
+            scheduler.pump(_stop, on_round=lambda: health.round("delays"))
         except _REDIS_DOWN:  # the sweeper says so, once per outage
             log.debug("delay pump: Redis unavailable", exc_info=True)
             _stop.wait(1.0)
@@ -107,6 +130,7 @@ def _pump() -> None:
 def _sweeper() -> None:
     down = False
     while not _stop.wait(SWEEP_INTERVAL_S):
+        health.round("sweeper")
         rt = get_runtime()
         try:
             sweep(rt)
@@ -160,7 +184,13 @@ def _json_shutdown_lines() -> None:
 def _start_sweeper(**_: Any) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     rt = get_runtime()
-    rt.beat()
+    for loop in ("heartbeat", "sweeper", "delays"):
+        health.round(loop)
+    try:
+        rt.beat()
+        health.beat_ok()
+    except _REDIS_DOWN:  # not ready until a beat gets through; the heartbeat thread keeps trying
+        log.debug("first heartbeat: Redis unavailable", exc_info=True)
     threading.Thread(target=_heartbeat, name="kontext-heartbeat", daemon=True).start()
     threading.Thread(target=_sweeper, name="kontext-sweeper", daemon=True).start()
     threading.Thread(target=_pump, name="kontext-delays", daemon=True).start()
@@ -169,6 +199,56 @@ def _start_sweeper(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     _stop.set()
+    _leave()
+
+
+@signals.task_prerun.connect
+def _step_started(**_: Any) -> None:
+    global _in_hand  # noqa: PLW0603 - a per-process count
+    with _in_hand_lock:
+        _in_hand += 1
+
+
+@signals.task_postrun.connect
+def _step_ended(**_: Any) -> None:
+    global _in_hand  # noqa: PLW0603 - a per-process count
+    with _in_hand_lock:
+        _in_hand -= 1
+
+
+def steps_in_hand() -> int:
+    with _in_hand_lock:
+        return _in_hand
+
+
+@signals.worker_shutting_down.connect
+def _shutting_down(how: str = "", **_: Any) -> None:
+    """Celery began its shutdown (SIGTERM, SIGINT): not ready any more, and a deadline for the steps."""
+    health.drain()
+    grace = _runtime.settings.shutdown_grace_s if _runtime is not None else 25.0
+    log.info("%s shutdown: finishing %d step(s) in hand within %.0f s", how or "warm", steps_in_hand(), grace)
+    threading.Thread(target=_grace_deadline, args=(grace,), name="kontext-shutdown", daemon=True).start()
+
+
+def _grace_deadline(grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if _stop.wait(0.1):  # Celery finished its shutdown: worker_shutdown left the holders' sets
+            return
+    left = steps_in_hand()
+    log.warning(
+        "%d step(s) still running %.0f s after the shutdown began (KONTEXT_SHUTDOWN_GRACE_S): handing their "
+        "jobs back and exiting",
+        left,
+        grace_s,
+    )
+    _leave()
+    logging.shutdown()
+    os._exit(0)
+
+
+def _leave() -> None:
+    """Take this process out of the holders' sets: its slots and in-hand jobs are re-driven at once."""
     if _runtime is not None:
         try:
             _runtime.holders.leave(_runtime.proc_id, _runtime.held)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from celery import Celery
 
@@ -51,7 +52,13 @@ class CelerySchedule:
     def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None:
         self._schedule(DueMessage("poll", ref, token, fp), countdown_s)
 
-    def pump(self, stop: threading.Event, longest_s: float = 0.5, batch: int = 16) -> None:
+    def pump(
+        self,
+        stop: threading.Event,
+        longest_s: float = 0.5,
+        batch: int = 16,
+        on_round: Callable[[], None] | None = None,
+    ) -> None:
         """Send delayed messages as they fall due, until ``stop`` is set (a worker's pump thread).
 
         It takes at most ``batch`` due messages at a time: every pump wakes when the queue's next
@@ -63,6 +70,8 @@ class CelerySchedule:
             return
         delays = self.delays
         while not stop.is_set():
+            if on_round is not None:
+                on_round()
             delays.wake_at = 0.0  # looking now: any push may be due before the next look
             delays.pushed.clear()
             due, next_in = delays.take_due(batch)

@@ -182,6 +182,9 @@ class Settings:
     task_deadline_s: float = 300.0
     stall_warn_s: float = 300.0
     shutdown_grace_s: float = 25.0
+    redis_allow_eviction: bool = False
+    #: The private Redis of ``demo`` and ``--local`` (nothing to persist: it lives and dies with the command).
+    redis_embedded: bool = False
     webhook_url: str | None = None
     task_events: bool = False
     progress_every_s: float = 30.0
@@ -244,6 +247,8 @@ class Settings:
             task_deadline_s=num("KONTEXT_TASK_DEADLINE_S", d.task_deadline_s, minimum=1.0),
             stall_warn_s=num("KONTEXT_STALL_WARN_S", d.stall_warn_s, minimum=1.0),
             shutdown_grace_s=num("KONTEXT_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+            redis_allow_eviction=env.get("KONTEXT_REDIS_ALLOW_EVICTION", "0").strip().lower() in _TRUE,
+            redis_embedded=env.get("KONTEXT_REDIS_EMBEDDED", "0").strip().lower() in _TRUE,
             webhook_url=_webhook_url(env.get("KONTEXT_WEBHOOK_URL", "")),
             task_events=env.get("KONTEXT_TASK_EVENTS", "0").strip().lower() in _TRUE,
             progress_every_s=num("KONTEXT_PROGRESS_EVERY_S", d.progress_every_s, minimum=0.1),
@@ -326,6 +331,10 @@ class Settings:
             out["KONTEXT_WEBHOOK_URL"] = self.webhook_url
         if self.task_events:
             out["KONTEXT_TASK_EVENTS"] = "1"
+        if self.redis_allow_eviction:
+            out["KONTEXT_REDIS_ALLOW_EVICTION"] = "1"
+        if self.redis_embedded:
+            out["KONTEXT_REDIS_EMBEDDED"] = "1"
         for name in ("redis_ca", "redis_cert", "redis_key"):
             value = getattr(self, name)
             if value:

@@ -32,7 +32,8 @@ from redis.exceptions import RedisError
 
 from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.coord.holders import BEAT_S
-from kontext_batch.errors import RedisUnavailable
+from kontext_batch.coord.policy import check_policy, read_memory
+from kontext_batch.errors import ConfigError, RedisUnavailable
 from kontext_batch.logs import configure_logging
 from kontext_batch.metrics import MeteredTransport
 from kontext_batch.runtime import Runtime
@@ -41,7 +42,7 @@ from kontext_batch.steps.sweep import sweep
 from kontext_batch.workers.health import Health, serve
 from kontext_batch.workers.schedule import CelerySchedule, celery_runtime
 
-__all__ = ["bind_app", "get_runtime", "health", "init_runtime", "setup_logging", "taking_steps"]
+__all__ = ["bind_app", "get_runtime", "health", "init_runtime", "setup_logging", "taking_steps", "trust_redis"]
 
 log = logging.getLogger("kontext_batch.worker")
 _lock = threading.Lock()
@@ -81,6 +82,32 @@ def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runt
     if metrics_port is not None:
         serve(rt, health, metrics_port, settings.metrics_host)
     return rt
+
+
+def trust_redis(rt: Runtime) -> None:
+    """Refuse an evicting Redis (ConfigError: ``kontext-batch worker`` exits 2); say each warning once."""
+    s = rt.settings
+    for warning in check_policy(
+        read_memory(rt.redis), s.redis_display, allow_eviction=s.redis_allow_eviction, embedded=s.redis_embedded
+    ):
+        if warning not in _warned:
+            _warned.add(warning)
+            log.warning("%s", warning)
+
+
+_warned: set[str] = set()
+#: How often the sweeper looks at the Redis's policy again (someone may change it under a running fleet).
+POLICY_EVERY_S = 60.0
+
+
+def _look_at_policy(rt: Runtime, last: float) -> float:
+    if time.monotonic() - last < POLICY_EVERY_S:
+        return last
+    try:
+        trust_redis(rt)
+    except ConfigError as exc:
+        log.error("%s", exc)  # noqa: TRY400 - one line; the workers go on, but every run is at risk
+    return time.monotonic()
 
 
 def taking_steps() -> bool:
@@ -129,10 +156,12 @@ def _pump() -> None:
 
 def _sweeper() -> None:
     down = False
+    policy_at = time.monotonic()  # the worker's start looked at it
     while not _stop.wait(SWEEP_INTERVAL_S):
         health.round("sweeper")
         rt = get_runtime()
         try:
+            policy_at = _look_at_policy(rt, policy_at)
             sweep(rt)
         except _REDIS_DOWN as exc:
             # Redis down or restarting: one line when it starts, one when it ends, not a traceback a second.

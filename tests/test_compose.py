@@ -1,11 +1,15 @@
-"""docker-compose.yml: valid against the compose spec (offline), and shaped the way the README says.
+"""docker-compose.yml: valid against the compose spec (offline), and shaped the way the README and
+docs/monitoring.md say: pinned images, healthchecks and the waits on them, rotated logs, credentials
+only as secret files (throwaway ones only in the emulator bundle), JSON logs, Flower behind a login.
 
 No Docker needed: the spec check is check-jsonschema's vendored compose-spec schema, and the rest
-reads the YAML.
+reads the YAML (and runs the workers' entrypoint script with sh).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +24,10 @@ COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 PROMETHEUS = PROMETHEUS_DIR / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+EMULATOR_ENV = ROOT / "deploy" / "emulator" / "emulator.env"
+
+# Services that run once and exit: no healthcheck, others wait for them to complete.
+ONE_SHOT = {"createbucket", "cli"}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +56,11 @@ def _env(svc: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+def _env_file(path: Path) -> dict[str, str]:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
 def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
@@ -73,7 +86,9 @@ def test_the_spec_check_rejects_a_broken_file(tmp_path: Path) -> None:
 
 
 def test_all_services_are_present(services: dict[str, dict[str, Any]]) -> None:
-    assert {"redis", "minio", "createbucket", "worker", "flower", "prometheus", "emulator", "cli"} <= set(services)
+    assert {"redis", "minio", "createbucket", "worker", "flower", "prometheus", "grafana", "emulator", "cli"} <= set(
+        services
+    )
 
 
 def test_worker_scales_no_fixed_name_or_host_port(services: dict[str, dict[str, Any]]) -> None:
@@ -90,11 +105,175 @@ def test_worker_environment_points_at_the_stack(services: dict[str, dict[str, An
     assert env["KONTEXT_OUTPUT"].startswith("s3://kontext/")
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert env["AWS_ALLOW_HTTP"] == "true"
-    # The key comes from the host's environment, never from the file.
-    assert env["KONTEXT_API_KEY"].startswith("${KONTEXT_API_KEY")
-    assert env["KONTEXT_API_BASE"] == "${KONTEXT_API_BASE:-http://emulator:8765}"
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+    # The keys are a secret file (the app reads a path in KONTEXT_API_KEYS); the API base has no default.
+    assert env["KONTEXT_API_KEYS"] == "/run/secrets/kontext_api_keys"
+    assert "KONTEXT_API_KEY" not in env
+    assert env["KONTEXT_API_BASE"].startswith("${KONTEXT_API_BASE:?")
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
     assert env["KONTEXT_TASK_EVENTS"] == "1"  # Flower, beside them, needs the workers' task events
+    assert env["KONTEXT_LOG_FORMAT"] == "json"
+
+
+def _entrypoint_script(svc: dict[str, Any]) -> list[str]:
+    """The service's entrypoint as sh would run it (compose turns $$ into $)."""
+    return [str(part).replace("$$", "$") for part in svc["entrypoint"]]
+
+
+@pytest.mark.parametrize("name", ["worker", "cli"])
+def test_app_containers_get_their_key_file_and_s3_credentials_as_secrets(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    svc = services[name]
+    assert {"kontext_api_keys", "s3_access_key_id", "s3_secret_access_key"} <= set(svc["secrets"])
+    entrypoint = _entrypoint_script(svc)
+    assert entrypoint[:2] == ["/bin/sh", "-c"]
+    assert "/run/secrets/s3_access_key_id" in entrypoint[2]
+    assert "/run/secrets/s3_secret_access_key" in entrypoint[2]
+
+
+def test_the_secrets_entrypoint_exports_the_files_and_runs_the_command(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    # Run the worker's entrypoint with sh, the secret files in a temporary folder, and a command
+    # that prints what it got: the credentials in its environment, its arguments unchanged.
+    (tmp_path / "s3_access_key_id").write_text("AKIDEXAMPLE", encoding="utf-8")
+    (tmp_path / "s3_secret_access_key").write_text("secret with spaces\n", encoding="utf-8")
+    sh, flag, script, *rest = _entrypoint_script(services["worker"])
+    script = script.replace("/run/secrets/", f"{tmp_path}/")
+    probe = [
+        sys.executable,
+        "-c",
+        "import os, sys; e = os.environ; print(e['AWS_ACCESS_KEY_ID'], e['AWS_SECRET_ACCESS_KEY'], sys.argv[1:], "
+        "sep='|')",
+        "a b",
+        "c",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run(
+        [sh, flag, script, *rest, *probe], capture_output=True, text=True, timeout=30, check=False, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "AKIDEXAMPLE|secret with spaces|['a b', 'c']"
+    # A missing file stops the container instead of starting it without credentials.
+    (tmp_path / "s3_secret_access_key").unlink()
+    result = subprocess.run(
+        [sh, flag, script, *rest, *probe], capture_output=True, text=True, timeout=30, check=False, env=env
+    )
+    assert result.returncode != 0
+    assert "AKIDEXAMPLE" not in result.stdout
+
+
+def test_credentials_are_secret_files_in_one_required_folder(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    secrets = compose["secrets"]
+    assert {"kontext_api_keys", "s3_access_key_id", "s3_secret_access_key", "grafana_admin_password"} <= set(secrets)
+    for name, secret in secrets.items():
+        assert secret["file"].startswith("${KONTEXT_SECRETS_DIR:?"), name
+        assert secret["file"].endswith(f"/{name}"), name
+    used = {s for svc in services.values() for s in svc.get("secrets", [])}
+    assert used == set(secrets)  # every secret used, none undefined
+    minio = _env(services["minio"])
+    assert minio["MINIO_ROOT_USER_FILE"] == "s3_access_key_id"
+    assert minio["MINIO_ROOT_PASSWORD_FILE"] == "s3_secret_access_key"
+    assert _env(services["grafana"])["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+
+
+# Variables that hold a credential (their names end so): KONTEXT_API_KEYS, AWS_SECRET_ACCESS_KEY, FLOWER_BASIC_AUTH...
+_CREDENTIAL_VAR = re.compile(r"(?:^|_)(?:KEYS?|KEY_ID|SECRET|PASSWORD|TOKEN|AUTH)$")
+
+
+def test_no_credential_has_a_default_or_a_value_in_the_file(services: dict[str, dict[str, Any]]) -> None:
+    text = COMPOSE.read_text(encoding="utf-8")
+    defaults = [m.group(1) for m in re.finditer(r"\$\{(\w+):?-", text) if _CREDENTIAL_VAR.search(m.group(1))]
+    assert defaults == []
+    # The emulator bundle's throwaway values stay in the bundle.
+    bundle = _env_file(EMULATOR_ENV)
+    throwaways = [bundle["FLOWER_BASIC_AUTH"]] + [
+        (ROOT / bundle["KONTEXT_SECRETS_DIR"] / name).read_text(encoding="utf-8").strip()
+        for name in ("kontext_api_keys", "s3_secret_access_key", "grafana_admin_password")
+    ]
+    assert [t for t in throwaways if t in text] == []
+    for name, svc in services.items():
+        for var, value in _env(svc).items():
+            if _CREDENTIAL_VAR.search(var):
+                # Only a required ${VAR:?...} from the operator, or the path of a secret file.
+                assert value.startswith(("${", "/run/secrets/")), (name, var)
+                assert ":-" not in value, (name, var)
+
+
+def test_the_emulator_bundle_sets_every_required_variable_and_secret(compose: dict[str, Any]) -> None:
+    env = _env_file(EMULATOR_ENV)
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text(encoding="utf-8")))
+    assert required == {"KONTEXT_SECRETS_DIR", "KONTEXT_API_BASE", "FLOWER_BASIC_AUTH"}
+    assert required <= set(env)
+    assert env["KONTEXT_API_BASE"] == "http://emulator:8765"  # its throwaway key only ever goes there
+    folder = (ROOT / env["KONTEXT_SECRETS_DIR"]).resolve()
+    assert folder.is_relative_to(ROOT / "deploy" / "emulator")
+    for name in compose["secrets"]:
+        assert (folder / name).read_text(encoding="utf-8").strip(), name
+    assert len((folder / "s3_secret_access_key").read_text(encoding="utf-8")) >= 8  # MinIO's minimum
+    assert re.fullmatch(r"[^:]+:.+", env["FLOWER_BASIC_AUTH"])
+
+
+_PINNED = re.compile(r"v?\d+\.\d+\.\d+(-[a-z0-9]+)?|RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z")
+
+
+def test_every_image_is_pinned_to_a_release(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        image = str(svc["image"])
+        _, sep, tag = image.rpartition(":")
+        assert sep, f"{name}: {image} has no tag"
+        assert "/" not in tag, f"{name}: {image} has no tag"
+        if "build" in svc:
+            assert image == "kontext-batch:local", name  # built here from the Dockerfile
+            continue
+        assert tag != "latest", name
+        assert _PINNED.fullmatch(tag), f"{name}: {image} is not an exact release"
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        if name in ONE_SHOT:
+            assert svc.get("restart", "no") == "no" or "tools" in svc.get("profiles", []), name
+            continue
+        check = svc.get("healthcheck", {})
+        assert check.get("test"), f"{name} has no healthcheck"
+        assert check["test"] not in (["NONE"], "NONE"), name
+        assert not check.get("disable", False), name
+        assert svc["restart"] == "unless-stopped", name
+
+
+def test_every_dependency_waits_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: depends_on without conditions"
+        for dep, spec in deps.items():
+            wanted = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert spec["condition"] == wanted, (name, dep)
+            assert "healthcheck" in services[dep] or dep in ONE_SHOT, (name, dep)
+
+
+def test_every_service_rotates_its_logs(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        logging = svc.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert re.fullmatch(r"\d+[km]", logging["options"]["max-size"]), name
+        assert int(logging["options"]["max-file"]) >= 2, name
+
+
+def test_host_ports_are_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_worker_health_is_its_readyz_on_the_metrics_port(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    port = _env(worker)["KONTEXT_METRICS_PORT"]
+    test = " ".join(worker["healthcheck"]["test"])
+    assert test.startswith("CMD python -c ")  # the image has python, not curl or wget
+    assert f"http://127.0.0.1:{port}/readyz" in test
 
 
 def test_worker_waits_for_redis_and_the_bucket(services: dict[str, dict[str, Any]]) -> None:
@@ -111,6 +290,8 @@ def test_redis_persists_with_aof_on_a_volume(compose: dict[str, Any], services: 
     cmd = _command(redis)
     assert cmd[0] == "redis-server"
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "--maxmemory" in cmd  # a limit, or noeviction never applies and the 90 % alert never fires
     volumes = [str(v) for v in redis["volumes"]]
     assert any(v.endswith(":/data") for v in volumes)
     assert volumes[0].split(":")[0] in compose["volumes"]
@@ -141,7 +322,8 @@ def test_emulator_is_only_in_the_emulator_profile(services: dict[str, dict[str, 
 def test_cli_is_a_tools_profile_service_with_the_manifests(services: dict[str, dict[str, Any]]) -> None:
     cli = services["cli"]
     assert cli["profiles"] == ["tools"]
-    assert cli["entrypoint"] == ["kontext-batch"]
+    assert cli["entrypoint"][-1] == "kontext-batch"  # after the secrets entrypoint: `run --rm cli status` works
+    assert cli["entrypoint"][:3] == services["worker"]["entrypoint"][:3]
     assert _env(cli)["KONTEXT_REDIS_URL"] == _env(services["worker"])["KONTEXT_REDIS_URL"]
     assert any(str(v).startswith("./manifests:") for v in cli["volumes"])
 
@@ -149,8 +331,13 @@ def test_cli_is_a_tools_profile_service_with_the_manifests(services: dict[str, d
 def test_flower_watches_the_same_broker(services: dict[str, dict[str, Any]]) -> None:
     flower = services["flower"]
     assert flower["image"].startswith("mher/flower")
-    assert _env(flower)["CELERY_BROKER_URL"] == "redis://redis:6379/0"
+    env = _env(flower)
+    assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0"
     assert any(str(p).endswith("5555:5555") for p in flower["ports"])
+    # A login the operator must set; the API is never opened to anonymous callers.
+    assert env["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert "FLOWER_UNAUTHENTICATED_API" not in env
+    assert "/healthcheck" in " ".join(flower["healthcheck"]["test"])  # the one page without a login
 
 
 def test_dockerfile_is_slim_non_root_and_holds_no_secrets() -> None:
@@ -172,7 +359,10 @@ def test_docker_compose_config_accepts_the_file() -> None:
     if probe.returncode != 0:
         pytest.skip("docker compose plugin not installed")
     result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "--profile", "emulator", "--profile", "tools", "config", "--quiet"],
+        [
+            *["docker", "compose", "-f", str(COMPOSE), "--env-file", str(EMULATOR_ENV)],
+            *["--profile", "emulator", "--profile", "tools", "config", "--quiet"],
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -26,6 +26,7 @@ RULES = PROMETHEUS_DIR / "rules.yml"
 RULES_TEST = PROMETHEUS_DIR / "rules_test.yml"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 CONTRACT = PROMETHEUS_DIR / "metrics-contract.yml"
+MONITORING_DOC = ROOT / "docs" / "monitoring.md"
 
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = frozenset({"instance", "job"})
@@ -326,3 +327,13 @@ def test_counters_are_summed_and_cluster_gauges_are_never_summed_raw() -> None:
             assert not re.search(raw_sum, rule["expr"]), (rule.get("alert") or rule["record"], name)
     assert all(m["type"] in {"counter", "histogram"} for n, m in metrics.items() if m["aggregate"] == "sum")
     assert all(n.endswith("_total") for n, m in metrics.items() if m["type"] == "counter")
+
+
+def test_the_monitoring_doc_covers_every_metric_alert_and_runbook() -> None:
+    # docs/monitoring.md lists every contract metric and every alert with its runbook, verbatim.
+    text = MONITORING_DOC.read_text(encoding="utf-8")
+    missing = [name for name in contract_metrics() if f"`{name}`" not in text]
+    missing += [a["alert"] for a in _alerts() if f"`{a['alert']}`" not in text]
+    missing += [a["annotations"]["runbook"] for a in _alerts() if a["annotations"]["runbook"] not in text]
+    assert "kontext:nightly_deadline_hour_utc" in text
+    assert missing == []

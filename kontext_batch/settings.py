@@ -131,6 +131,9 @@ def parse_api_keys(value: str) -> tuple[ApiKey, ...]:
     candidate = Path(value.strip()).expanduser() if "\n" not in value and "," not in value else None
     if candidate is not None and candidate.is_file():
         text = candidate.read_text(encoding="utf-8")
+    elif candidate is not None and value.strip().startswith(("/", "./", "~")):
+        # A mounted secret that is missing must not become a "key" named after its path.
+        raise ConfigError(f"KONTEXT_API_KEYS names the file {value.strip()}, which does not exist or is not a file")
     keys: list[ApiKey] = []
     seen: set[str] = set()
     for n, raw in enumerate(text.replace(",", "\n").splitlines(), start=1):

@@ -1,6 +1,7 @@
 """Settings: read once from the environment, never showing secrets."""
 
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,13 @@ def test_bad_values_name_their_variable(env: dict[str, str], named: str) -> None
 def test_secret_refuses_to_be_pickled() -> None:
     with pytest.raises(TypeError):
         pickle.dumps(Secret("x"))
+
+
+def test_a_missing_keys_file_is_an_error_not_a_key(tmp_path: Path) -> None:
+    missing = tmp_path / "secrets" / "kontext_api_keys"
+    with pytest.raises(ConfigError, match="does not exist"):
+        Settings.from_env({"KONTEXT_API_KEYS": str(missing)})
+    missing.parent.mkdir()
+    missing.write_text("key-one total=12\n# a comment\nkey-two\n", encoding="utf-8")
+    keys = Settings.from_env({"KONTEXT_API_KEYS": str(missing)}).api_keys
+    assert [(k.secret.reveal(), k.max_active) for k in keys] == [("key-one", 12), ("key-two", None)]

@@ -41,7 +41,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
@@ -164,9 +164,12 @@ def check_object_name(name: str) -> str:
 def _translate(exc: Exception, uri: str) -> Exception:
     """Map an obstore/OS error to our tree (see the module docstring)."""
     text = str(exc).split("\n\nDebug source:", 1)[0].strip()
+    # Checked before the type: obstore raises a missing bucket on a list as a GenericError.
+    if "NoSuchBucket" in text:
+        return StorageError(f"bucket does not exist for {uri}")
+    if "ContainerNotFound" in text:  # Azure's word for it
+        return StorageError(f"container does not exist for {uri}")
     if isinstance(exc, FileNotFoundError):
-        if "NoSuchBucket" in text:
-            return StorageError(f"bucket does not exist for {uri}")
         return ObjectNotFound(uri)
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
         return StorageError(f"permission denied for {uri}: {text}")
@@ -347,6 +350,34 @@ def _s3_credentials_configured() -> bool:
     return any(env.get(name) for name in _S3_CREDENTIAL_SOURCES)
 
 
+# The HTTP-client keys object_store reads from GOOGLE_<KEY> / AZURE_<KEY> (GOOGLE_ALLOW_HTTP, AZURE_PROXY_URL).
+_CLIENT_ENV_KEYS: Final = (
+    "allow_http",
+    "allow_invalid_certificates",
+    "connect_timeout",
+    "proxy_url",
+    "proxy_ca_certificate",
+    "proxy_excludes",
+    "timeout",
+)
+
+
+def _cloud_client_options(scheme: str) -> ClientConfig:
+    """HTTP-client options for a gs:// or az:// store: a 60 s timeout, then the GOOGLE_*/AZURE_* client keys set.
+
+    obstore reads those keys from the environment only when it is given no client options at all, so
+    passing our timeout hid them, and with them GOOGLE_ALLOW_HTTP: the only way to an http:// GCS
+    emulator, or to an Azurite named by AZURE_STORAGE_ENDPOINT.
+    """
+    prefix = "GOOGLE_" if scheme == "gs" else "AZURE_"
+    client: dict[str, object] = {"timeout": _CLIENT_TIMEOUT}
+    for key in _CLIENT_ENV_KEYS:
+        value = os.environ.get(prefix + key.upper())
+        if value:
+            client[key] = value  # obstore parses the strings as it parses the environment's
+    return cast("ClientConfig", client)
+
+
 def _split_scheme(url: str) -> str:
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
     return m.group(1).lower() if m else ""
@@ -381,7 +412,7 @@ def open_store(url: str, *, base_dir: Path | None = None) -> ObjectStore:
         return ObjectStore(base + (f"?{query}" if query else ""), backend, cloud=True)
     if scheme in CLOUD_SCHEMES:
         base = raw.rstrip("/")
-        client_gc: ClientConfig = {"timeout": _CLIENT_TIMEOUT}
+        client_gc = _cloud_client_options(scheme)
         other: _Backend = _call(lambda: from_url(base, client_options=client_gc, retry_config=_RETRY), base)
         return ObjectStore(base, other, cloud=True)
     raise StorageError(f"unsupported storage URL {url!r}: use a folder, file://, s3://, gs://, az:// or memory://")

@@ -28,7 +28,15 @@ from kontext_batch.coord.gate import Pool
 from kontext_batch.coord.keys import job_ref
 from kontext_batch.coord.redisio import BATCH, batched
 from kontext_batch.coord.runs import new_run_id
-from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OutputInUse, OverBudget, RowError
+from kontext_batch.errors import (
+    ConfigError,
+    Interrupted,
+    InvalidImage,
+    ManifestError,
+    OutputInUse,
+    OverBudget,
+    RowError,
+)
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.io.storage import ObjectNotFound, ObjectStore
 from kontext_batch.jobspec import JobSpec
@@ -77,10 +85,20 @@ def start_run(
 ) -> QueuedRun:
     """Check, register and queue ``req.manifest`` (``-``: ``stdin``) in one pass over it.
 
-    Raises ManifestError (nothing queued, the run forgotten) when a row is invalid and
-    ``req.skip_invalid`` is off, or for file-level problems; StorageError when the output store
-    cannot be written; OSError when the manifest cannot be read; KeyboardInterrupt when ``stop()``
-    turns true during the pass (the run is forgotten, as on every failure).
+    The run is registered after the key, output store and output checks; whatever is raised from
+    then on (a KeyboardInterrupt too), nothing is queued and the run is forgotten. Raises:
+
+    - ConfigError: no API key is set (neither KONTEXT_API_KEY nor KONTEXT_API_KEYS), or ``req.model``
+      names no model;
+    - OutputInUse: another unfinished run writes to the same output (not checked with ``req.force``);
+    - ManifestError: a row is invalid and ``req.skip_invalid`` is off, or the file itself is bad
+      (no rows, no prompt column, ...);
+    - OverBudget: the manifest's estimate is over the budget (``req.budget``, else the settings');
+    - StorageError: the output store cannot be opened (a bad URL) or refuses a read or a write
+      (listing outputs, staging input images); StorageUnavailable when it fails in a way that may pass;
+    - OSError: the manifest cannot be read (FileNotFoundError when it does not exist);
+    - Interrupted: ``stop()`` turned true; it is asked between two rows, so nothing is half-written;
+    - redis.exceptions.RedisError: Redis failed beyond the client's own retries.
     """
     keys = rt.settings.run_keys
     if not keys:
@@ -152,7 +170,7 @@ class _Enqueue:
         )
         for read in rows:
             if stop():
-                raise KeyboardInterrupt  # asked between two rows: nothing half-written
+                raise Interrupted  # asked between two rows: nothing half-written
             refused = report.errors_total > 0 and not self.req.skip_invalid  # only checking from here on
             staged: list[StagedImage] = []
             checked = read

@@ -13,6 +13,7 @@ from typing import Literal
 
 from kontext_batch.coord.budget import Spend
 from kontext_batch.coord.runs import RunInfo
+from kontext_batch.errors import Interrupted
 from kontext_batch.runtime import Runtime
 
 __all__ = ["KeyState", "Progress", "RunOutcome", "RunView", "follow", "outcome_of", "view_run"]
@@ -125,7 +126,8 @@ def follow(
     """Look at the run every ``interval_s`` until it is final (or ``timeout_s`` passed).
 
     Calls ``on_progress`` with each look, the last one included; prints nothing. Raises
-    KeyboardInterrupt when ``stop()`` turns true (the run goes on; only the looking stops).
+    Interrupted when ``stop()`` turns true (asked between two looks; the run goes on, only the
+    looking stops).
     """
     start = last_change = time.monotonic()
     first_done: int | None = None
@@ -146,4 +148,4 @@ def follow(
             return RunOutcome(info, "timed_out", 0)
         time.sleep(interval_s)
         if stop is not None and stop():
-            raise KeyboardInterrupt
+            raise Interrupted

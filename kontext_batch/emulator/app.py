@@ -32,7 +32,7 @@ from kontext_batch.emulator.config import EmulatorConfig
 from kontext_batch.emulator.faults import FaultInjected
 from kontext_batch.emulator.routes_reseller import ResellerError
 from kontext_batch.emulator.runtime import Runtime
-from kontext_batch.emulator.state import READY
+from kontext_batch.emulator.task import READY
 
 __all__ = ["create_app"]
 

@@ -25,7 +25,7 @@ from kontext_batch.cli.progress import (
 )
 from kontext_batch.coord.budget import Spend
 from kontext_batch.coord.runs import RunInfo
-from kontext_batch.run.enqueue import KeyState, Progress, RunView
+from kontext_batch.run.view import KeyState, Progress, RunView
 from kontext_batch.settings import Settings
 from tests.pipeline_support import InlineScheduler, inline_runtime
 

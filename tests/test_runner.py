@@ -1,4 +1,4 @@
-"""`run` through the runner, as a user calls it: `--local --emulator`, `demo`, stdin, `--skip-invalid`.
+"""`run` as a user calls it: `--local --emulator`, `demo`, stdin, `--skip-invalid`; `follow` and `cancel` on its runs.
 
 Each test is the CLI as a real process with its private Redis, emulator and worker processes.
 """

@@ -30,8 +30,9 @@ from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, 
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.run.control import cancel_run, retry_run
-from kontext_batch.run.enqueue import Progress, RunRequest, RunView, follow, start_run, view_run
+from kontext_batch.run.enqueue import RunRequest, start_run
 from kontext_batch.run.local import demo_manifest, interrupts, local_stack
+from kontext_batch.run.view import Progress, RunView, follow, view_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings, resolve_api_base
 from kontext_batch.steps.gallery import ids_from_file, put_gallery

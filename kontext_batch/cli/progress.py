@@ -32,7 +32,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from kontext_batch.run.enqueue import Progress, RunOutcome, RunView, view_run
+from kontext_batch.run.view import Progress, RunOutcome, RunView, view_run
 from kontext_batch.runtime import Runtime
 
 __all__ = [

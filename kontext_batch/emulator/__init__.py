@@ -2,9 +2,9 @@
 
 The project's test double and a product feature (``kontext-batch emulator``): submit, poll on the
 host ``polling_url`` names, download signed expiring samples that are real images, with BFL's
-limits (24 active per key, 6 for max, both configurable per key), credits per key, webhooks and
-injectable faults. ``render="fast"`` trades each task's own image for one shared image per size and
-format, for load tests. It reads the API's documents itself and imports nothing from
+limits (24 active per key, of which 6 for max; both configurable, the 24 also per key), credits per
+key, webhooks and injectable faults. ``render="fast"`` trades each task's own image for one shared
+image per size and format, for load tests. It reads the API's documents itself and imports nothing from
 ``kontext_batch.api``, so the client's mistakes show up against it.
 """
 

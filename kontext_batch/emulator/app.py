@@ -11,7 +11,7 @@ route                                       what
 ``GET /delivery/results/{id}/sample.EXT``   signed, expiring sample download
 ``GET /_emulator/stats``                    counters, per-key block ``keys``, per-task records
 ``POST /_emulator/credits|faults|reset``    admin: set a key's credits, replace fault rates, reset
-``POST /_emulator/revoke``                   admin: refuse a key (403) from now on
+``POST /_emulator/revoke``                  admin: refuse a key (403) from now on
 ==========================================  ===================================================
 """
 
@@ -32,7 +32,7 @@ from kontext_batch.emulator.config import EmulatorConfig
 from kontext_batch.emulator.faults import FaultInjected
 from kontext_batch.emulator.routes_reseller import ResellerError
 from kontext_batch.emulator.runtime import Runtime
-from kontext_batch.emulator.state import READY
+from kontext_batch.emulator.task import READY
 
 __all__ = ["create_app"]
 

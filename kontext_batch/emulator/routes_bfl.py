@@ -19,7 +19,8 @@ from kontext_batch.emulator.aspect import parse_aspect_ratio
 from kontext_batch.emulator.faults import accepted_lost, fault_gate
 from kontext_batch.emulator.images import InputImageError
 from kontext_batch.emulator.runtime import Runtime, SubmitParams
-from kontext_batch.emulator.state import READY, TASK_NOT_FOUND, UNLIMITED_CREDITS, Rejected, TaskRecord
+from kontext_batch.emulator.state import UNLIMITED_CREDITS, Rejected
+from kontext_batch.emulator.task import READY, TASK_NOT_FOUND, TaskRecord
 
 __all__ = ["FluxKontextInputs", "request_host", "router"]
 

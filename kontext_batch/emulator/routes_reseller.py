@@ -21,7 +21,8 @@ from kontext_batch.emulator.faults import accepted_lost, fault_gate
 from kontext_batch.emulator.images import InputImageError
 from kontext_batch.emulator.routes_bfl import request_host, runtime_of
 from kontext_batch.emulator.runtime import SubmitParams
-from kontext_batch.emulator.state import CONTENT_MODERATED, PENDING, READY, REQUEST_MODERATED, Rejected
+from kontext_batch.emulator.state import Rejected
+from kontext_batch.emulator.task import CONTENT_MODERATED, PENDING, READY, REQUEST_MODERATED
 
 __all__ = ["ResellerError", "ResellerTaskInputs", "router"]
 

@@ -23,7 +23,8 @@ from kontext_batch.emulator import images
 from kontext_batch.emulator.config import EmulatorConfig
 from kontext_batch.emulator.images import InputImageError, RenderSpec
 from kontext_batch.emulator.placeholders import PlaceholderSamples
-from kontext_batch.emulator.state import READY, REQUEST_MODERATED, EmulatorState, TaskRecord
+from kontext_batch.emulator.state import EmulatorState
+from kontext_batch.emulator.task import READY, REQUEST_MODERATED, TaskRecord
 from kontext_batch.emulator.webhooks import deliver_webhook
 
 __all__ = ["Runtime", "SubmitParams", "other_host"]

@@ -13,7 +13,6 @@ Keys are kept only as :class:`~kontext_batch.secret.Secret` fingerprints.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import heapq
 import hmac
@@ -22,20 +21,15 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass
+from typing import Any, Final
 
 from kontext_batch.emulator.config import OUTCOME_FAULTS, EmulatorConfig, check_faults
+from kontext_batch.emulator.task import CONTENT_MODERATED, ERROR, READY, REQUEST_MODERATED, TaskRecord
 from kontext_batch.secret import Secret
 
-__all__ = ["EmulatorState", "KeyCounters", "Rejected", "TaskRecord", "fingerprint"]
+__all__ = ["EmulatorState", "KeyCounters", "Rejected", "fingerprint"]
 
-PENDING: Final = "Pending"
-READY: Final = "Ready"
-REQUEST_MODERATED: Final = "Request Moderated"
-CONTENT_MODERATED: Final = "Content Moderated"
-ERROR: Final = "Error"
-TASK_NOT_FOUND: Final = "Task not found"
 _OUTCOME_STATUS: Final = {
     "request-moderated": REQUEST_MODERATED,
     "content-moderated": CONTENT_MODERATED,
@@ -56,72 +50,6 @@ class Rejected(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass(eq=False)
-class TaskRecord:
-    """One submitted task. ``outcome`` is the status it reaches at ``ready_at``."""
-
-    id: str
-    endpoint: str
-    key_fp: str
-    dialect: Literal["bfl", "reseller"]
-    prompt: str
-    seed: int
-    output_format: str
-    size: tuple[int, int]
-    cost: float
-    submitted_at: float
-    ready_at: float
-    outcome: str
-    submit_host: str
-    poll_host: str
-    scheme: str
-    model: str | None = None
-    result_prompt: str = ""
-    webhook_url: str | None = None
-    webhook_secret: str | None = field(default=None, repr=False)
-    input_mp: float = 0.0
-    terminal: bool = False
-    polls: int = 0
-    downloads: int = 0
-    first_download_at: float | None = None
-    #: When a poll first saw the task end: the client's notice lag is this minus ``ready_at``.
-    seen_done_at: float | None = None
-    sample: asyncio.Future[bytes] | None = field(default=None, repr=False)
-
-    def polled(self, now: float) -> str:
-        """Count a poll answered at ``now`` and return the status it tells."""
-        self.polls += 1
-        status = self.status_at(now)
-        if status != PENDING and self.seen_done_at is None:
-            self.seen_done_at = now
-        return status
-
-    def status_at(self, now: float) -> str:
-        if self.outcome == REQUEST_MODERATED or now >= self.ready_at:
-            return self.outcome
-        return PENDING
-
-    def progress_at(self, now: float) -> float:
-        span = self.ready_at - self.submitted_at
-        if span <= 0:
-            return 1.0
-        return round(min(max((now - self.submitted_at) / span, 0.0), 1.0), 3)
-
-    @property
-    def extension(self) -> str:
-        # BFL's delivery URLs end in sample.jpeg / .png / .webp: the output_format verbatim.
-        return self.output_format
-
-    def details(self) -> dict[str, Any] | None:
-        if self.outcome == REQUEST_MODERATED:
-            return {"Moderation Reasons": ["Derivative Works Filter"]}
-        if self.outcome == CONTENT_MODERATED:
-            return {"Moderation Reasons": ["Content Filter"]}
-        if self.outcome == ERROR:
-            return {"message": "Internal error while generating the image (emulated)"}
-        return None
 
 
 def _nested_counts() -> dict[str, Counter[str]]:

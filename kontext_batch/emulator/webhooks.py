@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 
 from kontext_batch.emulator.config import WEBHOOK_FAULTS
-from kontext_batch.emulator.state import READY, EmulatorState, TaskRecord
+from kontext_batch.emulator.state import EmulatorState
+from kontext_batch.emulator.task import READY, TaskRecord
 
 __all__ = ["deliver_webhook", "webhook_payload"]
 

@@ -1,4 +1,5 @@
-"""Read a manifest row by row, in constant memory, turning every problem into a located RowError.
+"""Read a manifest's records, CSV or JSONL, row by row in constant memory; each becomes a
+:class:`~kontext_batch.manifest.rows.RowOutcome` (:func:`~kontext_batch.manifest.rows.build_row`).
 
 Row numbers (see manifests/README.md): CSV row N is the Nth record after the header (on line
 N+1 unless an earlier prompt holds a line break); JSONL row N is line N. Blank lines are skipped
@@ -6,58 +7,29 @@ but keep their number. File-level problems (no rows, no prompt column, a ;-separ
 duplicate column names) raise :class:`~kontext_batch.errors.ManifestError` with one RowError whose
 ``row`` is 0 and ``field`` is ``<file>``.
 
-Memory: one row at a time, plus the ids seen and the output names and folders claimed (folded
-keys, to report clashes): about 200 bytes per row, 100 more when every row has its own folder.
+Memory: one row at a time, plus what :class:`~kontext_batch.manifest.rows.RowContext` keeps to
+report clashes (the ids seen, the output names and folders claimed).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
-from typing import IO, Any, Final, NamedTuple, TextIO
+from typing import IO, Any, Final, TextIO
 
-from kontext_batch.api.models import KontextRequest
-from kontext_batch.errors import ConfigError, ManifestError, RequestInvalid, RowError
-from kontext_batch.manifest.images import resolve_image_ref
-from kontext_batch.manifest.model import (
-    COLUMNS,
-    EXTENSIONS,
-    IMAGE_FIELDS,
-    SIDECAR_SUFFIX,
-    ImageRef,
-    ManifestRow,
-    fold_name,
-    render_output_name,
-    resolve_model,
-)
+from kontext_batch.errors import ManifestError, RowError
+from kontext_batch.manifest.model import COLUMNS
+from kontext_batch.manifest.rows import BAD_UTF8_RE, RowContext, RowOutcome, build_row
 
-__all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "RowOutcome", "detect_format", "iter_manifest"]
+__all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "detect_format", "iter_manifest"]
 
 DEFAULT_OUTPUT_NAME: Final = "{id}.{ext}"
 FORMATS: Final = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-ID_MAX_CHARS: Final = 256
-_INT_RE: Final = re.compile(r"^[+-]?\d+$")
-_TRUE: Final = frozenset({"true", "1", "yes", "y", "on"})
-_FALSE: Final = frozenset({"false", "0", "no", "n", "off"})
 _DELIMITERS: Final = {";": ";", "\t": "tab", "|": "|"}
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
-_BAD_UTF8_RE: Final = re.compile(r"[\udc80-\udcff]")  # bytes surrogateescape could not decode
-_FORMAT_ALIASES: Final = {"jpg": "jpeg"}
-_FOLD_HINT: Final = " (names are compared ignoring case and Unicode normalisation)"
-
-
-class RowOutcome(NamedTuple):
-    """One data row: a ManifestRow when it is valid (``errors`` empty), else None and the errors."""
-
-    row: int
-    value: ManifestRow | None
-    errors: list[RowError]
-    raw: dict[str, str]
 
 
 def _file_error(msg: str) -> ManifestError:
@@ -113,211 +85,13 @@ def _sniff(lines: Iterator[str]) -> tuple[str, Iterator[str]]:
     return "csv", iter(seen)
 
 
-# --- cells -------------------------------------------------------------------------------------
-
-
-def _parse_int(value: str, field: str, errors: list[RowError], row: int) -> int | None:
-    if not _INT_RE.match(value):
-        errors.append(RowError(row, field, f"must be an integer, got {value!r}"))
-        return None
-    return int(value)
-
-
-def _parse_cells(row: int, cells: dict[str, str], errors: list[RowError]) -> dict[str, Any]:
-    """Typed API fields from the string cells (set ones only); type errors appended to ``errors``."""
-    out: dict[str, Any] = {}
-    for name in ("seed", "safety_tolerance", "steps"):
-        if cells.get(name):
-            num = _parse_int(cells[name], name, errors, row)
-            if num is not None:
-                out[name] = num
-    if cells.get("guidance_scale"):
-        try:
-            out["guidance_scale"] = float(cells["guidance_scale"])
-        except ValueError:
-            errors.append(RowError(row, "guidance_scale", f"must be a number, got {cells['guidance_scale']!r}"))
-    if cells.get("prompt_upsampling"):
-        v = cells["prompt_upsampling"].lower()
-        if v in _TRUE or v in _FALSE:
-            out["prompt_upsampling"] = v in _TRUE
-        else:
-            errors.append(RowError(row, "prompt_upsampling", f"must be true or false (or 1/0, yes/no), got {v!r}"))
-    if cells.get("output_format"):
-        v = cells["output_format"].lower()
-        out["output_format"] = _FORMAT_ALIASES.get(v, v)
-    for name in ("aspect_ratio", "negative_prompt"):
-        if cells.get(name):
-            out[name] = cells[name]
-    return out
-
-
-class _Context:
-    """State that spans rows: options, the ids seen, and the output files and folders claimed.
-
-    Output names are kept only as :func:`fold_name` keys (``names``: key -> row), with every
-    folder they imply (``folders``: key -> first row); a row's check is a few dict look-ups, one per
-    folder level.
-    """
-
-    def __init__(
-        self, base_dir: Path, default_model: str, default_output_name: str, inputs_root: Path | None = None
-    ) -> None:
-        self.base_dir = base_dir
-        self.inputs_root = inputs_root
-        try:
-            resolve_model(default_model)
-        except ValueError as exc:
-            raise ConfigError(f"default model: {exc}") from None
-        self.default_model = default_model
-        self.default_output_name = default_output_name
-        self.ids: dict[str, int] = {}
-        self.names: dict[str, int] = {}
-        self.folders: dict[str, int] = {}
-
-    def _owner(self, key: str) -> tuple[int, str] | None:
-        """The row whose output or sidecar is the file ``key``, and which of the two it is."""
-        row = self.names.get(key)
-        if row is not None:
-            return row, "output"
-        if key.endswith(SIDECAR_SUFFIX):
-            row = self.names.get(key[: -len(SIDECAR_SUFFIX)])
-            if row is not None:
-                return row, "sidecar"
-        return None
-
-    def clash(self, name: str, key: str) -> str | None:
-        """Why ``name`` (folded: ``key``) and its sidecar cannot join the names claimed, or None."""
-        side = key + SIDECAR_SUFFIX
-        hit = self._owner(key)
-        if hit is not None:
-            return f"{name!r} is the same file as the {hit[1]} of row {hit[0]}{_FOLD_HINT}"
-        row = self.names.get(side)
-        if row is not None:
-            return f"its sidecar {name + SIDECAR_SUFFIX!r} is the same file as the output of row {row}{_FOLD_HINT}"
-        for mine, what in ((key, repr(name)), (side, f"its sidecar {name + SIDECAR_SUFFIX!r}")):
-            row = self.folders.get(mine)
-            if row is not None:
-                return f"{what} is a folder in the output name of row {row}{_FOLD_HINT}"
-        end, depth = key.find("/"), 1
-        while end != -1:
-            hit = self._owner(key[:end])
-            if hit is not None:
-                folder = "/".join(name.split("/")[:depth])  # folding may change lengths, never slashes
-                return f"its folder {folder!r} is the same file as the {hit[1]} of row {hit[0]}{_FOLD_HINT}"
-            end, depth = key.find("/", end + 1), depth + 1
-        return None
-
-    def claim(self, key: str, row: int) -> None:
-        self.names[key] = row
-        end = key.find("/")
-        while end != -1:
-            self.folders.setdefault(key[:end], row)
-            end = key.find("/", end + 1)
-
-
-def _build_row(row: int, raw: dict[str, str], ctx: _Context) -> RowOutcome:
-    """Check one row's cells (already strings, keyed by normalised column name)."""
-    errors: list[RowError] = []
-    for name, value in raw.items():
-        if _BAD_UTF8_RE.search(value):
-            errors.append(RowError(row, name, "is not valid UTF-8 text; save the manifest as UTF-8"))
-    if errors:
-        return RowOutcome(row, None, errors, raw)
-    cells = {k: (v if k == "prompt" else v.strip()) for k, v in raw.items() if k in COLUMNS}
-    extra = {k: v for k, v in raw.items() if k not in COLUMNS}
-
-    row_id = cells.get("id") or str(row)
-    id_ok = False
-    if len(row_id) > ID_MAX_CHARS or _CONTROL_RE.search(row_id):
-        errors.append(RowError(row, "id", f"must be at most {ID_MAX_CHARS} printable characters"))
-    elif row_id in ctx.ids:
-        errors.append(RowError(row, "id", f"duplicate id {row_id!r}: row {ctx.ids[row_id]} has it too"))
-    else:
-        ctx.ids[row_id] = row
-        id_ok = True
-
-    try:
-        endpoint = resolve_model(cells.get("model") or ctx.default_model)
-    except ValueError as exc:
-        errors.append(RowError(row, "model", str(exc)))
-        endpoint = ""
-
-    images: list[ImageRef] = []
-    gap: str | None = None
-    for name in IMAGE_FIELDS:
-        value = cells.get(name, "")
-        if not value:
-            gap = gap or name
-            continue
-        if gap is not None:
-            errors.append(RowError(row, name, f"is set but {gap} is empty; fill image columns in order"))
-        try:
-            images.append(resolve_image_ref(value, name, ctx.base_dir, ctx.inputs_root))
-        except ValueError as exc:
-            errors.append(RowError(row, name, str(exc)))
-
-    params = _parse_cells(row, cells, errors)
-    prompt = cells.get("prompt", "")
-    fields: dict[str, Any] = dict(params)
-    for ref in images:
-        fields[ref.field] = "placeholder"  # the real payload comes at submit time
-    request: KontextRequest | None = None
-    if not prompt.strip():
-        errors.append(RowError(row, "prompt", "is required and must not be blank"))
-    else:
-        try:
-            request = KontextRequest.build(prompt=prompt, **fields)
-        except RequestInvalid as exc:
-            errors.extend(RowError(row, fe.field, fe.msg) for fe in exc.errors)
-
-    output_format = params.get("output_format") or "png"
-    template = cells.get("output_name") or ctx.default_output_name
-    output_name = ""
-    try:
-        output_name = render_output_name(
-            template,
-            raw,
-            id=row_id,
-            row=row,
-            model=endpoint,
-            ext=EXTENSIONS.get(output_format, output_format),
-        )
-    except ValueError as exc:
-        errors.append(RowError(row, "output_name", str(exc)))
-    else:
-        key = fold_name(output_name)
-        clash = ctx.clash(output_name, key)
-        if clash is not None and not id_ok:
-            pass  # a duplicate id already explains it ({id} is in most names)
-        elif clash is not None:
-            errors.append(RowError(row, "output_name", clash))
-        else:
-            ctx.claim(key, row)
-
-    if errors or request is None:
-        return RowOutcome(row, None, errors, raw)
-    typed = request.model_dump(include=set(params), exclude_none=True)
-    manifest_row = ManifestRow(
-        row=row,
-        id=row_id,
-        endpoint=endpoint,
-        prompt=prompt,
-        images=tuple(images),
-        params=typed,
-        output_name=output_name,
-        output_format=output_format,
-        extra=extra,
-    )
-    return RowOutcome(row, manifest_row, [], raw)
-
-
 # --- CSV ---------------------------------------------------------------------------------------
 
 
 def _normalise_header(header: list[str]) -> list[str]:
     names: list[str] = []
     for i, cell in enumerate(header, start=1):
-        if _BAD_UTF8_RE.search(cell):
+        if BAD_UTF8_RE.search(cell):
             raise _file_error(f"the header (line 1) is not valid UTF-8 text in column {i}; save as UTF-8")
         name = cell.strip()
         names.append(name.lower() if name.lower() in COLUMNS else name)
@@ -337,7 +111,7 @@ def _normalise_header(header: list[str]) -> list[str]:
     return names
 
 
-def _iter_csv(lines: Iterator[str], ctx: _Context) -> Iterator[RowOutcome]:
+def _iter_csv(lines: Iterator[str], ctx: RowContext) -> Iterator[RowOutcome]:
     reader = csv.reader(lines, strict=False)
     try:
         header = next(reader, None)
@@ -377,7 +151,7 @@ def _iter_csv(lines: Iterator[str], ctx: _Context) -> Iterator[RowOutcome]:
                     unnamed.append(RowError(row, f"column {i}", "has a value but no column name in the header"))
                 continue
             raw[name] = cell
-        outcome = _build_row(row, raw, ctx)
+        outcome = build_row(row, raw, ctx)
         if unnamed:
             outcome = RowOutcome(row, None, unnamed + outcome.errors, raw)
         yield outcome
@@ -398,11 +172,11 @@ def _cell(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _iter_jsonl(lines: Iterator[str], ctx: _Context) -> Iterator[RowOutcome]:
+def _iter_jsonl(lines: Iterator[str], ctx: RowContext) -> Iterator[RowOutcome]:
     for row, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if _BAD_UTF8_RE.search(line):
+        if BAD_UTF8_RE.search(line):
             yield RowOutcome(row, None, [RowError(row, "<json>", "line is not valid UTF-8 text")], {})
             continue
         try:
@@ -426,7 +200,7 @@ def _iter_jsonl(lines: Iterator[str], ctx: _Context) -> Iterator[RowOutcome]:
             if name in COLUMNS and isinstance(value, list | dict):
                 errors.append(RowError(row, name, f"must be a string or number, got {type(value).__name__}"))
             raw[name] = _cell(value)
-        outcome = _build_row(row, raw, ctx)
+        outcome = build_row(row, raw, ctx)
         yield RowOutcome(row, None, errors + outcome.errors, raw) if errors else outcome
 
 
@@ -458,17 +232,17 @@ def iter_manifest(
             kind = detect_format("-", fmt)
         else:
             kind, lines = _sniff(lines)
-        ctx = _Context(Path.cwd(), default_model, default_output_name, inputs_root)
+        ctx = RowContext(Path.cwd(), default_model, default_output_name, inputs_root)
         yield from _iter_checked(kind, lines, ctx)
         return
     p = Path(path)
     kind = detect_format(p, fmt)
-    ctx = _Context(p.resolve().parent, default_model, default_output_name, inputs_root)
+    ctx = RowContext(p.resolve().parent, default_model, default_output_name, inputs_root)
     with p.open("rb") as f:
         yield from _iter_checked(kind, _binary_lines(f), ctx)
 
 
-def _iter_checked(kind: str, lines: Iterator[str], ctx: _Context) -> Iterator[RowOutcome]:
+def _iter_checked(kind: str, lines: Iterator[str], ctx: RowContext) -> Iterator[RowOutcome]:
     inner = _iter_csv(lines, ctx) if kind == "csv" else _iter_jsonl(lines, ctx)
     count = 0
     for outcome in inner:

@@ -26,7 +26,8 @@ from kontext_batch.manifest.images import (
     resolve_image_ref,
 )
 from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef, ManifestRow
-from kontext_batch.manifest.reader import RowOutcome, iter_manifest
+from kontext_batch.manifest.reader import iter_manifest
+from kontext_batch.manifest.rows import RowOutcome
 
 __all__ = [
     "DEFAULT_COST_CREDITS",

@@ -1,4 +1,4 @@
-"""Run a manifest: one pass that checks, stages and records every row, then queue the run and follow it.
+"""Queue a manifest: one pass that checks, stages and records every row, then queue the run.
 
     manifest --iter_checked_rows--> JobSpec (valid) | invalid result --> Redis --> gate wait lists
 
@@ -8,7 +8,8 @@ Redis. Local input images are staged (content-addressed, so a refused run leaves
 inputs behind, never an output). Rows whose output already exists for the same inputs and
 parameters are recorded ``skipped`` unless ``force``.
 
-Nothing here prints: :func:`follow` reports through a callback and returns a :class:`RunOutcome`.
+Nothing here prints: :func:`start_run` returns a :class:`QueuedRun`. Looking at the run afterwards
+(``status``, ``--wait``, ``follow``) is :mod:`kontext_batch.run.view`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
-from kontext_batch.coord.budget import Spend
 from kontext_batch.coord.gate import Pool
 from kontext_batch.coord.keys import job_ref
 from kontext_batch.coord.redisio import BATCH, batched
-from kontext_batch.coord.runs import RunInfo, new_run_id
-from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, OutputInUse, OverBudget, RowError
+from kontext_batch.coord.runs import new_run_id
+from kontext_batch.errors import (
+    ConfigError,
+    Interrupted,
+    InvalidImage,
+    ManifestError,
+    OutputInUse,
+    OverBudget,
+    RowError,
+)
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.io.storage import ObjectNotFound, ObjectStore
 from kontext_batch.jobspec import JobSpec
@@ -40,18 +48,7 @@ from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import finalize
 from kontext_batch.steps.dispatch import dispatch
 
-__all__ = [
-    "KeyState",
-    "Progress",
-    "QueuedRun",
-    "RunOutcome",
-    "RunRequest",
-    "RunView",
-    "follow",
-    "outcome_of",
-    "start_run",
-    "view_run",
-]
+__all__ = ["QueuedRun", "RunRequest", "start_run"]
 
 MAX_ERRORS_KEPT = 1000
 
@@ -88,10 +85,20 @@ def start_run(
 ) -> QueuedRun:
     """Check, register and queue ``req.manifest`` (``-``: ``stdin``) in one pass over it.
 
-    Raises ManifestError (nothing queued, the run forgotten) when a row is invalid and
-    ``req.skip_invalid`` is off, or for file-level problems; StorageError when the output store
-    cannot be written; OSError when the manifest cannot be read; KeyboardInterrupt when ``stop()``
-    turns true during the pass (the run is forgotten, as on every failure).
+    The run is registered after the key, output store and output checks; whatever is raised from
+    then on (a KeyboardInterrupt too), nothing is queued and the run is forgotten. Raises:
+
+    - ConfigError: no API key is set (neither KONTEXT_API_KEY nor KONTEXT_API_KEYS), or ``req.model``
+      names no model;
+    - OutputInUse: another unfinished run writes to the same output (not checked with ``req.force``);
+    - ManifestError: a row is invalid and ``req.skip_invalid`` is off, or the file itself is bad
+      (no rows, no prompt column, ...);
+    - OverBudget: the manifest's estimate is over the budget (``req.budget``, else the settings');
+    - StorageError: the output store cannot be opened (a bad URL) or refuses a read or a write
+      (listing outputs, staging input images); StorageUnavailable when it fails in a way that may pass;
+    - OSError: the manifest cannot be read (FileNotFoundError when it does not exist);
+    - Interrupted: ``stop()`` turned true; it is asked between two rows, so nothing is half-written;
+    - redis.exceptions.RedisError: Redis failed beyond the client's own retries.
     """
     keys = rt.settings.run_keys
     if not keys:
@@ -163,7 +170,7 @@ class _Enqueue:
         )
         for read in rows:
             if stop():
-                raise KeyboardInterrupt  # asked between two rows: nothing half-written
+                raise Interrupted  # asked between two rows: nothing half-written
             refused = report.errors_total > 0 and not self.req.skip_invalid  # only checking from here on
             staged: list[StagedImage] = []
             checked = read
@@ -296,136 +303,3 @@ def _already_done(store: ObjectStore, existing: set[str], spec: JobSpec) -> str 
     except (OSError, ValueError):
         return None
     return store.uri(spec.output_name) if side.get("job_key") == spec.job_key else None
-
-
-# --- looking at a run ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyState:
-    """One key of a run's pool: is a live worker holding it, and has the API refused it."""
-
-    fp: str
-    live: bool
-    active: int
-    refused: str | None
-
-    @property
-    def note(self) -> str:
-        if self.refused:
-            return f"left the pool: {self.refused}"
-        return f"{self.active} active" if self.live else "waiting: no live worker holds this key"
-
-
-@dataclass(frozen=True)
-class RunView:
-    """What ``status`` shows of a run: its counts, its spend and the state of its keys."""
-
-    info: RunInfo
-    spend: Spend
-    keys: tuple[KeyState, ...]
-    waiting: int
-
-    @property
-    def possible_duplicates(self) -> int:
-        return int(self.info.meta.get("possible_duplicates", 0) or 0)
-
-
-def view_run(rt: Runtime, run_id: str) -> RunView:
-    info = rt.runs.info(run_id)
-    fps = json.loads(info.meta.get("keys", "[]"))
-    out = rt.gate.keys_out()
-    live = rt.holders.live_keys(fps)
-    keys = tuple(KeyState(fp, fp in live, rt.gate.active(fp), out.get(fp)) for fp in fps)
-    pool_id = info.meta.get("pool", "")
-    waiting = sum(rt.gate.waiting(p, e) for p, e in rt.gate.known_waits() if p == pool_id) if pool_id else 0
-    return RunView(info, rt.budget.spend(run_id), keys, waiting)
-
-
-# --- following a run ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One look at a run while following it."""
-
-    info: RunInfo
-    elapsed_s: float
-    rows_per_s: float
-    stalled_s: float = 0.0  # since the last row became final (or following began)
-
-    @property
-    def eta_s(self) -> float | None:
-        left = self.info.total - self.info.ndone
-        return left / self.rows_per_s if self.rows_per_s > 0 else None
-
-
-OutcomeKind = Literal["succeeded", "rows_failed", "stopped", "timed_out"]
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How a followed run ended. ``kind`` decides the exit code; the CLI maps it."""
-
-    info: RunInfo
-    kind: OutcomeKind
-    failed: int
-
-    @property
-    def results_uri(self) -> str | None:
-        return self.info.meta.get("results_uri")
-
-    @property
-    def stopped_reason(self) -> str | None:
-        return self.info.meta.get("stopped_reason") or None
-
-
-def outcome_of(info: RunInfo, *, max_failures: float = 0) -> RunOutcome:
-    """Judge a run: stopped (credits, key, cancel) beats failed rows beyond ``max_failures``
-    (a count, or a fraction of the rows when below 1)."""
-    failed = sum(v for k, v in info.counts.items() if k not in ("succeeded", "skipped"))
-    allowed = max_failures * info.total if 0 < max_failures < 1 else max_failures
-    if info.meta.get("stopped") or info.status == "cancelled":
-        kind: OutcomeKind = "stopped"
-    elif failed > allowed:
-        kind = "rows_failed"
-    else:
-        kind = "succeeded"
-    return RunOutcome(info, kind, failed)
-
-
-def follow(
-    rt: Runtime,
-    run_id: str,
-    *,
-    on_progress: Callable[[Progress], None] | None = None,
-    max_failures: float = 0,
-    interval_s: float = 1.0,
-    timeout_s: float | None = None,
-    stop: Callable[[], bool] | None = None,
-) -> RunOutcome:
-    """Look at the run every ``interval_s`` until it is final (or ``timeout_s`` passed).
-
-    Calls ``on_progress`` with each look, the last one included; prints nothing. Raises
-    KeyboardInterrupt when ``stop()`` turns true (the run goes on; only the looking stops).
-    """
-    start = last_change = time.monotonic()
-    first_done: int | None = None
-    last_done = -1
-    while True:
-        info = rt.runs.info(run_id)
-        now = time.monotonic()
-        first_done = info.ndone if first_done is None else first_done
-        if info.ndone != last_done:
-            last_done, last_change = info.ndone, now
-        elapsed = now - start
-        rate = (info.ndone - first_done) / elapsed if elapsed > 0 else 0.0
-        if on_progress is not None:
-            on_progress(Progress(info, elapsed, rate, now - last_change))
-        if info.finished:
-            return outcome_of(info, max_failures=max_failures)
-        if timeout_s is not None and elapsed >= timeout_s:
-            return RunOutcome(info, "timed_out", 0)
-        time.sleep(interval_s)
-        if stop is not None and stop():
-            raise KeyboardInterrupt

@@ -259,13 +259,16 @@ def local_stack(
 
 @contextlib.contextmanager
 def interrupts(flag: threading.Event | None = None) -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into KeyboardInterrupt (or, with ``flag``, into setting it): the `with`
-    blocks stop every process we started, and a command following a run detaches from it cleanly.
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt, so the `with` blocks stop every process we
+    started; or, with ``flag``, into setting it, for loops that check it between two steps and raise
+    :class:`~kontext_batch.errors.Interrupted` there (the pass of
+    :func:`~kontext_batch.run.enqueue.start_run`, :func:`~kontext_batch.run.view.follow`), so a
+    command following a run detaches from it cleanly.
 
     SIGINT is set explicitly: a command started in the background of a script inherits it ignored,
-    and Ctrl-C (or ``kill -INT``) would then leave Redis and the workers running. A ``flag`` is for
-    loops that check it between steps: a KeyboardInterrupt raised wherever the main thread happens
-    to be can land in an object's finalizer, which swallows it.
+    and Ctrl-C (or ``kill -INT``) would then leave Redis and the workers running. The ``flag`` is
+    there because a KeyboardInterrupt raised wherever the main thread happens to be can land in an
+    object's finalizer, which swallows it.
     """
 
     def _raise(*_: object) -> None:

@@ -1,8 +1,11 @@
-"""A row's final result, and a run's end: recorded once, counted, and written out as results.csv.
+"""A row's final result, and a run's end: recorded once, counted, and written out as results.csv
+(with the run's gallery page beside it).
 
-Below both sides: workers finish rows as their tasks end; the enqueue side and ``cancel`` finish
-rows that wait for a slot and will never reach a worker, and finalize a run that is complete at once
-(the enqueue pass records its invalid and skipped rows itself, in batches with their specs).
+Below both sides. The worker's steps finish rows as their tasks end, and drain the rows still
+waiting for a slot when a run stops (its budget spent, no key of its pool left); the sweep
+finalizes runs that are complete but still open. On the CLI's side, ``cancel`` drains, finishes and
+finalizes too, and the enqueue pass finalizes a run that is complete at once (it records its invalid
+and skipped rows itself, in batches with their specs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from kontext_batch.steps.results import RESULTS_NAME, render_results
 
 __all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "finalize", "finish"]
 
+#: Job fields copied into the result when set (and not "0").
 _CARRIED = ("bfl_task_id", "cost_credits", "submitted_at", "key", "possible_duplicate")
 #: The job fields :func:`finish` reads: its result's columns, and the reservation it settles.
 JOB_RESULT_FIELDS = ("attempts", "polls", "reserved", *_CARRIED)
@@ -29,7 +33,8 @@ log = logging.getLogger("kontext_batch.completion")
 
 
 def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None = None, **fields: Any) -> None:
-    """Record a job's final result (once), forget the job, and write results.csv if it was the run's last row."""
+    """Record a job's final result (once), forget the job, settle its budget reservation, and
+    finalize the run if it was the run's last row."""
     run_id, row = split_job_ref(ref)
     job = job or {}
     result: dict[str, Any] = {
@@ -38,7 +43,7 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
         "polls": int(job.get("polls", 0)),
         "finished_at": time.time(),
     }
-    for k in ("bfl_task_id", "cost_credits", "submitted_at", "key", "possible_duplicate"):
+    for k in _CARRIED:
         if job.get(k) and job[k] != "0":
             result[k] = job[k]
     result.update({k: v for k, v in fields.items() if v is not None})
@@ -76,10 +81,13 @@ def drain_waiting(rt: Runtime, run_id: str, status: RowStatus, reason: str) -> i
 
 
 def finalize(rt: Runtime, run_id: str) -> str | None:
-    """Write results.csv to the run's output store and mark the run finished. Safe to repeat.
+    """Write results.csv (and the gallery page) to the run's output store and mark the run finished
+    (``cancelled`` if it was cancelled). Safe to repeat. Returns the URI of results.csv.
 
     One writer at a time (a short Redis claim); returns None when another is writing it now. The
-    claim expires, so a writer killed mid-way leaves the run to the next sweep.
+    claim expires, so a writer killed mid-way leaves the run to the next sweep. Also returns None
+    when the store fails: a failure that may pass leaves the run to the next sweep; any other ends
+    the run ``failed``, with the reason in ``stopped_reason``.
     """
     if not rt.runs.claim_finalizing(run_id):
         return None

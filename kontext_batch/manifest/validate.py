@@ -62,6 +62,8 @@ class ValidationReport:
     per_endpoint: dict[str, int] = field(default_factory=dict)  # valid rows per endpoint
     cost_credits: int = 0
     images_checked: bool = False
+    #: Valid rows whose output is already there (``run`` without ``--force``): not priced, not run.
+    already_done: int = 0
 
     @property
     def ok(self) -> bool:
@@ -235,10 +237,13 @@ def render_report(report: ValidationReport) -> str:
             lines.append(f"... and {hidden:,} more error(s) not shown")
     lines.append("")
     valid = "" if report.rows_invalid == 0 else "valid "
-    lines.append(
-        f"{report.rows_valid:,} {valid}row{'' if report.rows_valid == 1 else 's'}: "
-        f"{report.cost_credits:,} credits (${report.cost_usd:,.2f})"
-    )
+    cost = f"{report.cost_credits:,} credits (${report.cost_usd:,.2f})"
+    rows = f"{report.rows_valid:,} {valid}row{'' if report.rows_valid == 1 else 's'}"
+    if report.already_done:
+        to_run = report.rows_valid - report.already_done
+        lines.append(f"{rows}: {to_run:,} to run ({cost}), {report.already_done:,} already done")
+    else:
+        lines.append(f"{rows}: {cost}")
     if len(report.per_endpoint) > 1 or report.estimated_endpoints:
         for endpoint, n in report.per_endpoint.items():
             each = cost_credits_for(endpoint)

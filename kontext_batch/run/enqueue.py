@@ -177,19 +177,19 @@ class _Enqueue:
             if read.row is not None and not refused:
                 staged, checked = self._stage(read, read.row)
             report.add(checked, max_errors=MAX_ERRORS_KEPT)
-            if checked.row is not None:
-                self.endpoints[checked.row.endpoint] += 1
             if report.errors_total > 0 and not self.req.skip_invalid:
                 continue
             if checked.row is None:
                 self._invalid(checked)
-            else:
-                self._valid(checked.row, staged, checked.outcome.raw)
+            elif self._valid(checked.row, staged, checked.outcome.raw):
+                # Priced only when it will run: a nightly re-run's done rows cost nothing (skipped).
+                self.endpoints[checked.row.endpoint] += 1
             if len(self.specs) >= BATCH:
                 self._flush()
         if report.errors_total and not self.req.skip_invalid:
             raise ManifestError(report.errors)
         report.set_endpoints(self.endpoints)
+        report.already_done = self.out.skipped
         if self.budget is not None and report.cost_credits > self.budget:
             raise OverBudget(report.cost_credits, self.budget)
         self.rt.gate.register_pool(self.pool)
@@ -217,7 +217,8 @@ class _Enqueue:
         self.results.append((row, {"status": "invalid", "error": error, "finished_at": time.time()}))
         self.out.invalid += 1
 
-    def _valid(self, row: ManifestRow, staged: list[StagedImage], raw: dict[str, str]) -> None:
+    def _valid(self, row: ManifestRow, staged: list[StagedImage], raw: dict[str, str]) -> bool:
+        """Write the row's spec; queue it (True), or record it ``skipped`` when its output is there."""
         for col in row.extra:
             self.extra_cols.setdefault(col, None)
         spec = JobSpec(
@@ -238,9 +239,10 @@ class _Enqueue:
         if done_uri is not None:
             self.results.append((row.row, {"status": "skipped", "output_uri": done_uri, "finished_at": time.time()}))
             self.out.skipped += 1
-            return
+            return False
         self.waiting.setdefault(row.endpoint, array("I")).append(row.row)
         self.out.queued += 1
+        return True
 
     def _flush(self) -> None:
         if self.specs:

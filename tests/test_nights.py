@@ -1,0 +1,48 @@
+"""The second night: a re-run into the same output is priced and budgeted by the rows it will run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_support import read_results, running_system, write_csv
+
+pytestmark = pytest.mark.e2e
+
+PRO_CREDITS = 4  # kontext-pro's price per image (api's price table)
+
+
+def _manifest(path: Path, changed: set[int]) -> Path:
+    rows = [
+        {"id": f"sku-{i}", "prompt": f"shoe {i} on white" + (" (new angle)" if i in changed else ""), "model": "pro"}
+        for i in range(1, 13)
+    ]
+    return write_csv(path, ["id", "prompt", "model"], rows)
+
+
+def test_a_nightly_rerun_is_priced_and_budgeted_by_the_rows_it_runs(redis_url: str, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    with running_system(redis_url) as system:
+        first = system.cli("run", str(_manifest(tmp_path / "n1.csv", set())), "-o", out, "--wait")
+        assert first.returncode == 0, first.stderr
+        assert "12 rows: 48 credits" in first.stderr
+        # Night 2: two prompts changed. Its budget is just above what those two cost; the old
+        # estimate (all 12 rows, 48 credits) refused it and queued nothing.
+        budget = str(2 * PRO_CREDITS + 1)
+        second = system.cli("run", str(_manifest(tmp_path / "n2.csv", {3, 7})), "-o", out, "--budget", budget, "--wait")
+        assert second.returncode == 0, second.stderr
+        assert "12 rows: 2 to run (8 credits ($0.08)), 10 already done" in second.stderr
+        spent = system.emu.stats(tasks=False)["keys"]
+        assert sum(k["credits_spent"] for k in spent.values()) == 14 * PRO_CREDITS
+        # --force prices (and runs) everything again: over this budget, refused, nothing queued.
+        forced = system.cli(
+            "run", str(_manifest(tmp_path / "n2.csv", {3, 7})), "-o", out, "--budget", budget, "--force"
+        )
+        assert forced.returncode == 2
+        assert "estimate of 48 credits is over its budget of 9 credits" in forced.stderr
+    results = read_results((tmp_path / "out" / "results.csv").read_bytes())
+    by_id = {r["id"]: r for r in results}
+    assert {i for i, r in by_id.items() if r["status"] == "succeeded"} == {"sku-3", "sku-7"}
+    assert by_id["sku-3"]["prompt"] == "shoe 3 on white (new angle)"
+    assert sum(r["status"] == "skipped" for r in results) == 10

@@ -46,3 +46,24 @@ def test_a_nightly_rerun_is_priced_and_budgeted_by_the_rows_it_runs(redis_url: s
     assert {i for i, r in by_id.items() if r["status"] == "succeeded"} == {"sku-3", "sku-7"}
     assert by_id["sku-3"]["prompt"] == "shoe 3 on white (new angle)"
     assert sum(r["status"] == "skipped" for r in results) == 10
+
+
+def test_retry_ids_with_an_unknown_id_queues_nothing_unless_told(redis_url: str, tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    ids = tmp_path / "rejected.txt"
+    ids.write_text("sku-3\nsku-7\nsku-77\n", encoding="utf-8")  # sku-77: a typo, or another run's row
+    with running_system(redis_url) as system:
+        first = system.cli("run", str(_manifest(tmp_path / "n1.csv", set())), "-o", out, "--wait")
+        assert first.returncode == 0, first.stderr
+        run_id = first.stdout.split()[0]
+        created = system.emu.stats(tasks=False)["tasks_created"]
+        refused = system.cli("retry", run_id, "--ids", str(ids), "--wait")
+        assert refused.returncode == 2
+        assert f"1 id(s) given are no row of run {run_id}: sku-77; nothing was queued" in refused.stderr
+        assert system.emu.stats(tasks=False)["tasks_created"] == created
+        status = system.cli("status", run_id, "--json")
+        assert '"succeeded": 12' in status.stdout.replace(" ", "").replace('":', '": ')
+        done = system.cli("retry", run_id, "--ids", str(ids), "--ignore-unknown", "--wait")
+        assert done.returncode == 0, done.stderr
+        assert f"{run_id}: 2 row(s) queued again" in done.stderr
+        assert system.emu.stats(tasks=False)["tasks_created"] == created + 2

@@ -599,6 +599,9 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     default=None,
     help="A new budget for the run, in credits (rows the old budget stopped run again by default).",
 )
+@click.option(
+    "--ignore-unknown", is_flag=True, help="With --ids: queue the listed rows the run has, ignoring ids it has not."
+)
 @click.option("--wait/--no-wait", default=False)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -611,6 +614,7 @@ def retry(
     budget_rows: bool,
     ids_file: str | None,
     budget: float | None,
+    ignore_unknown: bool,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -620,7 +624,7 @@ def retry(
     ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
     rt = _runtime(_settings(ctx))
     _need_run(rt, run_id)
-    n = retry_run(rt, run_id, statuses, ids=ids, budget=budget)
+    n = retry_run(rt, run_id, statuses, ids=ids, ignore_unknown=ignore_unknown, budget=budget)
     _say(f"{run_id}: {n} row(s) queued again")
     if wait and n:
         sys.exit(_follow(rt, run_id, as_json=as_json))

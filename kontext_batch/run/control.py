@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from kontext_batch.coord.gate import split_gate_id
 from kontext_batch.coord.keys import job_ref
 from kontext_batch.coord.runs import FINAL_STATUSES
+from kontext_batch.errors import ConfigError
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import JOB_RESULT_FIELDS, drain_waiting, finalize, finish
@@ -24,7 +25,7 @@ def cancel_run(rt: Runtime, run_id: str) -> int:
     the rows it had written. Returns how many rows were cancelled.
     """
     if not rt.runs.exists(run_id):
-        raise KeyError(run_id)
+        raise ConfigError(f"no run {run_id} in this Redis")
     was_enqueuing = rt.runs.meta(run_id).get("status") == "enqueuing"
     rt.runs.update(run_id, status="cancelled")
     n = drain_waiting(rt, run_id, "cancelled", "run cancelled before this row was submitted")
@@ -55,18 +56,34 @@ def retry_run(
     statuses: Sequence[str],
     *,
     ids: Collection[str] | None = None,
+    ignore_unknown: bool = False,
     budget: float | None = None,
 ) -> int:
     """Forget the results of rows in ``statuses`` (or, with ``ids``, of the rows with those ids,
     whatever their status) and queue them again. ``budget`` replaces the run's budget; the keys of
     the run's pool are given another chance. Returns how many rows were queued.
+
+    Raises ConfigError, and queues nothing, when the run does not exist, or when ``ids`` names ids
+    that are no row of the run (a file from another run's gallery, a typo) unless ``ignore_unknown``.
     """
     if not rt.runs.exists(run_id):
-        raise KeyError(run_id)
+        raise ConfigError(f"no run {run_id} in this Redis")
     if ids is not None:
         wanted = set(ids)
         statuses = list(FINAL_STATUSES)
-        rows = [r for r in rt.runs.rows_with_status(run_id, statuses) if rt.runs.row(run_id, r).get("id") in wanted]
+        final = rt.runs.rows_with_status(run_id, statuses)
+        id_of = {r: str(rt.runs.row(run_id, r).get("id")) for r in final}
+        known = set(id_of.values()) | {
+            str(rt.runs.row(run_id, r).get("id")) for r in rt.runs.rows_without_result(run_id)
+        }
+        unknown = sorted(wanted - known)
+        if unknown and not ignore_unknown:
+            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            raise ConfigError(
+                f"{len(unknown)} id(s) given are no row of run {run_id}: {shown}; nothing was queued "
+                "(--ignore-unknown queues the others)"
+            )
+        rows = [r for r in final if id_of[r] in wanted]
     else:
         rows = rt.runs.rows_with_status(run_id, statuses)
     if budget is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+from kontext_batch.coord.demand import sync_demand
 from kontext_batch.coord.gate import split_gate_id
 from kontext_batch.coord.keys import job_ref
 from kontext_batch.coord.runs import FINAL_STATUSES
@@ -101,6 +102,7 @@ def retry_run(
     for row in reopened:
         spec = JobSpec.from_json(rt.runs.row(run_id, row))
         by_endpoint.setdefault(spec.endpoint, []).append(job_ref(run_id, row))
+    sync_demand(rt.redis, rt.keys, rt.runs)
     for endpoint, refs in by_endpoint.items():
         rt.gate.enqueue(pool_id, endpoint, refs)
         dispatch(rt, pool_id, endpoint)

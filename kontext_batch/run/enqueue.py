@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from kontext_batch.coord.demand import sync_demand
 from kontext_batch.coord.gate import Pool
 from kontext_batch.coord.keys import job_ref
 from kontext_batch.coord.redisio import BATCH, batched
@@ -270,6 +271,8 @@ class _Enqueue:
             for chunk in batched(rows):
                 rt.gate.enqueue(self.pool_id, endpoint, (job_ref(run_id, r) for r in chunk))
         rt.runs.update(run_id, status="running")
+        # Before the first dispatch: with no worker running, this is what starts one (KEDA).
+        sync_demand(rt.redis, rt.keys, rt.runs)
         for endpoint in self.waiting:
             dispatch(rt, self.pool_id, endpoint)
         if rt.runs.info(run_id).ndone >= out.total:

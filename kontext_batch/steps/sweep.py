@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from kontext_batch import logs
+from kontext_batch.coord.demand import sync_demand
 from kontext_batch.coord.gate import StaleJob, split_gate_id
 from kontext_batch.coord.keys import split_job_ref
 from kontext_batch.errors import (
@@ -71,6 +72,7 @@ def sweep(rt: Runtime) -> int:
     for run_id in rt.runs.complete_but_open():
         finalize(rt, run_id)
         n += 1
+    sync_demand(rt.redis, rt.keys, rt.runs)  # what an autoscaler reads (KEDA's redis trigger)
     return n
 
 

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, current_app, signals
@@ -84,15 +85,23 @@ def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runt
     return rt
 
 
-def trust_redis(rt: Runtime) -> None:
-    """Refuse an evicting Redis (ConfigError: ``kontext-batch worker`` exits 2); say each warning once."""
+def trust_redis(rt: Runtime, say: Callable[[str], None] | None = None) -> None:
+    """Refuse an evicting Redis (ConfigError: ``worker``, ``run`` and ``retry`` exit 2); say each
+    warning once, to the log or with ``say`` (the CLI's stderr)."""
     s = rt.settings
-    for warning in check_policy(
-        read_memory(rt.redis), s.redis_display, allow_eviction=s.redis_allow_eviction, embedded=s.redis_embedded
-    ):
+    try:
+        check_redis(s)  # one quick PING: the runtime's client would retry for half a minute
+        mem = read_memory(rt.redis)
+    except (RedisUnavailable, *_REDIS_DOWN):  # a worker that starts before its Redis: the sweeper looks later
+        log.debug("Redis policy: Redis unavailable", exc_info=True)
+        return
+    for warning in check_policy(mem, s.redis_display, allow_eviction=s.redis_allow_eviction, embedded=s.redis_embedded):
         if warning not in _warned:
             _warned.add(warning)
-            log.warning("%s", warning)
+            if say is not None:
+                say(f"warning: {warning}")
+            else:
+                log.warning("%s", warning)
 
 
 _warned: set[str] = set()
@@ -156,7 +165,7 @@ def _pump() -> None:
 
 def _sweeper() -> None:
     down = False
-    policy_at = time.monotonic()  # the worker's start looked at it
+    policy_at = -POLICY_EVERY_S  # the first sweep looks too (the start could not if Redis was down)
     while not _stop.wait(SWEEP_INTERVAL_S):
         health.round("sweeper")
         rt = get_runtime()

@@ -85,6 +85,14 @@ def _settings(ctx: click.Context) -> Settings:
     return s
 
 
+def _trusted(rt: Runtime) -> Runtime:
+    """``rt`` once its Redis is one to trust with runs: an evicting one is refused (ConfigError, exit 2)."""
+    from kontext_batch.workers.process import trust_redis  # noqa: PLC0415 - Celery loads only for commands that need it
+
+    trust_redis(rt, say=_say)
+    return rt
+
+
 def _runtime(settings: Settings) -> Runtime:
     """The command's runtime, once one quick PING says the Redis is usable.
 
@@ -340,7 +348,7 @@ def _submit_and_follow(
     whose workers stop with this process).
     """
 
-    rt = _runtime(s)
+    rt = _trusted(_runtime(s))
     stop = threading.Event()
     try:
         # Ctrl-C only sets a flag that the pass checks between rows: a KeyboardInterrupt raised
@@ -622,7 +630,7 @@ def retry(
     flags = (("failed", failed), ("moderated", moderated), ("cancelled", cancelled), ("budget", budget_rows))
     statuses = [n for n, on in flags if on] or (["failed", "budget"] if budget is not None else ["failed"])
     ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
-    rt = _runtime(_settings(ctx))
+    rt = _trusted(_runtime(_settings(ctx)))
     _need_run(rt, run_id)
     n = retry_run(rt, run_id, statuses, ids=ids, ignore_unknown=ignore_unknown, budget=budget)
     _say(f"{run_id}: {n} row(s) queued again")
@@ -676,14 +684,14 @@ def worker(
 ) -> None:
     """Start a Celery worker of this app (threads pool) on the configured Redis."""
     from kontext_batch.workers.app import configure  # noqa: PLC0415
-    from kontext_batch.workers.process import init_runtime, setup_logging  # noqa: PLC0415
+    from kontext_batch.workers.process import init_runtime, setup_logging, trust_redis  # noqa: PLC0415
     from kontext_batch.workers.queues import key_queues  # noqa: PLC0415
 
     s = _settings(ctx)
     _need_key(s)
     setup_logging(s, loglevel)
     app = configure(s)
-    init_runtime(s, metrics_port=metrics_port)
+    trust_redis(init_runtime(s, metrics_port=metrics_port))
     name = hostname or f"kontext@{socket.gethostname()}-{os.getpid()}"
     # Only the queues of the keys this process holds: it never runs a job with another key.
     queues = queues or ",".join(q for k in s.held_keys for q in key_queues(k.fingerprint))

@@ -239,7 +239,7 @@ def local_stack(
         if not s.redis_url:
             url = stack.enter_context(embedded_redis())
             # Plain text on loopback: TLS files meant for the shell's own Redis do not apply here.
-            s = s.with_(redis_url=url, redis_ca=None, redis_cert=None, redis_key=None)
+            s = s.with_(redis_url=url, redis_ca=None, redis_cert=None, redis_key=None, redis_embedded=True)
             announce(f"started private Redis at {url}")
         if emulator:
             from kontext_batch.emulator import Emulator, EmulatorConfig  # noqa: PLC0415 - FastAPI is heavy

@@ -6,12 +6,18 @@ event                      level    when
 ``submitted``              INFO     the API accepted the row's task
 ``ready``                  INFO     a poll found the task Ready (the download comes next)
 ``stored``                 INFO     the output image and its sidecar are written
-``moderated``              INFO     the API refused the input or the output (reason given)
-``failed``                 INFO     the row ended without an output (reason given)
+``moderated``              WARNING  the API refused the input or the output (reason given)
+``failed``                 WARNING  the row ended without an output (reason given)
+``budget``                 WARNING  the run's budget stopped the row before its submit
 ``cancelled``              INFO     the run was cancelled before the row was submitted
 ``re-driven``              WARNING  the row's worker went quiet and the sweeper sent it again
 ``run stopped``            WARNING  the run stops submitting (out of credits, key refused)
+``run finished``           INFO     the run ended: outcome, counts, credits, results.csv; ERROR when
+                                    it ended failed or stopped
 =========================  =======  ==============================================================
+
+A row's final line names the manifest's ``id`` (the SKU) beside the row number, and carries it as
+the ``id`` field.
 
 Each record carries ``run``, ``row`` and ``event`` as attributes; with ``KONTEXT_LOG_FORMAT=json``
 they become fields next to ``ts``, ``level``, ``logger`` and ``msg``. Reasons come from results,
@@ -42,6 +48,8 @@ CHATTY_LOGGERS: Final = ("celery.app.trace", "celery.worker.strategy", "celery.w
 # Attributes every LogRecord has; anything else on a record was passed in ``extra`` and is a field.
 _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _FINAL_EVENTS: Final = {"succeeded": "stored", "moderated": "moderated", "failed": "failed", "cancelled": "cancelled"}
+#: Final statuses an alert on WARNING or worse must catch.
+_WARN_STATUSES: Final = frozenset({"failed", "moderated", "budget"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -96,17 +104,22 @@ def row_event(ref: str, event: str, detail: str = "", *, level: int = logging.IN
         log.log(level, "row %s %s", ref, event, extra=extra)
 
 
-def row_finished(ref: str, result: dict[str, Any], *, recorded: bool = True) -> None:
-    """Log a row's final result (once: ``recorded`` is False for a duplicate that changed nothing)."""
+def row_finished(ref: str, result: dict[str, Any], *, recorded: bool = True, row_id: str | None = None) -> None:
+    """Log a row's final result (once: ``recorded`` is False for a duplicate that changed nothing),
+    at WARNING when it failed, was moderated or stopped by the budget; ``row_id``: the manifest's id."""
     if not recorded:
         return
     status = str(result.get("status", ""))
     event = _FINAL_EVENTS.get(status, status)
     detail = "" if status == "succeeded" else str(result.get("error") or "")
+    if row_id:
+        detail = f"(id {row_id}) {detail}".rstrip()
     row_event(
         ref,
         event,
         detail,
+        level=logging.WARNING if status in _WARN_STATUSES else logging.INFO,
+        id=row_id,
         status=status,
         output=result.get("output_uri"),
         polls=result.get("polls"),
@@ -118,3 +131,20 @@ def row_finished(ref: str, result: dict[str, Any], *, recorded: bool = True) -> 
 def run_stopped(run_id: str, stop: str, reason: str) -> None:
     """A run stops submitting rows: say why, at WARNING."""
     run_log.warning("run %s stopped (%s): %s", run_id, stop, reason, extra={"run": run_id, "event": "run stopped"})
+
+
+def run_finished(run_id: str, outcome: str, counts: dict[str, int], total: int, credits: float, uri: str) -> None:
+    """A run ended: its outcome, counts, credits and results.csv; at ERROR when failed or stopped."""
+    shown = ", ".join(f"{n:,} {status}" for status, n in sorted(counts.items()) if n) or "no rows"
+    level = logging.ERROR if outcome in ("failed", "stopped") else logging.INFO
+    run_log.log(
+        level,
+        "run %s finished %s: %s rows (%s); %s credits; results: %s",
+        run_id,
+        outcome,
+        f"{total:,}",
+        shown,
+        f"{credits:g}",
+        uri or "not written",
+        extra={"run": run_id, "event": "run finished", "outcome": outcome, "counts": counts, "credits": credits},
+    )

@@ -8,6 +8,10 @@ kontext_credits_spent_total          counter    endpoint               the cost 
 kontext_polls_total                  counter    endpoint               poll answers (results' polls)
 kontext_api_rate_limited_total       counter    kind                   429 answers, retried ones too
 kontext_api_request_seconds          histogram  kind                   each HTTP answer (body read)
+kontext_row_duration_seconds         histogram  endpoint               a row's submit to its final result
+kontext_runs_finished_total          counter    outcome                a run's end recorded here
+kontext_run_last_finished_timestamp  gauge      outcome                when (``_seconds``; max over workers)
+kontext_results_write_failures_total counter                           results.csv writes that failed
 kontext_active_tasks                 gauge      key, endpoint          Redis at scrape time
 kontext_active_cap                   gauge      key, endpoint          the held key's caps (``*``: all)
 kontext_waiting_rows                 gauge      pool, endpoint         rows waiting for a slot
@@ -28,9 +32,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from kontext_batch.api.models import ENDPOINT_COST_CREDITS
 
 if TYPE_CHECKING:
     from kontext_batch.runtime import Runtime
@@ -53,6 +59,69 @@ API_SECONDS: Final = Histogram(
 )
 
 
+RUNS_FINISHED: Final = Counter(
+    "kontext_runs_finished", "Runs whose end this process recorded, by outcome.", ["outcome"]
+)
+RUN_LAST_FINISHED: Final = Gauge(
+    "kontext_run_last_finished_timestamp_seconds",
+    "When this process last recorded a run's end with this outcome (Unix time; take max over workers).",
+    ["outcome"],
+)
+ROW_SECONDS: Final = Histogram(
+    "kontext_row_duration_seconds",
+    "A row's time from its submit to its final result.",
+    ["endpoint"],
+    buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)
+RESULTS_WRITE_FAILURES: Final = Counter(
+    "kontext_results_write_failures", "results.csv writes that failed (retried later, or the run failed)."
+)
+#: A run's outcome: ``stopped`` (budget, credits or keys ran out), ``cancelled``, ``failed`` (a row
+#: failed, was moderated or invalid, or results.csv could not be written), else ``succeeded``.
+OUTCOMES: Final = ("succeeded", "failed", "stopped", "cancelled")
+_STATUSES: Final = ("succeeded", "failed", "moderated", "invalid", "skipped", "cancelled", "budget")
+_KINDS: Final = ("submit", "poll", "download", "credits")
+
+
+def _zero_series() -> None:
+    """Every counter's known label sets exist at 0 from the start: a quiet night reads 0, not "No data",
+    and ``increase()`` sees the first event of each."""
+    for outcome in OUTCOMES:
+        RUNS_FINISHED.labels(outcome=outcome)
+    for kind in _KINDS:
+        RATE_LIMITED.labels(kind=kind)
+    for endpoint in ENDPOINT_COST_CREDITS:
+        CREDITS_SPENT.labels(endpoint=endpoint)
+        POLLS.labels(endpoint=endpoint)
+        for status in _STATUSES:
+            ROWS_FINISHED.labels(status=status, endpoint=endpoint)
+
+
+_zero_series()
+
+
+def run_outcome(status: str, stopped: str, counts: dict[str, int]) -> str:
+    """The outcome label of a run that ended with this status, stop and row counts."""
+    if status == "cancelled":
+        return "cancelled"
+    if stopped == "results" or status == "failed":
+        return "failed"
+    if stopped:
+        return "stopped"
+    if any(counts.get(k, 0) for k in ("failed", "moderated", "invalid")):
+        return "failed"
+    return "succeeded"
+
+
+def run_finished(outcome: str) -> None:
+    RUNS_FINISHED.labels(outcome=outcome).inc()
+    RUN_LAST_FINISHED.labels(outcome=outcome).set(time.time())
+
+
+def results_write_failed() -> None:
+    RESULTS_WRITE_FAILURES.inc()
+
+
 def _endpoint_of(job: dict[str, str]) -> str:
     return job.get("gate", "").partition("|")[2] or "unknown"
 
@@ -63,6 +132,8 @@ def row_finished(result: dict[str, Any], job: dict[str, str], *, recorded: bool 
         return
     endpoint = _endpoint_of(job)
     ROWS_FINISHED.labels(status=str(result.get("status", "unknown")), endpoint=endpoint).inc()
+    if result.get("duration_s") is not None:
+        ROW_SECONDS.labels(endpoint=endpoint).observe(float(result["duration_s"]))
     try:
         cost = float(result.get("cost_credits") or 0)
     except (TypeError, ValueError):

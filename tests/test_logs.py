@@ -83,14 +83,21 @@ def test_json_log_parses_line_by_line_with_run_and_row(redis_url: str, tmp_path:
         if ln.strip():
             records.append(json.loads(ln))  # every line, the shutdown notices included
     assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
-    events = [r for r in records if r.get("run") == run_id and "event" in r]
+    events = [r for r in records if r.get("run") == run_id and "row" in r]
     by_event: dict[str, list[int]] = {}
     for r in events:
         by_event.setdefault(r["event"], []).append(r["row"])
     assert sorted(by_event["submitted"]) == list(range(1, ROWS + 1))
     assert sorted(by_event["stored"]) == sorted(set(range(1, ROWS + 1)) - FAILING)
     assert sorted(by_event["failed"]) == sorted(FAILING)
-    assert all(r["level"] == "INFO" and r["logger"] == "kontext_batch.rows" for r in events)
+    assert all(r["logger"] == "kontext_batch.rows" for r in events)
+    # An alert on WARNING catches every failed row, and the line names the manifest's id (SKU).
+    assert {r["level"] for r in events if r["event"] == "failed"} == {"WARNING"}
+    assert all(r["id"] == f"l{r['row']}" and f"(id l{r['row']})" in r["msg"] for r in events if r["event"] == "failed")
+    assert {r["level"] for r in events if r["event"] != "failed"} == {"INFO"}
+    (end,) = [r for r in records if r.get("run") == run_id and r.get("event") == "run finished"]
+    assert (end["level"], end["outcome"]) == ("ERROR", "failed")
+    assert end["counts"] == {"succeeded": ROWS - len(FAILING), "failed": len(FAILING)}
     assert E2E_KEY not in text
     assert any("shutdown" in r["msg"] for r in records)
 

@@ -100,6 +100,15 @@ def test_scraped_figures_match_the_run(system: tuple[Emulator, Settings, list[in
         rows.append({"id": f"m{i}", "prompt": prompt, "model": "max" if i % 3 == 0 else "pro", "output_format": "png"})
     manifest = write_csv(tmp_path / "m.csv", ["id", "prompt", "model", "output_format"], rows)
     out = tmp_path / "out"
+    # Before the first event every counter is there, at 0: a quiet night's panels read 0, not "No data".
+    quiet = scrape(ports[1])
+    for outcome in ("succeeded", "failed", "stopped", "cancelled"):
+        assert quiet[("kontext_runs_finished_total", frozenset({("outcome", outcome)}))] == 0
+    assert quiet[("kontext_results_write_failures_total", frozenset())] == 0
+    assert (
+        quiet[("kontext_rows_finished_total", frozenset({("status", "failed"), ("endpoint", "flux-kontext-max")}))] == 0
+    )
+    assert quiet[("kontext_api_rate_limited_total", frozenset({("kind", "submit")}))] == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")} | s.to_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kontext_batch", "run", str(manifest), "--output", str(out), "--wait"],
@@ -125,9 +134,24 @@ def test_scraped_figures_match_the_run(system: tuple[Emulator, Settings, list[in
     statuses: dict[str, float] = defaultdict(float)
     for r in results:
         statuses[r["status"]] += 1
-    assert by_label(after, "kontext_rows_finished_total", "status") == statuses
+    # Every known status exists from the start, at 0 where no row ended so.
+    finished = by_label(after, "kontext_rows_finished_total", "status")
+    assert {k for k, v in finished.items() if v == 0} >= {"invalid", "skipped", "cancelled", "budget"}
+    assert {k: v for k, v in finished.items() if v} == statuses
     assert total(after, "kontext_rows_finished_total") == len(rows)
-    assert by_label(after, "kontext_rows_finished_total", "endpoint") == {"flux-kontext-pro": 8, "flux-kontext-max": 4}
+    endpoints = by_label(after, "kontext_rows_finished_total", "endpoint")
+    assert {k: v for k, v in endpoints.items() if v} == {"flux-kontext-pro": 8, "flux-kontext-max": 4}
+    # The histogram counts every submitted row once, by its endpoint; the run's end, by its outcome
+    # (rows failed and were moderated: "failed"), on whichever worker recorded it.
+    assert total(after, "kontext_row_duration_seconds_count") == len(rows)
+    assert total(after, "kontext_runs_finished_total", outcome="failed") == 1
+    assert total(after, "kontext_runs_finished_total") == 1
+    assert (
+        max(
+            s.get(("kontext_run_last_finished_timestamp_seconds", frozenset({("outcome", "failed")})), 0) for s in after
+        )
+        > 0
+    )
     assert total(after, "kontext_polls_total") == sum(int(r["polls"]) for r in results)
     spent = sum(float(r["cost_credits"]) for r in results if r["cost_credits"])
     assert spent > 0

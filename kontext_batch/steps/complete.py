@@ -58,7 +58,9 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     rt.gate.retire_in(pipe, ref)
     done = rt.runs.recorded(pipe.execute()[0])
     metrics.row_finished(result, job, recorded=done is not None)
-    logs.row_finished(ref, result, recorded=done is not None)
+    # The manifest's id (the SKU an operator searches for), read only for the rows worth a warning.
+    row_id = rt.runs.row(run_id, row).get("id") if done is not None and status != "succeeded" else None
+    logs.row_finished(ref, result, recorded=done is not None, row_id=str(row_id) if row_id else None)
     if done is None:
         return
     if reserved:  # once, by the step that recorded the row
@@ -97,6 +99,7 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
             store = rt.store(meta["output"])
             uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
         except StorageUnavailable as exc:
+            metrics.results_write_failed()
             log.warning("run %s: results.csv not written yet (%s); the next sweep tries again", run_id, exc)
             return None
         except (KontextBatchError, OSError) as exc:
@@ -104,7 +107,9 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
             reason = f"results.csv could not be written to {meta.get('output')}: {exc}"
             rt.runs.update(run_id, status="failed", finished_at=time.time(), stopped="results", stopped_reason=reason)
             rt.runs.close_run(run_id)
+            metrics.results_write_failed()
             log.warning("run %s failed: %s", run_id, reason)
+            _ended(rt, run_id, "failed", "")
             return None
         write_gallery(rt.runs, run_id, store)
         status = "cancelled" if meta.get("status") == "cancelled" else "finished"
@@ -113,4 +118,13 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
     finally:
         rt.runs.release_finalizing(run_id)
     log.info("run %s %s: %s", run_id, status, uri)
+    _ended(rt, run_id, status, uri)
     return uri
+
+
+def _ended(rt: Runtime, run_id: str, status: str, uri: str) -> None:
+    """Count and log a run's end, once, by the process that recorded it."""
+    info = rt.runs.info(run_id)
+    outcome = metrics.run_outcome(status, info.meta.get("stopped", ""), info.counts)
+    metrics.run_finished(outcome)
+    logs.run_finished(run_id, outcome, info.counts, info.total, rt.budget.spend(run_id).spent, uri)

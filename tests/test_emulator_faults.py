@@ -154,6 +154,7 @@ def test_bad_fault_settings_are_refused(emu: Emulator, faults: dict[str, float])
     assert info.value.response.status_code in (400, 422)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("marker", "status"),
     [

@@ -33,6 +33,7 @@ def fill(client: httpx.Client, emu: Emulator, key: str, n: int, endpoint: str = 
     return [submit(client, emu.base_url, {"prompt": "x"}, endpoint, key=key).status_code for _ in range(n)]
 
 
+@pytest.mark.integration
 def test_every_configured_key_is_listed_before_it_submits() -> None:
     with Emulator(two_keys(max_active_total=4, credits=50)) as emu:
         keys = emu.stats(tasks=False)["keys"]

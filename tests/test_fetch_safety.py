@@ -65,6 +65,7 @@ def test_a_fifo_input_is_refused_without_opening_it_for_good(tmp_path: Path) -> 
     assert "FIFO" in report.errors[0].msg
 
 
+@pytest.mark.integration
 def test_dev_zero_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
     if not Path("/dev/zero").exists():
         pytest.skip("no /dev/zero here")

@@ -110,11 +110,13 @@ def test_queries_use_only_grafana_variables(dashboard: dict[str, Any]) -> None:
     assert leftovers == {}
 
 
+@pytest.mark.integration
 def test_every_query_parses(dashboard: dict[str, Any], tmp_path: Path) -> None:
     ok, output = _promtool_parses([_as_promql(expr) for _, expr in _exprs(dashboard)], tmp_path)
     assert ok, output
 
 
+@pytest.mark.integration
 def test_the_parse_check_rejects_a_broken_query(tmp_path: Path) -> None:
     # Guards the test above: the same path must fail on a query Prometheus would refuse.
     ok, output = _promtool_parses(["sum by (status) (rate(kontext_rows_finished_total[1m])"], tmp_path)

@@ -409,6 +409,7 @@ def test_image_over_20_megapixels(tmp_path: Path) -> None:
     assert inspect_image(image_bytes("L", (5000, 4000))).megapixels == 20.0  # exactly 20 MP is fine
 
 
+@pytest.mark.integration
 def test_unreachable_url(tmp_path: Path) -> None:
     url = closed_port_url("/x.png")
     report = validate_manifest(write(tmp_path, f"prompt,input_image\nx,{url}\n"), fetch=FetchPolicy(allow_private=True))

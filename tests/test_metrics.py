@@ -24,8 +24,6 @@ from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.e2e_support import read_results, write_csv
 
-pytestmark = pytest.mark.e2e
-
 KEY = "metrics-secret-key-5e1b"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -88,6 +86,7 @@ def system(redis_url: str) -> Iterator[tuple[Emulator, Settings, list[int]]]:
             yield emu, s, ports
 
 
+@pytest.mark.e2e
 def test_scraped_figures_match_the_run(system: tuple[Emulator, Settings, list[int]], tmp_path: Path) -> None:
     emu, s, ports = system
     rows: list[dict[str, object]] = []

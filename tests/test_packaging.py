@@ -28,6 +28,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.integration
 def test_the_wheel_names_only_kontext_batch_at_the_top(tmp_path: Path) -> None:
     # Built from a copy (symlinks kept, as git checks them out), so the build leaves nothing in the checkout.
     src = tmp_path / "src"
@@ -74,6 +75,7 @@ print(len(files), "modules")
 """
 
 
+@pytest.mark.integration
 def test_outside_the_checkout_no_top_level_workers_or_tasks_and_no_module_twice(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", _IMPORT_CHECK],

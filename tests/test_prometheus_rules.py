@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import unavailable
@@ -189,11 +190,13 @@ def _alerts() -> list[dict[str, Any]]:
     return [r for r in _rules() if "alert" in r]
 
 
+@pytest.mark.integration
 def test_promtool_accepts_the_rules() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_promtool_accepts_the_config_and_finds_its_rule_files() -> None:
     # `check config` also loads every rule_files entry, relative to the config's folder, as the server does.
     result = promtool("check", "config", str(CONFIG))
@@ -201,11 +204,13 @@ def test_promtool_accepts_the_config_and_finds_its_rule_files() -> None:
     assert "1 rule files found" in result.stdout
 
 
+@pytest.mark.integration
 def test_the_rules_unit_tests_pass() -> None:
     result = promtool("test", "rules", str(RULES_TEST))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_the_unit_tests_fail_when_the_deadline_moves(tmp_path: Path) -> None:
     # Guards the test above: rules_test.yml must depend on the deadline it claims to test.
     rules = RULES.read_text(encoding="utf-8")
@@ -217,6 +222,7 @@ def test_the_unit_tests_fail_when_the_deadline_moves(tmp_path: Path) -> None:
     assert "KontextNightlyRunLate" in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_the_deadline_takes_fractions_of_an_hour(tmp_path: Path) -> None:
     # docs/monitoring.md says 7.5 means 07:30 UTC.
     rules = RULES.read_text(encoding="utf-8").replace("expr: vector(6)", "expr: vector(7.5)")

@@ -85,6 +85,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[dict
         }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
 def test_every_command_says_nothing_listens_in_one_line(command: tuple[str, ...], tmp_path: Path) -> None:
     manifest = write_csv(tmp_path / "m.csv", ["id", "prompt"], [{"id": "a", "prompt": "white background"}])
@@ -181,6 +182,7 @@ def answers_ping(app: Celery) -> bool:
         return False
 
 
+@pytest.mark.e2e
 def test_a_worker_waits_for_redis_says_why_in_one_line_and_connects_when_it_comes(tmp_path: Path) -> None:
     from kontext_batch.workers.app import configure  # noqa: PLC0415 - the app is configured per test
 
@@ -227,6 +229,7 @@ def documented_acl() -> list[str]:
     return ["--user", *[f">{PASSWORD}" if w == ">PASSWORD" else w for w in words[1:]]]
 
 
+@pytest.mark.e2e
 def test_a_run_works_as_the_documented_acl_user_and_nothing_else_is_reachable(tmp_path: Path) -> None:
     with redis_server(tmp_path / "acl", *documented_acl(), "--user", "default", "off") as port:
         url = f"redis://kontext:{PASSWORD}@127.0.0.1:{port}/0"

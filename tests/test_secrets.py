@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import pytest
 import redis
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
@@ -184,6 +185,7 @@ class RedisSampler(threading.Thread):
                     self.found[key] = hits
 
 
+@pytest.mark.e2e
 def test_the_key_appears_nowhere_after_a_full_run(redis_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     path = _manifest(tmp_path)

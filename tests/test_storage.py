@@ -291,6 +291,7 @@ def test_s3_missing_bucket_is_storage_error(s3_url: str) -> None:
     assert not isinstance(info.value, StorageUnavailable)
 
 
+@pytest.mark.integration
 def test_s3_unreachable_endpoint_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in TEST_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
@@ -342,6 +343,7 @@ def test_read_url_http(http_server: Serve) -> None:
         read_url(base + "/ok.png", max_bytes=5, fetch=loopback_ok)
 
 
+@pytest.mark.integration
 def test_read_url_refused_connection_is_retryable() -> None:
     with pytest.raises(StorageUnavailable):
         read_url(closed_port_url(), fetch=FetchPolicy(allow_private=True))

@@ -174,6 +174,7 @@ def test_a_run_in_webhook_mode_with_real_workers(redis_url: str, tmp_path: Path,
     print(f"webhook mode ({form}, {lost:.0%} lost): {n} rows, {polls} polls ({polls / n:.2f} per job), {lost_n} lost")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("length", ["-1", "abc"])
 def test_a_body_length_that_is_not_a_size_is_refused_before_reading(length: str) -> None:
     # read(-1) would read until the sender stops: the receiver answers 400 without reading at all.

@@ -18,10 +18,12 @@ from PIL import Image, ImageDraw
 from kontext_batch.coord.runs import RunInfo, RunStore
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.local import WorkerPool
-from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
+from tests.settings_support import fast_settings
 
 E2E_KEY = "e2e-secret-key-7f3a9c1d"
+#: Over FAST: worker processes start slower than inline steps, and a lease outlives a busy second.
+E2E_TIMINGS: dict[str, object] = {"poll_first_s": 0.2, "retry_base_s": 0.05, "retry_max_s": 0.5, "lease_s": 20.0}
 
 
 @dataclass
@@ -57,19 +59,7 @@ def running_system(
 ) -> Iterator[System]:
     cfg = emulator or EmulatorConfig(latency={"*": LatencySpec.fixed(0.3)}, api_keys=(E2E_KEY,), seed=11)
     with Emulator(cfg) as emu:
-        base: dict[str, object] = {
-            "api_key": Secret(E2E_KEY),
-            "api_base": emu.base_url,
-            "redis_url": redis_url,
-            "poll_first_s": 0.2,
-            "poll_min_s": 0.05,
-            "retry_base_s": 0.05,
-            "retry_max_s": 0.5,
-            "http_timeout_s": 5.0,
-            "lease_s": 20.0,
-        }
-        base.update(settings)
-        s = Settings(**base)  # type: ignore[arg-type]
+        s = fast_settings(emu.base_url, redis_url, api_key=E2E_KEY, **{**E2E_TIMINGS, **settings})
         with WorkerPool(s, n=workers, concurrency=16, loglevel="INFO", log_dir=log_dir) as pool:
             yield System(emu, s, pool)
 

@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.metrics import call_kind
 from kontext_batch.run.local import WorkerPool, free_port
-from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.e2e_support import read_results, write_csv
+from tests.settings_support import fast_settings
 
 KEY = "metrics-secret-key-5e1b"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -68,16 +68,8 @@ def system(redis_url: str) -> Iterator[tuple[Emulator, Settings, list[int]]]:
     # Spurious 429s on a quarter of the submits: the client retries them; the counter must see each.
     cfg = EmulatorConfig(latency={"*": LatencySpec.fixed(0.4)}, api_keys=(KEY,), seed=3, faults={"429": 0.25})
     with Emulator(cfg) as emu:
-        s = Settings(
-            api_key=Secret(KEY),
-            api_base=emu.base_url,
-            redis_url=redis_url,
-            poll_first_s=0.2,
-            poll_min_s=0.05,
-            retry_base_s=0.05,
-            retry_max_s=0.3,
-            http_timeout_s=5.0,
-            max_attempts=20,
+        s = fast_settings(
+            emu.base_url, redis_url, api_key=KEY, poll_first_s=0.2, retry_base_s=0.05, retry_max_s=0.3, max_attempts=20
         )
         ports = [free_port(), free_port()]
         with WorkerPool(s, n=2, concurrency=8, extra_args=lambda i: ["--metrics-port", str(ports[i])]):

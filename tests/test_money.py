@@ -32,6 +32,7 @@ from kontext_batch.settings import ApiKey, Settings
 from tests import fault_figures
 from tests.e2e_support import read_results, write_csv
 from tests.e2e_support import wait_finished as wait_run
+from tests.settings_support import fast_settings
 
 pytestmark = pytest.mark.faults
 
@@ -64,15 +65,10 @@ class Stack:
     _exit: ExitStack = field(default_factory=ExitStack)
 
     def settings(self, *keys: str, pool: tuple[str, ...] = (), **kw: Any) -> Settings:
-        base: dict[str, Any] = {
-            "api_key": Secret(keys[0]) if keys else Secret(""),
-            "api_keys": tuple(ApiKey(Secret(k)) for k in (*keys[1:], *pool)),
-            "api_base": self.emu.base_url,
-            "redis_url": self.redis_url,
-            **FAST,
-        }
-        base.update(kw)
-        return Settings(**base)
+        api_keys = tuple(ApiKey(Secret(k)) for k in (*keys[1:], *pool))
+        return fast_settings(
+            self.emu.base_url, self.redis_url, api_key=keys[0] if keys else "", api_keys=api_keys, **{**FAST, **kw}
+        )
 
     def workers(self, *keys: str, n: int = 1, **kw: Any) -> WorkerPool:
         """``n`` worker processes holding ``keys`` (the first as KONTEXT_API_KEY, the rest as KONTEXT_API_KEYS)."""

@@ -14,10 +14,9 @@ from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.manifest.validate import cost_credits_for
 from kontext_batch.run.control import cancel_run, retry_run
 from kontext_batch.runtime import Runtime
-from kontext_batch.secret import Secret
-from kontext_batch.settings import Settings
 from kontext_batch.steps.sweep import sweep
 from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
+from tests.settings_support import fast_settings
 
 KEY = "pipeline-test-key"
 
@@ -32,21 +31,6 @@ def fast(**kw: object) -> EmulatorConfig:
 def emu() -> Iterator[Emulator]:
     with Emulator(fast()) as e:
         yield e
-
-
-def settings(redis_url: str, emu: Emulator, **kw: object) -> Settings:
-    base: dict[str, object] = {
-        "api_key": Secret(KEY),
-        "api_base": emu.base_url,
-        "redis_url": redis_url,
-        "poll_first_s": 0.1,
-        "poll_min_s": 0.05,
-        "retry_base_s": 0.01,
-        "retry_max_s": 0.05,
-        "http_timeout_s": 5.0,
-    }
-    base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +55,7 @@ def results_csv(rt: Runtime, run_id: str, out: Path) -> list[dict[str, str]]:
 
 def test_every_row_is_stored_with_a_sidecar_and_one_result(redis_url: str, emu: Emulator, tmp_path: Path) -> None:
     sched = InlineScheduler()
-    rt = inline_runtime(settings(redis_url, emu), sched)
+    rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
     start_specs(rt, "r1", str(tmp_path), text_specs(30))
     sched.run(rt)
     rows = results_csv(rt, "r1", tmp_path)
@@ -94,7 +78,7 @@ def test_a_message_delivered_twice_submits_downloads_and_records_once(
     redis_url: str, emu: Emulator, tmp_path: Path
 ) -> None:
     sched = InlineScheduler(duplicate=True)
-    rt = inline_runtime(settings(redis_url, emu), sched)
+    rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
     start_specs(rt, "dup", str(tmp_path), text_specs(5))
     sched.run(rt)
     stats = emu.stats()
@@ -109,7 +93,7 @@ def test_a_message_delivered_twice_submits_downloads_and_records_once(
 
 def test_cancel_ends_a_run_with_nothing_submitted_at_once(redis_url: str, emu: Emulator, tmp_path: Path) -> None:
     sched = InlineScheduler()
-    rt = inline_runtime(settings(redis_url, emu), sched)
+    rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
     start_specs(rt, "c", str(tmp_path), text_specs(20, endpoint="flux-kontext-max"))  # 6 granted, 14 waiting
     assert cancel_run(rt, "c") == 20
     info = rt.runs.info("c")
@@ -125,7 +109,7 @@ def test_cancel_ends_a_run_with_nothing_submitted_at_once(redis_url: str, emu: E
 def test_out_of_credits_stops_the_run_and_retry_completes_it(redis_url: str, tmp_path: Path) -> None:
     with Emulator(fast(credits=4 * 10)) as emu:
         sched = InlineScheduler()
-        rt = inline_runtime(settings(redis_url, emu), sched)
+        rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
         start_specs(rt, "402", str(tmp_path), text_specs(30))
         sched.run(rt)
         info = rt.runs.info("402")
@@ -156,7 +140,7 @@ def test_terminal_outcomes_are_recorded_with_their_reason(
 ) -> None:
     with Emulator(fast(faults={fault: 1.0})) as emu:
         sched = InlineScheduler()
-        rt = inline_runtime(settings(redis_url, emu), sched)
+        rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
         start_specs(rt, "t", str(tmp_path), text_specs(3))
         sched.run(rt)
         rows = results_csv(rt, "t", tmp_path)
@@ -171,7 +155,7 @@ def test_transient_faults_are_retried_within_bounds(redis_url: str, tmp_path: Pa
         sched = InlineScheduler()
         # 40 % of submits fail: with the default 6 attempts a row fails 0.4**6 = 0.4 % of the time,
         # one run of this test in nine. 12 attempts make that one in 60,000 while bounds still apply.
-        rt = inline_runtime(settings(redis_url, emu, max_attempts=12), sched)
+        rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY, max_attempts=12), sched)
         start_specs(rt, "f", str(tmp_path), text_specs(30))
         sched.run(rt)
         assert rt.runs.info("f").counts == {"succeeded": 30}
@@ -184,7 +168,7 @@ def test_expired_sample_fails_with_a_clear_reason(redis_url: str, tmp_path: Path
     cfg = fast(time_scale=0.0005, latency={"*": LatencySpec.fixed(200)})
     with Emulator(cfg) as emu:
         sched = InlineScheduler(extra_poll_delay=lambda ref, n: 0.6)
-        rt = inline_runtime(settings(redis_url, emu), sched)
+        rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
         start_specs(rt, "x", str(tmp_path), text_specs(2))
         sched.run(rt)
         rows = results_csv(rt, "x", tmp_path)
@@ -202,7 +186,7 @@ def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(
         sched = InlineScheduler(extra_poll_delay=lambda ref, n: 0.6 if n == 0 else 0.0)
         # poll_max_s keeps the late first poll from teaching the planner to wait past the URL's life.
         base = emu.base_url + ("/reseller/v1" if provider == "reseller" else "")
-        s = settings(redis_url, emu, resubmit_expired=True, poll_max_s=0.1, provider=provider, api_base=base)
+        s = fast_settings(base, redis_url, api_key=KEY, resubmit_expired=True, poll_max_s=0.1, provider=provider)
         rt = inline_runtime(s, sched)
         start_specs(rt, "y", str(tmp_path), text_specs(2))
         sched.run(rt)
@@ -220,7 +204,7 @@ def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(
 
 def test_sweep_writes_results_of_a_run_whose_last_reply_was_lost(redis_url: str, emu: Emulator, tmp_path: Path) -> None:
     sched = InlineScheduler()
-    rt = inline_runtime(settings(redis_url, emu), sched)
+    rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
     start_specs(rt, "lost", str(tmp_path), text_specs(3))
     sched.run(rt)
     assert rt.runs.info("lost").finished
@@ -241,12 +225,12 @@ def test_a_sweep_does_not_stop_a_run_on_a_stale_view_of_refused_keys(
     # A worker saw the run's only key refused (and caches that view for a second); then `retry`, in
     # another process, cleared it. The worker's next sweep must not stop the run on its stale view.
     sched = InlineScheduler()
-    worker = inline_runtime(settings(redis_url, emu), sched)
+    worker = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
     start_specs(worker, "stale", str(tmp_path), text_specs(2))
     fp = worker.settings.api_key.fingerprint
     worker.gate.mark_key_out(fp, "out of credits (402)")
     assert fp in worker.gate.keys_out()  # cached now
-    retrying = inline_runtime(settings(redis_url, emu), InlineScheduler())
+    retrying = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), InlineScheduler())
     retrying.gate.clear_keys_out([fp])
     sweep(worker)
     assert "stopped" not in worker.runs.meta("stale")

@@ -25,29 +25,14 @@ import pytest
 from kontext_batch.coord.keys import job_ref
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.local import WorkerPool, free_port
-from kontext_batch.secret import Secret
-from kontext_batch.settings import Settings
 from kontext_batch.steps.submit import submit_job
 from kontext_batch.steps.webhooks import WebhookReceiver, accept_webhook
 from tests.e2e_support import read_results, write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
+from tests.settings_support import fast_settings
 
 KEY = "webhook-test-key"
 SECRET = "the-runs-own-secret"
-
-
-def settings(redis_url: str, emu: Emulator, **kw: object) -> Settings:
-    base: dict[str, object] = {
-        "api_key": Secret(KEY),
-        "api_base": emu.base_url,
-        "redis_url": redis_url,
-        "poll_first_s": 0.1,
-        "poll_min_s": 0.05,
-        "retry_base_s": 0.01,
-        "retry_max_s": 0.05,
-    }
-    base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -59,7 +44,7 @@ def emu() -> Iterator[Emulator]:
 def _submitted(redis_url: str, emu: Emulator, tmp_path: Path, n: int = 2) -> tuple[object, InlineScheduler]:
     """Rows submitted with a webhook that goes nowhere (port 9 refuses), their fallback polls pending."""
     sched = InlineScheduler()
-    rt = inline_runtime(settings(redis_url, emu), sched)
+    rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
     start_specs(rt, "w", str(tmp_path), text_specs(n))
     rt.runs.update("w", webhook_url="http://127.0.0.1:9/hook", webhook_secret=SECRET)
     while sched.queue and sched.queue[0][2] == "submit":
@@ -135,7 +120,13 @@ def test_a_run_in_webhook_mode_with_real_workers(redis_url: str, tmp_path: Path,
     )
     port = free_port()
     with Emulator(cfg) as emu:
-        s = settings(redis_url, emu, webhook_url=f"http://127.0.0.1:{port}/kontext-webhook", poll_max_s=2.0)
+        s = fast_settings(
+            api_key=KEY,
+            api_base=emu.base_url,
+            redis_url=redis_url,
+            webhook_url=f"http://127.0.0.1:{port}/kontext-webhook",
+            poll_max_s=2.0,
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")} | s.to_env()
         receiver = subprocess.Popen(  # the receiver as users run it: its own process, no API key needed
             [sys.executable, "-m", "kontext_batch", "webhooks", "--port", str(port)],

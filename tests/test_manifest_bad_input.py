@@ -114,11 +114,14 @@ def test_wrong_delimiter(tmp_path: Path, sep: str, label: str) -> None:
 
 
 def test_no_prompt_column(tmp_path: Path) -> None:
-    assert "prompt" in str(file_error(write(tmp_path, "id,seed\na,1\n")))
+    err = str(file_error(write(tmp_path, "id,seed\na,1\n")))
+    assert "no 'prompt' column in the header (columns: id, seed)" in err
 
 
 def test_duplicate_header_names(tmp_path: Path) -> None:
-    assert "seed" in str(file_error(write(tmp_path, "prompt,seed,Seed\nx,1,2\n")))
+    # "seed" is in the input twice (case aside); only the message says which names are duplicated.
+    err = str(file_error(write(tmp_path, "prompt,seed,Seed\nx,1,2\n")))
+    assert "duplicate column name(s) in the header: seed" in err
 
 
 def test_unknown_extension(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ import pytest
 from kontext_batch.errors import RowError
 from kontext_batch.io.storage import open_store
 from kontext_batch.manifest import iter_manifest
-from kontext_batch.manifest.model import RESERVED_NAMES, render_output_name
+from kontext_batch.manifest.model import render_output_name
+from kontext_batch.steps.gallery import GALLERY_NAME
 from kontext_batch.steps.results import RESULTS_NAME
 
 
@@ -111,8 +112,23 @@ def test_names_that_share_folders_or_prefixes_are_fine(tmp_path: Path, names: li
 # --- names the run writes itself -----------------------------------------------------------------
 
 
-def test_results_file_name_is_reserved() -> None:
-    assert RESULTS_NAME in RESERVED_NAMES
+@pytest.mark.parametrize(
+    ("row_id", "template", "written"),
+    [
+        ("results", "{id}.csv", RESULTS_NAME),  # the name kontext_batch.steps.results writes
+        ("Results", "{id}.CSV", RESULTS_NAME),
+        ("gallery", "{id}.html", GALLERY_NAME),  # the name kontext_batch.steps.gallery writes
+        ("gallery", "{id}.html/x.png", GALLERY_NAME),
+    ],
+)
+def test_a_template_that_renders_to_a_file_the_run_writes_is_refused(
+    tmp_path: Path, row_id: str, template: str, written: str
+) -> None:
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps({"id": row_id, "prompt": "edit", "output_name": template}) + "\n", encoding="utf-8")
+    errors = [e for outcome in iter_manifest(p) for e in outcome.errors]
+    assert [(e.row, e.field) for e in errors] == [(1, "output_name")], errors
+    assert f"{written!r} is reserved for the run's own files" in errors[0].msg
 
 
 @pytest.mark.parametrize(

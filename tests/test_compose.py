@@ -133,6 +133,7 @@ def test_app_containers_get_their_key_file_and_s3_credentials_as_secrets(
     assert "/run/secrets/s3_secret_access_key" in entrypoint[2]
 
 
+@pytest.mark.integration
 def test_the_secrets_entrypoint_exports_the_files_and_runs_the_command(
     services: dict[str, dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -19,6 +19,8 @@ from kontext_batch.errors import ConfigError
 from kontext_batch.run.local import free_port
 from tests.conftest import unavailable
 
+pytestmark = pytest.mark.integration  # every test starts a private redis-server
+
 
 @contextmanager
 def private_redis(tmp_path: Path, *args: str) -> Iterator[redis.Redis]:

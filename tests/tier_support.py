@@ -70,6 +70,9 @@ SERVICE_FIXTURES: Final = frozenset(
         "tests.test_redis_errors::servers",  # private redis-servers
         "tests.test_storage::store[s3]",
         "tests.test_manifest::out_store[s3]",
+        "tests.test_cloud_stores::gcs_endpoint",  # gcp-storage-emulator and Azurite as processes
+        "tests.test_cloud_stores::azurite_endpoint",
+        "tests.test_cloud_stores::bucket_url",  # each of its values asks for one of the two
     }
 )
 

@@ -26,6 +26,8 @@ import yaml
 
 from tests.conftest import unavailable
 
+pytestmark = pytest.mark.integration  # every test reads what `kubectl kustomize` renders
+
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 LAYERS = ("base", "overlays/example")

@@ -3,7 +3,7 @@
 ==============================  ======  =========================================================
 key                             type    holds
 ==============================  ======  =========================================================
-{ns}:gates                      set     "{pool}|{endpoint}" of every wait list ever used (for sweeping)
+{ns}:gates                      set     wait ids "{pool}|{endpoint}" of every wait list ever used
 {ns}:pools                      hash    pool id -> JSON list of the key fingerprints of the pool
 {ns}:keys-out                   hash    key fingerprint -> why the API refused it (401/403/402)
 {ns}:lease:{fp}                 zset    job refs holding an active slot on the key; score=expiry ms
@@ -29,8 +29,9 @@ key                             type    holds
 {ns}:submit-rate                string  the global submits-per-second window
 ==============================  ======  =========================================================
 
-Owners: :mod:`~kontext_batch.coord.gate` alone writes ``gates``, ``pools``, ``keys-out``, ``lease``, ``wait``,
-``watch`` and ``job`` (its scripts read ``proc`` to tell a live holder from a dead one);
+Owners: :mod:`~kontext_batch.coord.slots`, :mod:`~kontext_batch.coord.jobs` and :mod:`~kontext_batch.coord.pools`
+write ``gates``, ``pools``, ``keys-out``, ``lease``, ``wait``, ``watch`` and ``job`` (the job scripts read ``proc``
+to tell a live holder from a dead one);
 :mod:`~kontext_batch.coord.holders` ``proc``, ``holders`` and ``key-caps``; :mod:`~kontext_batch.coord.runs` the
 ``runs`` and ``run`` keys; :mod:`~kontext_batch.coord.budget` ``budget``; :mod:`~kontext_batch.coord.delays`
 ``delayed``; :mod:`~kontext_batch.coord.ratelimit`
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys", "job_ref", "split_job_ref"]
+__all__ = ["Keys", "job_ref", "slot_id", "split_job_ref", "split_slot_id", "split_wait_id", "wait_id"]
 
 
 def job_ref(run_id: str, row: int) -> str:
@@ -56,12 +57,39 @@ def split_job_ref(ref: str) -> tuple[str, int]:
     return run_id, int(row)
 
 
+def slot_id(fp: str, endpoint: str) -> str:
+    """One key's slots on one endpoint, as a job records them (its field ``gate``): ``"{fp}|{endpoint}"``."""
+    return f"{fp}|{endpoint}"
+
+
+def split_slot_id(sid: str) -> tuple[str, str]:
+    """``(fp, endpoint)`` of a slot id; ``("", "")`` for a job that holds none."""
+    fp, _, endpoint = sid.partition("|")
+    return fp, endpoint
+
+
+def wait_id(pool_id: str, endpoint: str) -> str:
+    """One pool's wait list for one endpoint, as :attr:`Keys.wait_ids` lists it: ``"{pool}|{endpoint}"``."""
+    return f"{pool_id}|{endpoint}"
+
+
+def split_wait_id(wid: str) -> tuple[str, str]:
+    """``(pool id, endpoint)`` of a wait id."""
+    pool_id, _, endpoint = wid.partition("|")
+    return pool_id, endpoint
+
+
 @dataclass(frozen=True)
 class Keys:
+    """Every Redis key name, under the namespace ``ns``. The system always uses ``kb``: no setting
+    changes it (tests pass their own to keep apart from a running system)."""
+
     ns: str = "kb"
 
     @property
-    def gates(self) -> str:
+    def wait_ids(self) -> str:
+        """The set of the wait ids (:func:`wait_id`) of every wait list ever used (its key keeps the
+        name it had when wait lists were called gates)."""
         return f"{self.ns}:gates"
 
     def lease_total(self, fp: str) -> str:
@@ -70,8 +98,8 @@ class Keys:
     def lease(self, fp: str, endpoint: str) -> str:
         return f"{self.ns}:lease:{fp}:{endpoint}"
 
-    def wait(self, fp: str, endpoint: str) -> str:
-        return f"{self.ns}:wait:{fp}:{endpoint}"
+    def wait(self, pool_id: str, endpoint: str) -> str:
+        return f"{self.ns}:wait:{pool_id}:{endpoint}"
 
     @property
     def watch(self) -> str:
@@ -137,4 +165,5 @@ class Keys:
 
     @property
     def submit_rate(self) -> str:
+        """The prefix of the submit-rate windows: one key per second, ``{prefix}:{epoch second}``."""
         return f"{self.ns}:submit-rate"

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kontext_batch.coord.demand import sync_demand
-from kontext_batch.coord.gate import Pool
 from kontext_batch.coord.keys import job_ref
+from kontext_batch.coord.pools import Pool
 from kontext_batch.coord.redisio import BATCH, batched
 from kontext_batch.coord.runs import new_run_id
 from kontext_batch.errors import (
@@ -193,7 +193,7 @@ class _Enqueue:
         report.already_done = self.out.skipped
         if self.budget is not None and report.cost_credits > self.budget:
             raise OverBudget(report.cost_credits, self.budget)
-        self.rt.gate.register_pool(self.pool)
+        self.rt.pools.register_pool(self.pool)
         self.rt.budget.set(self.run_id, self.budget)
         self._flush()
         return self._queue()
@@ -269,7 +269,7 @@ class _Enqueue:
         )
         for endpoint, rows in self.waiting.items():
             for chunk in batched(rows):
-                rt.gate.enqueue(self.pool_id, endpoint, (job_ref(run_id, r) for r in chunk))
+                rt.slots.enqueue(self.pool_id, endpoint, (job_ref(run_id, r) for r in chunk))
         rt.runs.update(run_id, status="running")
         # Before the first dispatch: with no worker running, this is what starts one (KEDA).
         sync_demand(rt.redis, rt.keys, rt.runs)

@@ -14,22 +14,11 @@ import redis
 from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
-from kontext_batch.coord.redisio import decode
+from kontext_batch.coord.redisio import decode, lua
 
 __all__ = ["Budget", "Spend"]
 
-# KEYS: budget hash. ARGV: price. Returns 1 when reserved.
-_RESERVE: Final = """
-local budget = redis.call('HGET', KEYS[1], 'budget')
-local price = tonumber(ARGV[1])
-if budget then
-  local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
-  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-  if spent + reserved + price > tonumber(budget) + 1e-9 then return 0 end
-end
-redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', price)
-return 1
-"""
+_RESERVE: Final = lua("reserve.lua")
 
 
 @dataclass(frozen=True)

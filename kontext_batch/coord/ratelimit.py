@@ -13,13 +13,11 @@ from typing import Final
 
 import redis
 
+from kontext_batch.coord.redisio import lua
+
 __all__ = ["SubmitRateLimiter"]
 
-_TAKE: Final = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], 2000) end
-return n
-"""
+_TAKE: Final = lua("submit_rate.lua")
 
 
 class SubmitRateLimiter:

@@ -19,7 +19,7 @@ import redis
 from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
-from kontext_batch.coord.redisio import batched, decode, eval_in
+from kontext_batch.coord.redisio import batched, decode, eval_in, lua
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 
@@ -34,24 +34,8 @@ FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
     "budget",
 )
 
-_RECORD: Final = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-return redis.call('INCR', KEYS[2])
-"""
-
-_REOPEN: Final = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return 0 end
-local st = cjson.decode(old)['status']
-local wanted = false
-for i = 2, #ARGV do if ARGV[i] == st then wanted = true end end
-if not wanted then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[3], st, -1)
-redis.call('DECR', KEYS[2])
-return 1
-"""
+_RECORD: Final = lua("record.lua")
+_REOPEN: Final = lua("reopen.lua")
 
 
 def new_run_id() -> str:

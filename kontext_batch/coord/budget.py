@@ -1,8 +1,9 @@
-"""A run's spending limit: every submit reserves its price first, so no submit pushes spend past it.
+"""A run's spending limit: every submit reserves its price first, and none starts that would pass it.
 
 Per run, in credits: ``budget`` (absent: no limit), ``spent`` (what the API reported, or the price
 table's figure for a task that reported nothing) and ``reserved`` (submits under way and tasks whose
-cost is not known yet). A reservation succeeds only while ``spent + reserved + price <= budget``.
+cost is not known yet). A reservation succeeds only while ``spent + reserved + price <= budget``,
+at the price table's figure: spend passes the budget only by what the API charges above it.
 """
 
 from __future__ import annotations

@@ -1,45 +1,4 @@
-"""Redis key layout, in one place. Every key starts with the namespace (``kb`` by default).
-
-==============================  ======  =========================================================
-key                             type    holds
-==============================  ======  =========================================================
-{ns}:gates                      set     wait ids "{pool}|{endpoint}" of every wait list ever used
-{ns}:pools                      hash    pool id -> JSON list of the key fingerprints of the pool
-{ns}:keys-out                   hash    key fingerprint -> why the API refused it (401/403/402)
-{ns}:lease:{fp}                 zset    job refs holding an active slot on the key; score=expiry ms
-{ns}:lease:{fp}:{endpoint}      zset    the same, one endpoint
-{ns}:wait:{pool}:{endpoint}     list    job refs waiting for a slot on any key of the pool, FIFO
-{ns}:watch                      zset    job refs in flight (granted..stored); score=deadline ms
-{ns}:proc:{proc}                string  a live worker process's heartbeat (5 s TTL): its keys' caps
-{ns}:holders:{fp}               zset    processes holding the key; score=heartbeat expiry ms
-{ns}:key-caps                   hash    key fingerprint -> caps its holders announce (JSON)
-{ns}:budget:{run}               hash    budget, spent, reserved (credits) of one run
-{ns}:delayed                    zset    task messages not due yet; score=due time ms
-{ns}:job:{run}:{row}            hash    one in-flight job: step (fencing token), state, busy, holder,
-                                        pool, gate, attempts, polls, poll_errors, task id, polling
-                                        URL, cost, possible_duplicate, timings
-{ns}:runs                       zset    run ids by creation time
-{ns}:runs:open                  set     runs not yet finalized (swept for completion)
-{ns}:run:{run}                  hash    run metadata (manifest, output, total, status, flags)
-{ns}:run:{run}:rows             hash    row -> the row's job spec (JSON)
-{ns}:run:{run}:results          hash    row -> the row's final result (JSON); written once
-{ns}:run:{run}:counts           hash    status -> number of final rows; "submitted" etc.
-{ns}:run:{run}:ndone            string  number of final rows (the completion counter)
-{ns}:run:{run}:finalizing       string  claim of the one results.csv writer (expires after 300 s)
-{ns}:submit-rate                string  the global submits-per-second window
-==============================  ======  =========================================================
-
-Owners: :mod:`~kontext_batch.coord.slots`, :mod:`~kontext_batch.coord.jobs` and :mod:`~kontext_batch.coord.pools`
-write ``gates``, ``pools``, ``keys-out``, ``lease``, ``wait``, ``watch`` and ``job`` (the job scripts read ``proc``
-to tell a live holder from a dead one);
-:mod:`~kontext_batch.coord.holders` ``proc``, ``holders`` and ``key-caps``; :mod:`~kontext_batch.coord.runs` the
-``runs`` and ``run`` keys; :mod:`~kontext_batch.coord.budget` ``budget``; :mod:`~kontext_batch.coord.delays`
-``delayed``; :mod:`~kontext_batch.coord.ratelimit`
-``submit-rate``. Everyone else goes through their methods.
-
-A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
-its fingerprint (:attr:`kontext_batch.secret.Secret.fingerprint`).
-"""
+"""Redis key names and the ids stored in them, in one place; the table of keys is in :mod:`kontext_batch.coord`."""
 
 from __future__ import annotations
 
@@ -88,8 +47,8 @@ class Keys:
 
     @property
     def wait_ids(self) -> str:
-        """The set of the wait ids (:func:`wait_id`) of every wait list ever used (its key keeps the
-        name it had when wait lists were called gates)."""
+        """The set of the wait ids (:func:`wait_id`) of every wait list ever used. The key keeps its
+        old name, ``gates``, so that a Redis written by an earlier version is still read."""
         return f"{self.ns}:gates"
 
     def lease_total(self, fp: str) -> str:

@@ -21,7 +21,8 @@ _TAKE: Final = lua("submit_rate.lua")
 
 
 class SubmitRateLimiter:
-    """``acquire()`` returns once a submit may go out; at most ``per_s`` per wall-clock second."""
+    """``acquire()`` returns once a submit may go out: at most ``per_s`` per wall-clock second, rounded
+    down, and never fewer than one."""
 
     def __init__(
         self, r: redis.Redis, key_prefix: str, per_s: float, *, sleep: Callable[[float], None] = time.sleep

@@ -1,8 +1,13 @@
 """Run state in Redis: metadata, the rows' job specs, and each row's final result, written once.
 
 Completion is counted, not chorded: recording a row's result is one Lua call that writes it only if
-the row has none yet (``HSETNX``) and then bumps the run's counter. Exactly one caller sees the
-counter reach the run's total, and that caller writes ``results.csv``.
+the row has none yet (``HSETNX``) and then bumps the run's counter, so each row counts once. Four
+paths then finalize a run (:func:`kontext_batch.steps.complete.finalize`): the step whose record
+brings the counter to the total, the sweeper (for a complete run still open: a reply lost, a writer
+killed), the enqueue pass (a run complete as soon as it is queued) and ``cancel``. Several may try
+at once; a short claim in Redis (:meth:`RunStore.claim_finalizing`) lets one of them write
+``results.csv`` at a time. Finalizing is safe to repeat: a later caller that takes the claim writes
+the same file again.
 """
 
 from __future__ import annotations

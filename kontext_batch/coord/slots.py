@@ -4,15 +4,17 @@ Rows wait for a slot in a Redis list, not in Celery: a waiting row costs one lis
 executions. A run is bound to a *pool* of API keys (often one, :mod:`~kontext_batch.coord.pools`);
 its rows wait in the pool's list for their endpoint, and :meth:`Slots.dispatch` hands each waiting
 row a slot on whichever key of the pool has room, among the keys the caller names (those a live
-worker holds). Everything that hands out slots runs in one Lua script, so two workers can never
-hand out the same slot; that script also starts each granted row's job
-(:mod:`~kontext_batch.coord.jobs`), so it lives here, with the method that calls it.
+worker holds). Every grant runs in one Lua script, so two workers can never hand out the same
+slot; that script also starts each granted row's job (:mod:`~kontext_batch.coord.jobs`), so it
+lives here, with the method that calls it. Freeing a slot (:meth:`Slots.release`) and re-taking
+the slot of a job whose API task is still active (:meth:`Slots.hold`) are plain transactions.
 
 Two sorted sets per key hold its leases: one per endpoint (6 for kontext-max) and one across
 endpoints (24). A key's slots on one endpoint are named by a *slot id*, ``"{fp}|{endpoint}"``
 (:func:`~kontext_batch.coord.keys.slot_id`); a pool's wait list for one endpoint by a *wait id*,
-``"{pool}|{endpoint}"``. A slot is freed when the API task is terminal, or when the sweeper finds
-the job's holder dead and sends the job again.
+``"{pool}|{endpoint}"``. A slot is freed when the API task is terminal, when a job that holds no
+API task goes back to its wait list (a re-drive, a refused key), or, as a guard against leaks, when
+its lease expires unrenewed.
 """
 
 from __future__ import annotations

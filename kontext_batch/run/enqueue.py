@@ -1,9 +1,9 @@
 """Queue a manifest: one pass that checks, stages and records every row, then queue the run.
 
-    manifest --iter_checked_rows--> JobSpec (valid) | invalid result --> Redis --> gate wait lists
+    manifest --iter_checked_rows--> JobSpec (valid) | invalid result --> Redis --> the pool's wait lists
 
 Nothing is queued unless every row is valid, or the caller asked to record invalid rows as
-``invalid``: rows go to the gates' wait lists only after the pass ends. A refused run is deleted from
+``invalid``: rows go to the pool's wait lists only after the pass ends. A refused run is deleted from
 Redis. Local input images are staged (content-addressed, so a refused run leaves at most a cache of
 inputs behind, never an output). Rows whose output already exists for the same inputs and
 parameters are recorded ``skipped`` unless ``force``.
@@ -130,7 +130,7 @@ def start_run(
     try:
         queued = _Enqueue(rt, run_id, store, req, pool, budget).run(stdin, stop or (lambda: False))
     except BaseException:
-        rt.runs.delete(run_id)  # nothing of it waits in a gate yet
+        rt.runs.delete(run_id)  # nothing of it waits for a slot yet
         rt.budget.delete(run_id)
         raise
     return queued

@@ -25,6 +25,7 @@ from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
 from kontext_batch.coord.redisio import batched, decode, eval_in, lua
+from kontext_batch.errors import RunNotFound
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 
@@ -134,8 +135,9 @@ class RunStore:
 
     @staticmethod
     def parse_row(raw: Any, run_id: str, row: int) -> dict[str, Any]:
+        """A row's job spec from :meth:`row_in`'s reply. RunNotFound when the run has no such row."""
         if raw is None:
-            raise KeyError(f"run {run_id} has no row {row}")
+            raise RunNotFound(run_id, row)
         out: dict[str, Any] = json.loads(raw)
         return out
 

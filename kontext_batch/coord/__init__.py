@@ -1,5 +1,7 @@
 """Coordination in Redis: slot leases and wait lists, fenced job records, key pools, worker
-heartbeats, delayed messages, run records, budgets and the submit rate limit.
+heartbeats, delayed messages, run records, budgets and the submit rate limit; how we connect
+(:mod:`~kontext_batch.coord.connection`) and whether a Redis can be trusted with all of it
+(:mod:`~kontext_batch.coord.policy`, which writes no key).
 
 Every key the system keeps is below, named by :class:`~kontext_batch.coord.keys.Keys`. Each starts
 with the namespace ``kb``: no setting changes it (``Keys(ns)`` takes another for tests only).

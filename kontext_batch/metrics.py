@@ -37,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kontext_batch.api.models import ENDPOINT_COST_CREDITS
+from kontext_batch.coord.keys import split_slot_id
 
 if TYPE_CHECKING:
     from kontext_batch.runtime import Runtime
@@ -123,7 +124,7 @@ def results_write_failed() -> None:
 
 
 def _endpoint_of(job: dict[str, str]) -> str:
-    return job.get("gate", "").partition("|")[2] or "unknown"
+    return split_slot_id(job.get("gate", ""))[1] or "unknown"
 
 
 def row_finished(result: dict[str, Any], job: dict[str, str], *, recorded: bool = True) -> None:
@@ -219,15 +220,15 @@ class RedisCollector(Collector):
         left = GaugeMetricFamily("kontext_run_rows_left", "Rows of an open run not final yet.", labels=["run"])
         rt = self.rt
         try:
-            waits = sorted(rt.gate.known_waits())
+            waits = sorted(rt.slots.known_waits())
             for fp, caps in sorted(rt.key_caps().items()):
-                active.add_metric([fp, "*"], rt.gate.active(fp))
+                active.add_metric([fp, "*"], rt.slots.active(fp))
                 cap.add_metric([fp, "*"], caps.total)
                 for endpoint in sorted({e for _, e in waits} | set(caps.per_endpoint)):
-                    active.add_metric([fp, endpoint], rt.gate.active(fp, endpoint))
+                    active.add_metric([fp, endpoint], rt.slots.active(fp, endpoint))
                     cap.add_metric([fp, endpoint], caps.cap_for(endpoint))
             for pool_id, endpoint in waits:
-                waiting.add_metric([pool_id, endpoint], rt.gate.waiting(pool_id, endpoint))
+                waiting.add_metric([pool_id, endpoint], rt.slots.waiting(pool_id, endpoint))
             for run_id in rt.runs.open_runs():
                 info = rt.runs.info(run_id)
                 left.add_metric([run_id], max(0, info.total - info.ndone))

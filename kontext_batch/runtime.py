@@ -23,11 +23,13 @@ from kontext_batch.api._http import TransportWrapper
 from kontext_batch.api.provider import KontextProvider, make_provider, output_formats_of
 from kontext_batch.coord.budget import Budget
 from kontext_batch.coord.connection import tls_options
-from kontext_batch.coord.gate import SlotGate
 from kontext_batch.coord.holders import Holders, KeyCaps, new_process_id
+from kontext_batch.coord.jobs import Jobs
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.pools import Pools
 from kontext_batch.coord.ratelimit import SubmitRateLimiter
 from kontext_batch.coord.runs import RunStore
+from kontext_batch.coord.slots import Slots
 from kontext_batch.errors import KeyNotHeld
 from kontext_batch.io.storage import ObjectStore, open_store
 from kontext_batch.manifest.staging import PayloadCache
@@ -83,7 +85,9 @@ class Runtime:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.gate = SlotGate(self.redis, self.keys, lease_s=s.lease_s, grace_s=s.step_grace_s)
+        self.pools = Pools(self.redis, self.keys)
+        self.slots = Slots(self.redis, self.keys, lease_s=s.lease_s, grace_s=s.step_grace_s)
+        self.jobs = Jobs(self.redis, self.keys, lease_s=s.lease_s, grace_s=s.step_grace_s)
         self.runs = RunStore(self.redis, self.keys)
         self.holders = Holders(self.redis, self.keys)
         self.budget = Budget(self.redis, self.keys)

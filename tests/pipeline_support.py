@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kontext_batch.coord.gate import Pool
 from kontext_batch.coord.keys import job_ref
+from kontext_batch.coord.pools import Pool
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.runtime import Runtime, connect_redis
 from kontext_batch.settings import Settings
@@ -82,11 +82,11 @@ def start_specs(rt: Runtime, run_id: str, output: str, specs: list[JobSpec]) -> 
         "extra_columns": [],
         "pool": pool.id,
     }
-    rt.gate.register_pool(pool)
+    rt.pools.register_pool(pool)
     rt.runs.register(run_id, meta)
     rt.runs.put_rows(run_id, [(s.row, s.to_json()) for s in specs])
     for endpoint in {s.endpoint for s in specs}:
-        rt.gate.enqueue(pool.id, endpoint, [job_ref(run_id, s.row) for s in specs if s.endpoint == endpoint])
+        rt.slots.enqueue(pool.id, endpoint, [job_ref(run_id, s.row) for s in specs if s.endpoint == endpoint])
         dispatch(rt, pool.id, endpoint)
 
 

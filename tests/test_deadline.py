@@ -51,6 +51,6 @@ def test_an_unknown_status_ends_at_the_deadline_with_the_last_word_seen(
     assert [r["status"] for r in results] == ["failed"] * 3
     assert all("last status seen: succeeded" in r["error"] and "deadline" in r["error"] for r in results)
     assert all(int(r["polls"]) >= 2 for r in results)  # polled until the deadline, then given up
-    assert rt.gate.active(s.api_key.fingerprint) == 0  # its slot is free again
+    assert rt.slots.active(s.api_key.fingerprint) == 0  # its slot is free again
     unknown = [r for r in caplog.records if "not a known one" in r.getMessage()]
     assert len(unknown) == 1  # once per run and word

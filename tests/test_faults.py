@@ -31,9 +31,10 @@ import pytest
 import redis
 from PIL import Image
 
-from kontext_batch.coord.gate import SlotGate
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.redisio import now_ms
 from kontext_batch.coord.runs import RunInfo, RunStore
+from kontext_batch.coord.slots import Slots
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from kontext_batch.io.storage import open_store
 from kontext_batch.run.local import embedded_redis, free_port
@@ -118,7 +119,7 @@ class Books:
 def _pending_jobs(r: redis.Redis, run_id: str) -> str:
     """Where the unfinished rows are: watch deadlines, wait lists, job hashes (for the failure message)."""
     keys = Keys()
-    lines = [f"watch: {r.zrange(keys.watch, 0, -1, withscores=True)[:20]} (now {SlotGate.now_ms()})"]
+    lines = [f"watch: {r.zrange(keys.watch, 0, -1, withscores=True)[:20]} (now {now_ms()})"]
     lines += [f"{k.decode()}: {r.lrange(k, 0, 20)}" for k in r.scan_iter(f"{keys.ns}:wait:*")]
     lines += [f"{k.decode()}: {r.zrange(k, 0, -1, withscores=True)[:20]}" for k in r.scan_iter(f"{keys.ns}:lease:*")]
     for k in list(r.scan_iter(f"{keys.job_prefix}{run_id}:*"))[:30]:
@@ -159,11 +160,11 @@ def check_outputs(out: Path, results: list[dict[str, str]]) -> None:
 
 
 def check_no_leases(r: redis.Redis, fp: str) -> None:
-    gate = SlotGate(r, Keys(), lease_s=FAST["lease_s"])
-    assert gate.active(fp) == 0
+    slots = Slots(r, Keys(), lease_s=FAST["lease_s"])
+    assert slots.active(fp) == 0
     for ep in ENDPOINTS:
-        assert gate.active(fp, ep) == 0, ep
-        assert gate.waiting(fp, ep) == 0, ep
+        assert slots.active(fp, ep) == 0, ep
+        assert slots.waiting(fp, ep) == 0, ep
     assert r.zcard(Keys().watch) == 0, r.zrange(Keys().watch, 0, 20)
 
 

@@ -67,7 +67,7 @@ def test_every_row_is_stored_with_a_sidecar_and_one_result(redis_url: str, emu: 
         assert (tmp_path / "out" / f"{r['row']}.png.json").exists()
         assert r["seed"] == r["row"]
         assert r["bfl_task_id"]
-    assert rt.gate.active(rt.settings.api_key.fingerprint) == 0
+    assert rt.slots.active(rt.settings.api_key.fingerprint) == 0
     assert emu.stats()["peak_active"][rt.settings.api_key.fingerprint]["total"] <= 24
     # 24 rows got a slot at enqueue and went out as submit messages; the other 6 were submitted by
     # the poll that freed a slot, without a trip through the broker.
@@ -102,7 +102,7 @@ def test_cancel_ends_a_run_with_nothing_submitted_at_once(redis_url: str, emu: E
     assert info.status == "cancelled"
     sched.run(rt)  # the granted rows' submit messages arrive late: stale, nothing is sent
     assert rt.runs.info("c").counts == {"cancelled": 20}
-    assert rt.gate.active(rt.settings.api_key.fingerprint) == 0
+    assert rt.slots.active(rt.settings.api_key.fingerprint) == 0
     assert emu.stats()["submits"] == 0
 
 
@@ -228,10 +228,10 @@ def test_a_sweep_does_not_stop_a_run_on_a_stale_view_of_refused_keys(
     worker = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
     start_specs(worker, "stale", str(tmp_path), text_specs(2))
     fp = worker.settings.api_key.fingerprint
-    worker.gate.mark_key_out(fp, "out of credits (402)")
-    assert fp in worker.gate.keys_out()  # cached now
+    worker.pools.mark_key_out(fp, "out of credits (402)")
+    assert fp in worker.pools.keys_out()  # cached now
     retrying = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), InlineScheduler())
-    retrying.gate.clear_keys_out([fp])
+    retrying.pools.clear_keys_out([fp])
     sweep(worker)
     assert "stopped" not in worker.runs.meta("stale")
     sched.run(worker)

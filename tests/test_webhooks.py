@@ -56,7 +56,7 @@ def _submitted(redis_url: str, emu: Emulator, tmp_path: Path, n: int = 2) -> tup
 
 def _result_body(emu: Emulator, rt: object, ref: str) -> bytes:
     """What the API says of the job's task once it is over: get_result's body, the bfl webhook form."""
-    polling_url = rt.gate.fields(ref, "polling_url")["polling_url"]  # type: ignore[attr-defined]
+    polling_url = rt.jobs.fields(ref, "polling_url")["polling_url"]  # type: ignore[attr-defined]
     for _ in range(50):
         resp = httpx.get(polling_url, headers={"x-key": KEY})
         if resp.json()["status"] != "Pending":
@@ -101,9 +101,9 @@ def test_deliveries_that_change_nothing(
     ref = job_ref("w", 1)
     good = json.loads(_result_body(emu, rt, ref))
     body = b"not json" if mangle == "not json" else json.dumps({**good, **(mangle or {})}).encode()  # type: ignore[dict-item]
-    before = rt.gate.fields(ref, "step", "state")  # type: ignore[attr-defined]
+    before = rt.jobs.fields(ref, "step", "state")  # type: ignore[attr-defined]
     assert accept_webhook(rt, ref, secret, body) == expected  # type: ignore[arg-type]
-    assert rt.gate.fields(ref, "step", "state", "webhook_result") == before  # type: ignore[attr-defined]
+    assert rt.jobs.fields(ref, "step", "state", "webhook_result") == before  # type: ignore[attr-defined]
     assert [k for k, *_ in sched.sent].count("poll") == 1  # only the fallback poll
 
 

@@ -1,3 +1,64 @@
-"""Coordination in Redis: every key the system keeps, the slot gate and fenced job records, worker
-heartbeats, delays, run records, budgets and the submit rate limit.
+"""Coordination in Redis: slot leases and wait lists, fenced job records, key pools, worker
+heartbeats, delayed messages, run records, budgets and the submit rate limit; how we connect
+(:mod:`~kontext_batch.coord.connection`) and whether a Redis can be trusted with all of it
+(:mod:`~kontext_batch.coord.policy`, which writes no key).
+
+Every key the system keeps is below, named by :class:`~kontext_batch.coord.keys.Keys`. Each starts
+with the namespace ``kb``: no setting changes it (``Keys(ns)`` takes another for tests only).
+Celery's broker keys, in the same Redis, are kombu's and not listed. TTL "-" means the key lives
+until its owner deletes it; scores in ms are epoch milliseconds.
+
+===========================  ======  =====  =====================================================================
+key                          type    TTL    holds
+===========================  ======  =====  =====================================================================
+{ns}:gates                   set     -      wait ids ``"{pool}|{endpoint}"`` of every wait list ever used
+{ns}:wait:{pool}:{endpoint}  list    -      job refs waiting for a slot on any key of the pool, FIFO
+{ns}:lease:{fp}              zset    -      job refs holding an active slot on the key; score: lease expiry ms
+{ns}:lease:{fp}:{endpoint}   zset    -      the same, one endpoint
+{ns}:pools                   hash    -      pool id -> JSON list of the key fingerprints of the pool
+{ns}:keys-out                hash    -      key fingerprint -> why the API refused it (401/403/402)
+{ns}:watch                   zset    -      job refs in flight (granted..stored); score: deadline ms
+{ns}:job:{run}:{row}         hash    -      one in-flight job (fields below); deleted when its row is final
+{ns}:proc:{proc}             string  5 s    a live worker process's heartbeat: JSON caps of its keys
+{ns}:holders:{fp}            zset    -      processes holding the key; score: heartbeat expiry ms
+{ns}:key-caps                hash    -      key fingerprint -> the caps its holders last announced (JSON)
+{ns}:delayed                 zset    -      task messages not due yet, JSON [kind, ref, token, fp]; score: due ms
+{ns}:budget:{run}            hash    -      budget (absent: no limit), spent, reserved (credits) of one run
+{ns}:runs                    zset    -      run ids; score: creation time in epoch seconds
+{ns}:runs:open               set     -      runs not finalized yet (swept for completion)
+{ns}:run:{run}               hash    -      run metadata (manifest, output, pool, keys, total, status, stop
+                                            flags, webhook URL and secret), counters (task_executions,
+                                            possible_duplicates), seen:* flags
+{ns}:run:{run}:rows          hash    -      row -> the row's job spec (JSON)
+{ns}:run:{run}:results       hash    -      row -> the row's final result (JSON); written once, until
+                                            ``retry`` forgets it
+{ns}:run:{run}:counts        hash    -      status -> number of final rows with that status
+{ns}:run:{run}:ndone         string  -      number of final rows (the completion counter)
+{ns}:run:{run}:finalizing    string  300 s  claim of the one results.csv writer at work now
+{ns}:submit-rate:{second}    string  2 s    submits sent in that wall-clock second (one key per second)
+===========================  ======  =====  =====================================================================
+
+A job hash holds ``step`` (the fencing token), ``state`` (queued, granted, submitting, polling,
+storing), ``busy`` and ``holder`` (the process working on it), ``pool``, ``gate`` (its slot id
+``"{fp}|{endpoint}"``; the field keeps its first name), ``attempts``, ``key``, ``reserved``,
+``bfl_task_id``, ``polling_url``, ``cost_credits``, ``submitted_at``, ``polls``, ``poll_errors``,
+``ready_seen_at``, ``last_error``, ``possible_duplicate`` and ``webhook_result``.
+
+Owners (the only modules that write each key; everyone else goes through their methods):
+
+- :mod:`~kontext_batch.coord.slots`: ``gates``, ``wait`` and ``lease``; its dispatch script also
+  starts each granted job (``job``, ``watch``).
+- :mod:`~kontext_batch.coord.jobs`: ``job`` and ``watch``; its scripts renew ``lease`` entries and
+  read ``proc`` to tell a live holder from a dead one, and ``requeue`` frees a lease and pushes the
+  job back onto its ``wait`` list.
+- :mod:`~kontext_batch.coord.pools`: ``pools`` and ``keys-out``.
+- :mod:`~kontext_batch.coord.holders`: ``proc``, ``holders`` and ``key-caps``.
+- :mod:`~kontext_batch.coord.delays`: ``delayed``.
+- :mod:`~kontext_batch.coord.budget`: ``budget``.
+- :mod:`~kontext_batch.coord.runs`: ``runs``, ``runs:open`` and the ``run`` keys.
+- :mod:`~kontext_batch.coord.ratelimit`: ``submit-rate``.
+
+A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
+its fingerprint (:attr:`kontext_batch.secret.Secret.fingerprint`). The Lua scripts these modules
+run are in ``coord/lua/``, one file each, loaded at import by their owner.
 """

@@ -1,8 +1,9 @@
-"""A run's spending limit: every submit reserves its price first, so no submit pushes spend past it.
+"""A run's spending limit: every submit reserves its price first, and none starts that would pass it.
 
 Per run, in credits: ``budget`` (absent: no limit), ``spent`` (what the API reported, or the price
 table's figure for a task that reported nothing) and ``reserved`` (submits under way and tasks whose
-cost is not known yet). A reservation succeeds only while ``spent + reserved + price <= budget``.
+cost is not known yet). A reservation succeeds only while ``spent + reserved + price <= budget``,
+at the price table's figure: spend passes the budget only by what the API charges above it.
 """
 
 from __future__ import annotations
@@ -14,22 +15,11 @@ import redis
 from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
-from kontext_batch.coord.redisio import decode
+from kontext_batch.coord.redisio import decode, lua
 
 __all__ = ["Budget", "Spend"]
 
-# KEYS: budget hash. ARGV: price. Returns 1 when reserved.
-_RESERVE: Final = """
-local budget = redis.call('HGET', KEYS[1], 'budget')
-local price = tonumber(ARGV[1])
-if budget then
-  local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
-  local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-  if spent + reserved + price > tonumber(budget) + 1e-9 then return 0 end
-end
-redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', price)
-return 1
-"""
+_RESERVE: Final = lua("reserve.lua")
 
 
 @dataclass(frozen=True)

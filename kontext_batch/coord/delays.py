@@ -20,19 +20,11 @@ from typing import Final
 import redis
 
 from kontext_batch.coord.keys import Keys
-from kontext_batch.coord.redisio import decode
+from kontext_batch.coord.redisio import decode, lua
 
 __all__ = ["DelayQueue", "DueMessage"]
 
-# KEYS: the delay zset. ARGV: now ms, limit. Takes every due entry (once: ZREM in the same script),
-# then appends the due time of the next one (or -1).
-_TAKE_DUE: Final = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-due[#due + 1] = nxt[2] or '-1'
-return due
-"""
+_TAKE_DUE: Final = lua("take_due.lua")
 
 
 @dataclass(frozen=True)

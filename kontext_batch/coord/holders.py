@@ -1,9 +1,10 @@
 """Which worker processes are alive, and which API keys each holds: heartbeats in Redis.
 
 Every worker process beats about once a second: it renews a short-lived key of its own (5 s TTL)
-and its entry in the holder set of each key it holds. A slot belongs to a live process; when the
-process stops beating, its slots are reclaimed within seconds, and never while it beats, however
-slow the API is. The keys themselves never reach Redis: only their fingerprints.
+and its entry in the holder set of each key it holds. A job a process is working on stays with it
+while it beats, however slow the API is; when it stops beating, the sweeper re-drives those jobs
+within seconds (:mod:`~kontext_batch.coord.jobs`). Only keys some live process holds take waiting
+rows. The keys themselves never reach Redis: only their fingerprints.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Holders:
         pipe.execute()
 
     def leave(self, proc: str, fps: Iterable[str]) -> None:
-        """A clean stop: the process's slots can be reclaimed at once."""
+        """A clean stop: the jobs the process was working on can be re-driven at once."""
         pipe = self.r.pipeline(transaction=False)
         pipe.delete(self.keys.proc(proc))
         for fp in fps:

@@ -13,17 +13,16 @@ from typing import Final
 
 import redis
 
+from kontext_batch.coord.redisio import lua
+
 __all__ = ["SubmitRateLimiter"]
 
-_TAKE: Final = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], 2000) end
-return n
-"""
+_TAKE: Final = lua("submit_rate.lua")
 
 
 class SubmitRateLimiter:
-    """``acquire()`` returns once a submit may go out; at most ``per_s`` per wall-clock second."""
+    """``acquire()`` returns once a submit may go out: at most ``per_s`` per wall-clock second, rounded
+    down, and never fewer than one."""
 
     def __init__(
         self, r: redis.Redis, key_prefix: str, per_s: float, *, sleep: Callable[[float], None] = time.sleep

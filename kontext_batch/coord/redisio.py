@@ -1,16 +1,19 @@
-"""Small helpers every Redis owner here needs: decode a reply, write in bounded batches, and queue a
-Lua script on a pipeline that several owners share (one round trip for a step's reads and writes)."""
+"""Small helpers every Redis owner here needs: decode a reply, write in bounded batches, read the
+clock in ms, load a Lua script from ``coord/lua/``, and queue a script on a pipeline that several
+owners share (one round trip for a step's reads and writes)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
 from itertools import islice
 from typing import Any, Final, TypeVar
 
 from redis.client import Pipeline
 from redis.commands.core import Script
 
-__all__ = ["BATCH", "batched", "decode", "eval_in"]
+__all__ = ["BATCH", "batched", "decode", "eval_in", "lua", "now_ms"]
 
 T = TypeVar("T")
 
@@ -28,6 +31,24 @@ def batched(items: Iterable[T], n: int = BATCH) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+def now_ms() -> int:
+    """The wall clock in ms, as leases, deadlines and heartbeats are scored in Redis."""
+    return int(time.time() * 1000)
+
+
+def lua(name: str) -> str:
+    """The Lua script ``kontext_batch/coord/lua/{name}`` (package data), read once at import by the
+    module that runs it.
+
+    The file's opening ``--`` lines (what KEYS and ARGV hold) are left out of the text sent to
+    Redis: a script queued with :func:`eval_in` travels in full with every step of every job.
+    """
+    lines = (resources.files("kontext_batch.coord") / "lua" / name).read_text(encoding="utf-8").splitlines(True)
+    while lines and lines[0].startswith("--"):
+        lines.pop(0)
+    return "".join(lines)
 
 
 def eval_in(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[str | int | float]) -> None:

@@ -1,8 +1,13 @@
 """Run state in Redis: metadata, the rows' job specs, and each row's final result, written once.
 
 Completion is counted, not chorded: recording a row's result is one Lua call that writes it only if
-the row has none yet (``HSETNX``) and then bumps the run's counter. Exactly one caller sees the
-counter reach the run's total, and that caller writes ``results.csv``.
+the row has none yet (``HSETNX``) and then bumps the run's counter, so each row counts once. Four
+paths then finalize a run (:func:`kontext_batch.steps.complete.finalize`): the step whose record
+brings the counter to the total, the sweeper (for a complete run still open: a reply lost, a writer
+killed), the enqueue pass (a run complete as soon as it is queued) and ``cancel``. Several may try
+at once; a short claim in Redis (:meth:`RunStore.claim_finalizing`) lets one of them write
+``results.csv`` at a time. Finalizing is safe to repeat: a later caller that takes the claim writes
+the same file again.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import redis
 from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
-from kontext_batch.coord.redisio import batched, decode, eval_in
+from kontext_batch.coord.redisio import batched, decode, eval_in, lua
+from kontext_batch.errors import RunNotFound
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 
@@ -34,24 +40,8 @@ FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
     "budget",
 )
 
-_RECORD: Final = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
-redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-return redis.call('INCR', KEYS[2])
-"""
-
-_REOPEN: Final = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return 0 end
-local st = cjson.decode(old)['status']
-local wanted = false
-for i = 2, #ARGV do if ARGV[i] == st then wanted = true end end
-if not wanted then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[3], st, -1)
-redis.call('DECR', KEYS[2])
-return 1
-"""
+_RECORD: Final = lua("record.lua")
+_REOPEN: Final = lua("reopen.lua")
 
 
 def new_run_id() -> str:
@@ -145,8 +135,9 @@ class RunStore:
 
     @staticmethod
     def parse_row(raw: Any, run_id: str, row: int) -> dict[str, Any]:
+        """A row's job spec from :meth:`row_in`'s reply. RunNotFound when the run has no such row."""
         if raw is None:
-            raise KeyError(f"run {run_id} has no row {row}")
+            raise RunNotFound(run_id, row)
         out: dict[str, Any] = json.loads(raw)
         return out
 

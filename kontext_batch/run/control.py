@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from kontext_batch.coord.demand import sync_demand
-from kontext_batch.coord.gate import split_gate_id
-from kontext_batch.coord.keys import job_ref
+from kontext_batch.coord.keys import job_ref, split_slot_id
 from kontext_batch.coord.runs import FINAL_STATUSES
 from kontext_batch.errors import ConfigError
 from kontext_batch.jobspec import JobSpec
@@ -34,12 +33,12 @@ def cancel_run(rt: Runtime, run_id: str) -> int:
         ref = job_ref(run_id, row)
         # Whatever the job knows goes into its result (task id, key, attempts), and finish()
         # settles its budget reservation.
-        job = rt.gate.fields(ref, "gate", "state", *JOB_RESULT_FIELDS)
-        gid = job.get("gate", "")
-        if job.get("state") in ("polling", "storing", "submitting") and rt.holders.live_keys([split_gate_id(gid)[0]]):
+        job = rt.jobs.fields(ref, "gate", "state", *JOB_RESULT_FIELDS)
+        sid = job.get("gate", "")
+        if job.get("state") in ("polling", "storing", "submitting") and rt.holders.live_keys([split_slot_id(sid)[0]]):
             continue  # a live worker will finish it
-        if gid and job.get("state") in ("granted", "queued"):
-            rt.gate.release(gid, ref)  # no API task yet
+        if sid and job.get("state") in ("granted", "queued"):
+            rt.slots.release(sid, ref)  # no API task yet
         # A submitted row keeps its slot: its API task may still run, so the lease lapses on its own
         # (KONTEXT_LEASE_S) rather than letting another row past the account's cap meanwhile.
         finish(rt, ref, "cancelled", job, error="run cancelled before this row finished")
@@ -94,7 +93,7 @@ def retry_run(
         return 0
     meta = rt.runs.meta(run_id)
     pool_id = meta["pool"]
-    rt.gate.clear_keys_out(rt.gate.pool(pool_id).fps)
+    rt.pools.clear_keys_out(rt.pools.pool(pool_id).fps)
     rt.runs.clear(run_id, "stopped", "stopped_reason", "finished_at", "results_uri")
     rt.runs.update(run_id, status="running")
     rt.runs.reopen_run(run_id)
@@ -104,6 +103,6 @@ def retry_run(
         by_endpoint.setdefault(spec.endpoint, []).append(job_ref(run_id, row))
     sync_demand(rt.redis, rt.keys, rt.runs)
     for endpoint, refs in by_endpoint.items():
-        rt.gate.enqueue(pool_id, endpoint, refs)
+        rt.slots.enqueue(pool_id, endpoint, refs)
         dispatch(rt, pool_id, endpoint)
     return len(reopened)

@@ -1,9 +1,9 @@
 """Queue a manifest: one pass that checks, stages and records every row, then queue the run.
 
-    manifest --iter_checked_rows--> JobSpec (valid) | invalid result --> Redis --> gate wait lists
+    manifest --iter_checked_rows--> JobSpec (valid) | invalid result --> Redis --> the pool's wait lists
 
 Nothing is queued unless every row is valid, or the caller asked to record invalid rows as
-``invalid``: rows go to the gates' wait lists only after the pass ends. A refused run is deleted from
+``invalid``: rows go to the pool's wait lists only after the pass ends. A refused run is deleted from
 Redis. Local input images are staged (content-addressed, so a refused run leaves at most a cache of
 inputs behind, never an output). Rows whose output already exists for the same inputs and
 parameters are recorded ``skipped`` unless ``force``.
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kontext_batch.coord.demand import sync_demand
-from kontext_batch.coord.gate import Pool
 from kontext_batch.coord.keys import job_ref
+from kontext_batch.coord.pools import Pool
 from kontext_batch.coord.redisio import BATCH, batched
 from kontext_batch.coord.runs import new_run_id
 from kontext_batch.errors import (
@@ -130,7 +130,7 @@ def start_run(
     try:
         queued = _Enqueue(rt, run_id, store, req, pool, budget).run(stdin, stop or (lambda: False))
     except BaseException:
-        rt.runs.delete(run_id)  # nothing of it waits in a gate yet
+        rt.runs.delete(run_id)  # nothing of it waits for a slot yet
         rt.budget.delete(run_id)
         raise
     return queued
@@ -193,7 +193,7 @@ class _Enqueue:
         report.already_done = self.out.skipped
         if self.budget is not None and report.cost_credits > self.budget:
             raise OverBudget(report.cost_credits, self.budget)
-        self.rt.gate.register_pool(self.pool)
+        self.rt.pools.register_pool(self.pool)
         self.rt.budget.set(self.run_id, self.budget)
         self._flush()
         return self._queue()
@@ -269,7 +269,7 @@ class _Enqueue:
         )
         for endpoint, rows in self.waiting.items():
             for chunk in batched(rows):
-                rt.gate.enqueue(self.pool_id, endpoint, (job_ref(run_id, r) for r in chunk))
+                rt.slots.enqueue(self.pool_id, endpoint, (job_ref(run_id, r) for r in chunk))
         rt.runs.update(run_id, status="running")
         # Before the first dispatch: with no worker running, this is what starts one (KEDA).
         sync_demand(rt.redis, rt.keys, rt.runs)

@@ -53,11 +53,11 @@ class RunView:
 def view_run(rt: Runtime, run_id: str) -> RunView:
     info = rt.runs.info(run_id)
     fps = json.loads(info.meta.get("keys", "[]"))
-    out = rt.gate.keys_out()
+    out = rt.pools.keys_out()
     live = rt.holders.live_keys(fps)
-    keys = tuple(KeyState(fp, fp in live, rt.gate.active(fp), out.get(fp)) for fp in fps)
+    keys = tuple(KeyState(fp, fp in live, rt.slots.active(fp), out.get(fp)) for fp in fps)
     pool_id = info.meta.get("pool", "")
-    waiting = sum(rt.gate.waiting(p, e) for p, e in rt.gate.known_waits() if p == pool_id) if pool_id else 0
+    waiting = sum(rt.slots.waiting(p, e) for p, e in rt.slots.known_waits() if p == pool_id) if pool_id else 0
     return RunView(info, rt.budget.spend(run_id), keys, waiting)
 
 

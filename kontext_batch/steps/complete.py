@@ -55,7 +55,7 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     # Recorded once (by whichever step gets there first), and the job forgotten: one round trip.
     pipe = rt.redis.pipeline(transaction=False)
     rt.runs.record_in(pipe, run_id, row, result)
-    rt.gate.retire_in(pipe, ref)
+    rt.jobs.retire_in(pipe, ref)
     done = rt.runs.recorded(pipe.execute()[0])
     metrics.row_finished(result, job, recorded=done is not None)
     # The manifest's id (the SKU an operator searches for), read only for the rows worth a warning.
@@ -73,10 +73,10 @@ def drain_waiting(rt: Runtime, run_id: str, status: RowStatus, reason: str) -> i
     """Finish every row of the run still waiting for a slot (cancel, stop): they will never be sent."""
     pool_id = rt.runs.meta(run_id).get("pool", "")
     n = 0
-    for pid, endpoint in rt.gate.known_waits():
+    for pid, endpoint in rt.slots.known_waits():
         if pid != pool_id:
             continue
-        for ref in rt.gate.remove_run_from_wait(pid, endpoint, run_id):
+        for ref in rt.slots.remove_run_from_wait(pid, endpoint, run_id):
             finish(rt, ref, status, error=reason)
             n += 1
     return n

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 
-from kontext_batch.coord.gate import Grant, KeySlot
+from kontext_batch.coord.jobs import Grant
+from kontext_batch.coord.slots import KeySlot
 from kontext_batch.runtime import Runtime
 
 __all__ = ["dispatch", "live_slots"]
@@ -17,8 +18,8 @@ __all__ = ["dispatch", "live_slots"]
 
 def live_slots(rt: Runtime, pool_id: str, endpoint: str) -> list[KeySlot]:
     """The pool's keys that may take rows now, in random order so that rows spread over them."""
-    out = rt.gate.keys_out()
-    live = rt.holders.live_keys(fp for fp in rt.gate.pool(pool_id).fps if fp not in out)
+    out = rt.pools.keys_out()
+    live = rt.holders.live_keys(fp for fp in rt.pools.pool(pool_id).fps if fp not in out)
     slots = [KeySlot(fp, caps.cap_for(endpoint), caps.total) for fp, caps in live.items()]
     random.shuffle(slots)
     return slots
@@ -35,9 +36,9 @@ def dispatch(
     """Give free slots of the pool's live keys to waiting rows and send their submit tasks.
 
     With ``keep_one`` the first grant is returned instead of sent, for the caller to submit itself
-    (it must hold that grant's key). ``release`` (gate id, ref) frees that job's slot first.
+    (it must hold that grant's key). ``release`` (slot id, ref) frees that job's slot first.
     """
-    grants = rt.gate.dispatch(pool_id, endpoint, live_slots(rt, pool_id, endpoint), release=release)
+    grants = rt.slots.dispatch(pool_id, endpoint, live_slots(rt, pool_id, endpoint), release=release)
     kept = None
     if keep_one:
         kept = next((g for g in grants if g.fp in rt.held), None)

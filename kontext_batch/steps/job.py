@@ -16,8 +16,8 @@ import logging
 
 from kontext_batch import logs
 from kontext_batch.api.retry import RetryPolicy
-from kontext_batch.coord.gate import Grant, split_gate_id
-from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.coord.jobs import Grant
+from kontext_batch.coord.keys import split_job_ref, split_slot_id
 from kontext_batch.coord.runs import RowStatus
 from kontext_batch.errors import (
     KontextBatchError,
@@ -40,26 +40,26 @@ def backoff_s(rt: Runtime, attempt: int, error: BaseException | None = None) -> 
 
 def end_active(rt: Runtime, ref: str, job: dict[str, str], *, keep_one: bool = False) -> Grant | None:
     """The API task is terminal (or never existed): free its slot and hand it on at once."""
-    gid, pool_id = job.get("gate", ""), job.get("pool", "")
-    if not gid:
+    sid, pool_id = job.get("gate", ""), job.get("pool", "")
+    if not sid:
         return None
     if not pool_id:
-        rt.gate.release(gid, ref)
+        rt.slots.release(sid, ref)
         return None
-    return dispatch(rt, pool_id, split_gate_id(gid)[1], keep_one=keep_one, release=(gid, ref))
+    return dispatch(rt, pool_id, split_slot_id(sid)[1], keep_one=keep_one, release=(sid, ref))
 
 
 def claim(rt: Runtime, ref: str, token: int, *, delivered: bool) -> tuple[dict[str, str], JobSpec] | None:
-    """Take the job for this step (see :meth:`SlotGate.claim`), with its row's spec, and count the
+    """Take the job for this step (see :meth:`~kontext_batch.coord.jobs.Jobs.claim`), with its row's spec, and count the
     delivery: one round trip, as every step of every job starts here. None: a stale message."""
     run_id, row = split_job_ref(ref)
     pipe = rt.redis.pipeline(transaction=False)
     if delivered:  # every delivered message counts, stale no-ops too: the benchmark's figure
         rt.runs.count_in(pipe, run_id, "task_executions")
-    rt.gate.claim_in(pipe, ref, token, rt.proc_id)
+    rt.jobs.claim_in(pipe, ref, token, rt.proc_id)
     rt.runs.row_in(pipe, run_id, row)
     *_, raw_job, raw_row = pipe.execute()
-    job = rt.gate.claimed(raw_job)
+    job = rt.jobs.claimed(raw_job)
     if job is None:
         return None
     return job, JobSpec.from_json(rt.runs.parse_row(raw_row, run_id, row))
@@ -80,7 +80,7 @@ def not_ours(rt: Runtime, ref: str, held: str, fp: str, *, poll: bool) -> bool:
     hand the step to a worker that holds it; it never runs with another key."""
     if rt.provider is not None or fp in rt.held:
         return False
-    if rt.gate.handoff(ref, held, 0):
+    if rt.jobs.handoff(ref, held, 0):
         (rt.scheduler.poll if poll else rt.scheduler.submit)(ref, int(held), fp)
     return True
 
@@ -101,12 +101,12 @@ def key_refused(rt: Runtime, ref: str, job: dict[str, str], fp: str, endpoint: s
     run_id, _ = split_job_ref(ref)
     what = "out of credits (402)" if isinstance(exc, OutOfCredits) else "API key refused"
     reason = f"{what} on key {fp}: {exc}"
-    rt.gate.mark_key_out(fp, reason)
+    rt.pools.mark_key_out(fp, reason)
     log.warning("run %s: key %s leaves the pool: %s", run_id, fp, reason)
-    pool = rt.gate.pool(job["pool"])
-    out = rt.gate.keys_out()
+    pool = rt.pools.pool(job["pool"])
+    out = rt.pools.keys_out()
     if any(f not in out for f in pool.fps):
-        rt.gate.requeue(ref, pool.id, endpoint, job["gate"], reserved=0)
+        rt.jobs.requeue(ref, pool.id, endpoint, job["gate"], reserved=0)
         dispatch(rt, pool.id, endpoint)
         return
     stopped = "out_of_credits" if isinstance(exc, OutOfCredits) else "auth"

@@ -10,8 +10,7 @@ import time
 from kontext_batch import logs, metrics
 from kontext_batch.api.models import PollResult, Status
 from kontext_batch.api.webhook import parse_webhook
-from kontext_batch.coord.gate import split_gate_id
-from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.coord.keys import split_job_ref, split_slot_id
 from kontext_batch.errors import (
     AuthError,
     KeyNotHeld,
@@ -35,7 +34,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
         return
     job, spec = claimed
     held = job["step"]
-    fp, _ = split_gate_id(job.get("gate", ""))
+    fp, _ = split_slot_id(job.get("gate", ""))
     if not_ours(rt, ref, held, fp, poll=True):
         return
     run_id, row = split_job_ref(ref)
@@ -51,7 +50,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
             finish(rt, ref, "failed", job, error=f"polling failed {errors} times: {exc}")
             return
         delay = backoff_s(rt, errors, exc)
-        if rt.gate.handoff(ref, held, delay, poll_errors=errors, last_error=str(exc)):
+        if rt.jobs.handoff(ref, held, delay, poll_errors=errors, last_error=str(exc)):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
     except AuthError as exc:
@@ -89,7 +88,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
             return
         planned = rt.planner.next_delay(spec.endpoint, elapsed, res.progress, polls=polls)
         delay = max(0.0, planned - (time.time() - answered_at))
-        if rt.gate.handoff(ref, held, delay, polls=polls, poll_errors=0):
+        if rt.jobs.handoff(ref, held, delay, polls=polls, poll_errors=0):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
     # The slot is free the moment the task is terminal. Submitting the next row from this thread,
@@ -104,9 +103,9 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:
     pipe = rt.redis.pipeline(transaction=False)
     rt.runs.is_final_in(pipe, run_id, row)
     if ready:  # written in the same round trip; harmless when the row turns out final
-        rt.gate.update_in(pipe, ref, held, polls=polls, state="storing", ready_seen_at=time.time())
+        rt.jobs.update_in(pipe, ref, held, polls=polls, state="storing", ready_seen_at=time.time())
     if pipe.execute()[0]:
-        rt.gate.retire(ref)  # recorded meanwhile (the run was cancelled): nothing to store
+        rt.jobs.retire(ref)  # recorded meanwhile (the run was cancelled): nothing to store
         return
     if ready:
         logs.row_event(ref, "ready", f"after {polls} poll(s)", task=job.get("bfl_task_id"), polls=polls)

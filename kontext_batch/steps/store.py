@@ -8,8 +8,7 @@ import time
 from typing import Any
 
 from kontext_batch.api.models import PollResult
-from kontext_batch.coord.gate import split_gate_id
-from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.coord.keys import split_job_ref, split_slot_id
 from kontext_batch.errors import (
     PermanentError,
     RetryableError,
@@ -27,7 +26,7 @@ __all__ = ["store_sample"]
 
 def store_sample(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
     run_id, _ = split_job_ref(ref)
-    fp, _ = split_gate_id(job.get("gate", ""))
+    fp, _ = split_slot_id(job.get("gate", ""))
     if not res.sample_url:
         finish(rt, ref, "failed", job, error="Ready without a sample URL")
         return
@@ -53,7 +52,7 @@ def store_sample(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str,
             finish(rt, ref, "failed", job, error=f"storing failed {errors} times: {exc}")
             return
         delay = backoff_s(rt, errors)
-        if rt.gate.handoff(ref, held, delay, state="polling", poll_errors=errors, last_error=str(exc)):
+        if rt.jobs.handoff(ref, held, delay, state="polling", poll_errors=errors, last_error=str(exc)):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
     except (PermanentError, OSError) as exc:
@@ -94,5 +93,5 @@ def _resubmit_expired(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict
     if res.seed is not None and spec.params.get("seed") is None:
         spec = JobSpec.from_json({**spec.to_json(), "params": {**spec.params, "seed": res.seed}})
         rt.runs.set_row(run_id, row, spec.to_json())
-    rt.gate.requeue(ref, job["pool"], spec.endpoint)
+    rt.jobs.requeue(ref, job["pool"], spec.endpoint)
     dispatch(rt, job["pool"], spec.endpoint)

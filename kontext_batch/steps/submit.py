@@ -8,8 +8,7 @@ from urllib.parse import urlencode
 
 from kontext_batch import logs
 from kontext_batch.api.models import KontextRequest
-from kontext_batch.coord.gate import split_gate_id
-from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.coord.keys import split_job_ref, split_slot_id
 from kontext_batch.errors import (
     AuthError,
     OutOfCredits,
@@ -50,7 +49,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     job, spec = claimed
     held = job["step"]
     run_id, _ = split_job_ref(ref)
-    fp, endpoint = split_gate_id(job["gate"])
+    fp, endpoint = split_slot_id(job["gate"])
     if not_ours(rt, ref, held, fp, poll=False):
         return
     meta = rt.runs.recent_meta(run_id)
@@ -69,7 +68,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         return
     attempts = int(job.get("attempts", 0)) + 1
     # The reservation is on the job before the POST: a re-drive of a dead submit can account for it.
-    rt.gate.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price)
+    rt.jobs.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price)
     job.update(attempts=str(attempts), key=fp, reserved=str(price))
     try:
         request = build_request(rt, spec, webhook=_webhook_for(meta, ref))
@@ -95,7 +94,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         extra = {"possible_duplicate": 1} if maybe_created else {}
         if maybe_created:
             rt.runs.count(run_id, "possible_duplicates")
-        if rt.gate.handoff(ref, held, delay, state="granted", last_error=str(exc), reserved=0, **extra):
+        if rt.jobs.handoff(ref, held, delay, state="granted", last_error=str(exc), reserved=0, **extra):
             rt.scheduler.submit(ref, int(held), fp, countdown_s=delay)
         return
     except (PermanentError, OSError) as exc:
@@ -114,7 +113,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     webhook = bool(meta.get("webhook_url"))
     planned = rt.planner.webhook_fallback_s(spec.endpoint) if webhook else rt.planner.first_delay(spec.endpoint)
     delay = max(0.0, sent_at + planned - time.time())
-    rt.gate.handoff_in(
+    rt.jobs.handoff_in(
         pipe,
         ref,
         held,

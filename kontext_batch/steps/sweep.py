@@ -8,8 +8,8 @@ from typing import Any
 
 from kontext_batch import logs
 from kontext_batch.coord.demand import sync_demand
-from kontext_batch.coord.gate import StaleJob, split_gate_id
-from kontext_batch.coord.keys import split_job_ref
+from kontext_batch.coord.jobs import StaleJob
+from kontext_batch.coord.keys import split_job_ref, split_slot_id
 from kontext_batch.errors import (
     KontextBatchError,
 )
@@ -25,18 +25,18 @@ log = logging.getLogger("kontext_batch.pipeline")
 
 def redrive(rt: Runtime, stale: StaleJob) -> None:
     """Send again a job whose holder died, or whose next message is overdue (lost with a killed worker)."""
-    if not stale.gate_id or not stale.pool_id:
+    if not stale.slot_id or not stale.pool_id:
         return
     run_id, row = split_job_ref(stale.ref)
     if rt.runs.is_final(run_id, row):
         # Its worker recorded the result and died before forgetting the job: nothing to send.
-        rt.gate.retire(stale.ref)
+        rt.jobs.retire(stale.ref)
         return
-    fp, endpoint = split_gate_id(stale.gate_id)
+    fp, endpoint = split_slot_id(stale.slot_id)
     if stale.state in ("polling", "storing"):
         # The API task may still be active: count it against the cap while we poll it again.
-        rt.gate.hold(stale.gate_id, stale.ref)
-        if rt.gate.handoff(stale.ref, stale.token, 0, state="polling"):
+        rt.slots.hold(stale.slot_id, stale.ref)
+        if rt.jobs.handoff(stale.ref, stale.token, 0, state="polling"):
             rt.scheduler.poll(stale.ref, stale.token, fp)
     else:
         # Not submitted, or the submit's fate is unknown: queue it again at the front.
@@ -46,9 +46,9 @@ def redrive(rt: Runtime, stale: StaleJob) -> None:
             extra["possible_duplicate"] = 1
             rt.runs.count(run_id, "possible_duplicates")
             # It may have been charged: count it spent.
-            charge_reserved(rt, run_id, rt.gate.fields(stale.ref, "reserved"))
+            charge_reserved(rt, run_id, rt.jobs.fields(stale.ref, "reserved"))
             extra["reserved"] = 0
-        rt.gate.requeue(stale.ref, stale.pool_id, endpoint, stale.gate_id, **extra)
+        rt.jobs.requeue(stale.ref, stale.pool_id, endpoint, stale.slot_id, **extra)
         dispatch(rt, stale.pool_id, endpoint)
     logs.row_event(stale.ref, "re-driven", f"was {stale.state or 'unknown'}", level=logging.WARNING)
 
@@ -59,14 +59,14 @@ def sweep(rt: Runtime) -> int:
     Cheap; every worker runs it about once a second.
     """
     n = 0
-    for stale in rt.gate.claim_expired():
+    for stale in rt.jobs.claim_expired():
         try:
             redrive(rt, stale)
             n += 1
         except KontextBatchError:
             log.exception("could not re-drive %s", stale.ref)
-    for pool_id, endpoint in rt.gate.known_waits():
-        if rt.gate.waiting(pool_id, endpoint):
+    for pool_id, endpoint in rt.slots.known_waits():
+        if rt.slots.waiting(pool_id, endpoint):
             dispatch(rt, pool_id, endpoint)
     n += _stop_runs_without_keys(rt)
     for run_id in rt.runs.complete_but_open():
@@ -78,7 +78,7 @@ def sweep(rt: Runtime) -> int:
 
 def _stop_runs_without_keys(rt: Runtime) -> int:
     """A run whose every key the API refused can never finish its waiting rows: stop it now."""
-    out = rt.gate.keys_out()
+    out = rt.pools.keys_out()
     if not out:
         return 0
     n = 0
@@ -87,10 +87,10 @@ def _stop_runs_without_keys(rt: Runtime) -> int:
         pool_id = meta.get("pool")
         if not pool_id or meta.get("stopped") or meta.get("status") != "running":
             continue
-        fps = rt.gate.pool(pool_id).fps
+        fps = rt.pools.pool(pool_id).fps
         if all(fp in out for fp in fps):
             # Stopping is for good: not on the 1 s cached view, which `retry` may have just cleared.
-            out = rt.gate.keys_out(max_age_s=0)
+            out = rt.pools.keys_out(max_age_s=0)
             if not all(fp in out for fp in fps):
                 continue
             reason = "; ".join(out[fp] for fp in fps)

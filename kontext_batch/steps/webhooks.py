@@ -54,7 +54,7 @@ def accept_webhook(rt: Runtime, ref: str, secret: str | None, body: bytes) -> HT
         return HTTPStatus.BAD_REQUEST
     if not result.status.terminal:
         return HTTPStatus.OK  # a progress note: nothing we act on
-    grant = rt.gate.webhook_arrived(ref, result.id, json.dumps(doc, separators=(",", ":")))
+    grant = rt.jobs.webhook_arrived(ref, result.id, json.dumps(doc, separators=(",", ":")))
     if grant is not None:
         rt.scheduler.poll(grant.ref, grant.token, grant.fp)
     return HTTPStatus.OK

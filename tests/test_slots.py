@@ -1,15 +1,15 @@
-"""The slot gate against real Redis: caps per key, pools of keys, FIFO, liveness, fencing tokens."""
+"""The slot leases and wait lists against real Redis: caps per key, pools of keys, FIFO, live keys."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import redis
 
-from kontext_batch.coord.gate import KeySlot, Pool, SlotGate, gate_id
 from kontext_batch.coord.holders import Holders, KeyCaps
-from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.keys import Keys, slot_id
+from kontext_batch.coord.pools import Pool
+from kontext_batch.coord.slots import KeySlot, Slots
 
 MAX = "flux-kontext-max"
 PRO = "flux-kontext-pro"
@@ -18,8 +18,8 @@ ACCT_PRO = KeySlot("acct", 24, 24)
 KEYS = Keys("kbtest")
 
 
-def make(r: redis.Redis, *, grace_s: float = 30, hold_s: float = 2.0) -> SlotGate:
-    return SlotGate(r, KEYS, lease_s=30, grace_s=grace_s, hold_s=hold_s)
+def make(r: redis.Redis) -> Slots:
+    return Slots(r, KEYS, lease_s=30, grace_s=30)
 
 
 def test_dispatch_grants_up_to_the_cap_in_fifo_order(redis_client: redis.Redis) -> None:
@@ -44,7 +44,7 @@ def test_release_frees_exactly_one_slot(redis_client: redis.Redis) -> None:
     g = make(redis_client)
     g.enqueue("acct", MAX, [f"run:{i}" for i in range(1, 11)])
     g.dispatch("acct", MAX, [ACCT])
-    g.release(gate_id("acct", MAX), "run:3")
+    g.release(slot_id("acct", MAX), "run:3")
     assert [x.ref for x in g.dispatch("acct", MAX, [ACCT])] == ["run:7"]
 
 
@@ -60,7 +60,6 @@ def test_account_cap_spans_endpoints(redis_client: redis.Redis) -> None:
 def test_a_pool_spreads_rows_over_its_keys_each_within_its_own_cap(redis_client: redis.Redis) -> None:
     g = make(redis_client)
     pool = Pool.of(["a", "b", "c"])
-    g.register_pool(pool)
     g.enqueue(pool.id, PRO, [f"run:{i}" for i in range(1, 101)])
     slots = [KeySlot("a", 4, 4), KeySlot("b", 4, 4), KeySlot("c", 2, 2)]
     grants = g.dispatch(pool.id, PRO, slots)
@@ -68,7 +67,6 @@ def test_a_pool_spreads_rows_over_its_keys_each_within_its_own_cap(redis_client:
     assert [x.fp for x in grants][:3] == ["a", "b", "c"]  # in turn, one row each
     assert {fp: sum(x.fp == fp for x in grants) for fp in "abc"} == {"a": 4, "b": 4, "c": 2}
     assert (g.active("a"), g.active("b"), g.active("c")) == (4, 4, 2)
-    assert g.pool(pool.id) == pool
 
 
 def test_a_key_shared_by_two_pools_keeps_one_cap(redis_client: redis.Redis) -> None:
@@ -103,88 +101,13 @@ def test_concurrent_dispatchers_never_exceed_the_cap(redis_client: redis.Redis) 
     assert len(set(got)) == 24
 
 
-def test_fencing_token_admits_one_message_per_step_and_fences_its_writes(redis_client: redis.Redis) -> None:
+def test_known_waits_name_each_pool_and_endpoint_once(redis_client: redis.Redis) -> None:
     g = make(redis_client)
-    g.enqueue("acct", MAX, ["run:1"])
-    (grant,) = g.dispatch("acct", MAX, [ACCT])
-    first = g.claim("run:1", grant.token, "proc-1")
-    assert first is not None
-    assert first["state"] == "granted"
-    held = first["step"]
-    assert g.claim("run:1", grant.token, "proc-1") is None  # the same message delivered twice
-    assert g.update("run:1", held, state="submitting")
-    assert g.claim("run:1", int(held), "proc-2") is not None  # the next step's message
-    assert not g.update("run:1", held, state="stale write")  # the earlier step is fenced out
-    assert g.fields("run:1", "state") == {"state": "submitting"}
-
-
-def test_a_busy_job_of_a_live_holder_is_never_reclaimed_however_long_it_takes(redis_client: redis.Redis) -> None:
-    g = make(redis_client, hold_s=0.2)
-    holders = Holders(redis_client, KEYS)
-    holders.beat("alive", {"acct": KeyCaps(24, {})})
-    g.enqueue("acct", MAX, ["run:1"])
-    (grant,) = g.dispatch("acct", MAX, [ACCT])
-    assert g.claim("run:1", grant.token, "alive") is not None
-    for _ in range(4):  # a slow API call: 4 x the hold, the holder still beating
-        time.sleep(0.3)
-        holders.beat("alive", {"acct": KeyCaps(24, {})})
-        assert g.claim_expired() == []
-    assert g.active("acct", MAX) == 1
-
-
-def test_a_dead_holders_job_is_handed_out_once_with_a_new_token(redis_client: redis.Redis) -> None:
-    g = make(redis_client, hold_s=0.2)
-    g.enqueue("acct", MAX, ["run:1", "run:2"])
-    grants = {x.ref: x.token for x in g.dispatch("acct", MAX, [ACCT])}
-    job = g.claim("run:2", grants["run:2"], "never-beat")  # its holder has no heartbeat: dead
-    assert job is not None
-    g.update("run:2", job["step"], state="polling")
-    time.sleep(0.3)
-    stale = {s.ref: s for s in g.claim_expired()}
-    assert set(stale) == {"run:2"}  # run:1 waits for its submit message: not due past the grace yet
-    assert stale["run:2"].state == "polling"
-    assert stale["run:2"].gate_id == gate_id("acct", MAX)
-    assert stale["run:2"].pool_id == "acct"
-    assert g.claim_expired() == []  # not handed out twice
-    assert g.claim("run:2", int(job["step"]), "p") is None  # the old step's next message is stale now
-    assert g.claim("run:2", stale["run:2"].token, "p") is not None
-
-
-def test_a_message_overdue_past_its_grace_is_handed_out(redis_client: redis.Redis) -> None:
-    g = make(redis_client, grace_s=0.2)
-    g.enqueue("acct", MAX, ["run:1"])
-    g.dispatch("acct", MAX, [ACCT])  # its submit message was lost with a killed worker
-    time.sleep(0.3)
-    (stale,) = g.claim_expired()
-    assert (stale.ref, stale.state) == ("run:1", "granted")
-
-
-def test_handoff_sets_the_deadline_from_when_the_next_step_is_due(redis_client: redis.Redis) -> None:
-    g = make(redis_client, grace_s=0.2)
-    g.enqueue("acct", MAX, ["run:1"])
-    (grant,) = g.dispatch("acct", MAX, [ACCT])
-    job = g.claim("run:1", grant.token, "p")
-    assert job is not None
-    assert g.handoff("run:1", job["step"], 1.0, state="polling")  # next poll due in 1 s
-    time.sleep(0.3)
-    assert g.claim_expired() == []  # due later: not overdue yet
-
-
-def test_requeue_puts_the_job_first_in_line(redis_client: redis.Redis) -> None:
-    g = make(redis_client)
-    g.enqueue("acct", MAX, [f"run:{i}" for i in range(1, 9)])
-    g.dispatch("acct", MAX, [ACCT])
-    g.requeue("run:2", "acct", MAX, gate_id("acct", MAX), possible_duplicate=1)
-    assert [x.ref for x in g.dispatch("acct", MAX, [ACCT])] == ["run:2"]
-    assert g.fields("run:2", "possible_duplicate") == {"possible_duplicate": "1"}
-
-
-def test_keys_out_are_remembered_until_cleared(redis_client: redis.Redis) -> None:
-    g = make(redis_client)
-    g.mark_key_out("a", "403")
-    assert g.keys_out() == {"a": "403"}
-    g.clear_keys_out(["a"])
-    assert g.keys_out() == {}
+    pool = Pool.of(["a", "b"])
+    g.enqueue(pool.id, PRO, ["run:1"])
+    g.enqueue(pool.id, PRO, ["run:2"])
+    g.enqueue("acct", MAX, ["other:1"])
+    assert sorted(g.known_waits()) == sorted([(pool.id, PRO), ("acct", MAX)])
 
 
 def test_remove_run_from_wait_keeps_other_runs(redis_client: redis.Redis) -> None:

@@ -19,7 +19,7 @@ import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from kontext_batch.cli.context import command_settings, need_key, need_run, runtime, say, trusted
+from kontext_batch.cli.context import command_settings, need_key, need_run, runtime, say, settings_used, trusted
 from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_USAGE
 from kontext_batch.cli.options import INPUTS_ROOT, MAX_FAILURES, MODEL, TIMEOUT
 from kontext_batch.cli.render import report_doc, status_lines, view_doc
@@ -352,16 +352,15 @@ def gallery_command(ctx: click.Context, run_id: str) -> None:
 
 
 def main() -> None:
+    """The console script: the group, with run-level errors as one ``error:`` line and exit 2."""
+    obj: dict[str, object] = {}  # the group's context object: the settings the command used land here
     try:
-        cli(standalone_mode=True)
+        cli(standalone_mode=True, obj=obj)
     except KontextBatchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except (RedisError, KombuOperationalError) as exc:
-        # Redis went away after the start-up check (mid-follow, say): the same one line, no traceback.
-        try:
-            s = Settings.from_env()
-        except ConfigError:
-            s = Settings()
-        click.echo(f"error: {explain(exc, s)}", err=True)
+        # Redis went away after the start-up check (mid-follow, say): the same one line, no traceback,
+        # naming the Redis the command used (--redis-url counts, and --local's own).
+        click.echo(f"error: {explain(exc, settings_used(obj))}", err=True)
         sys.exit(EXIT_USAGE)

@@ -11,7 +11,7 @@ from kontext_batch.errors import ConfigError
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings, resolve_api_base
 
-__all__ = ["command_settings", "need_key", "need_run", "runtime", "say", "trusted"]
+__all__ = ["command_settings", "need_key", "need_run", "runtime", "say", "settings_used", "trusted"]
 
 
 def command_settings(ctx: click.Context) -> Settings:
@@ -49,8 +49,26 @@ def runtime(settings: Settings) -> Runtime:
     """
     from kontext_batch.workers.app import celery_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
 
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        # Not always the group's settings: --local and demo talk to a Redis of their own.
+        ctx.ensure_object(dict)["runtime_settings"] = settings
     check_redis(settings)
     return celery_runtime(settings)
+
+
+def settings_used(obj: dict[str, object]) -> Settings:
+    """The settings the command used, read from its context's ``obj``: those it made its runtime with,
+    else the group's (``--redis-url`` and ``--api-base`` over the environment); when it made neither,
+    the environment's, or the defaults if those do not parse."""
+    for key in ("runtime_settings", "settings"):
+        s = obj.get(key)
+        if isinstance(s, Settings):
+            return s
+    try:
+        return Settings.from_env()
+    except ConfigError:
+        return Settings()
 
 
 def need_key(s: Settings) -> None:

@@ -2,7 +2,9 @@
 
 Ctrl-C (or SIGTERM) while following detaches: the run goes on in its workers and the command says
 how to re-attach. Under the private stack of ``--local`` and ``demo`` (:func:`private_stack`) it
-stops everything the command started instead, since those workers end with this process.
+stops everything the command started instead, since those workers end with this process. A stop
+arrives as KeyboardInterrupt, or as :class:`~kontext_batch.errors.Interrupted` from a library pass
+that honoured it between two steps; both are handled alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from kontext_batch.cli.context import runtime, say, trusted
 from kontext_batch.cli.exits import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE
 from kontext_batch.cli.progress import Look, reporter_for, summarize, take_look
 from kontext_batch.cli.render import cost_block, queued_doc
-from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, OverBudget
+from kontext_batch.errors import ConfigError, Interrupted, KontextBatchError, ManifestError, OverBudget
 from kontext_batch.run.enqueue import RunRequest, start_run
 from kontext_batch.run.local import interrupts, local_stack
 from kontext_batch.run.view import Progress, follow
@@ -40,7 +42,7 @@ def private_stack(s: Settings, *, emulator: bool, workers: int, time_scale: floa
             local_stack(s, emulator=emulator, workers=workers, emulator_options=options, announce=say) as s2,
         ):
             yield s2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         say("interrupted: stopping everything this command started")
         sys.exit(EXIT_INTERRUPTED)
     except ConfigError as exc:
@@ -73,17 +75,17 @@ def submit_and_follow(
         if len(exc.errors) > 50:
             say(f"  ... and {len(exc.errors) - 50} more (see `kontext-batch validate`)")
         return EXIT_USAGE
+    except (KeyboardInterrupt, Interrupted):  # before KontextBatchError: Interrupted is one
+        if not detach:
+            raise  # the local stack stops everything and says so
+        say("interrupted while checking the manifest: nothing was queued")
+        return EXIT_INTERRUPTED
     except KontextBatchError as exc:
         say(f"error: {exc}")
         return EXIT_USAGE
     except OSError as exc:
         say(f"error: cannot read manifest {req.manifest}: {exc.strerror or exc}")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        if not detach:
-            raise  # the local stack stops everything and says so
-        say("interrupted while checking the manifest: nothing was queued")
-        return EXIT_INTERRUPTED
     if as_json:
         click.echo(json.dumps(queued_doc(queued)))
     else:
@@ -131,7 +133,7 @@ def follow_run(
                 )
             finally:
                 reporter.close()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         if not detach:
             raise
         say(f"detached from run {run_id}: it goes on without this terminal")

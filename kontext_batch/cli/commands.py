@@ -1,9 +1,7 @@
-"""The ``kontext-batch`` command: click commands and rendering. Run logic lives in :mod:`kontext_batch.run.enqueue`,
-processes in :mod:`kontext_batch.run.local`.
+"""The click group and its commands: each parses its options, calls :mod:`kontext_batch.run` (or the
+library) and renders with :mod:`.render` or :mod:`.watch`; :func:`main` is the console script.
 
-Exit codes: 0 every row succeeded (or was skipped); 1 rows failed beyond the allowed threshold;
-2 bad usage, settings or manifest (nothing was queued); 3 the run stopped (out of credits, key refused,
-or cancelled); 130 interrupted.
+Exit codes are :mod:`kontext_batch.cli.exits`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""What every command gets from the group: its settings, a runtime on a checked Redis, and its
-preconditions (a key, a known run), each failing as one line rather than a traceback.
+"""What every command gets from the group: its settings, a runtime on a checked Redis (for those
+that queue rows, a Redis trusted with runs), and its preconditions (a key, a known run), each failing
+as one line rather than a traceback; and, for :func:`~kontext_batch.cli.commands.main`'s error
+lines, the settings a command used.
 """
 
 from __future__ import annotations

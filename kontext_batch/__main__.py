@@ -1,3 +1,3 @@
-from kontext_batch.cli.commands import main
+from kontext_batch.cli import main
 
 main()

@@ -9,8 +9,8 @@ Three ways to show the same looks at a run (:class:`Look`), chosen by :func:`rep
   thousands;
 - :class:`JsonReporter`: ``--json``, one JSON event per line at the same cadence.
 
-429 answers are not shown: the pipeline reschedules the step, and they are counted per worker
-process (the ``kontext_api_rate_limited`` metric), not per run in Redis.
+429 answers are not shown: the submit or poll step that met one schedules itself again, and they
+are counted per worker process (the ``kontext_api_rate_limited`` metric), not per run in Redis.
 
 :func:`summarize` reads a finished run once (failures grouped by reason) for the end-of-run account.
 """
@@ -88,7 +88,7 @@ class Look:
 
     @property
     def state(self) -> tuple[str, str]:
-        """What a change of prints a line off a terminal: the status, and why the run stopped."""
+        """What prints a line off a terminal when it changes: the status, and why the run stopped."""
         meta = self.view.info.meta
         return (self.view.info.status, meta.get("stopped", "") or "")
 

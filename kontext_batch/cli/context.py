@@ -1,0 +1,90 @@
+"""What every command gets from the group: its settings, a runtime on a checked Redis (for those
+that queue rows, a Redis trusted with runs), and its preconditions (a key, a known run), each failing
+as one line rather than a traceback; and, for :func:`~kontext_batch.cli.commands.main`'s error
+lines, the settings a command used.
+"""
+
+from __future__ import annotations
+
+import click
+
+from kontext_batch.coord.connection import check_redis
+from kontext_batch.errors import ConfigError
+from kontext_batch.runtime import Runtime
+from kontext_batch.settings import Settings, resolve_api_base
+
+__all__ = ["command_settings", "need_key", "need_run", "runtime", "say", "settings_used", "trusted"]
+
+
+def command_settings(ctx: click.Context) -> Settings:
+    """The environment's settings, with the group's ``--redis-url`` / ``--api-base`` over them."""
+    obj = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            env = Settings.from_env()
+            if obj.get("redis_url"):
+                env = env.with_(redis_url=obj["redis_url"])
+            if obj.get("api_base"):
+                env = env.with_(api_base=resolve_api_base(obj["api_base"]))
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        obj["settings"] = env
+    s: Settings = obj["settings"]
+    return s
+
+
+def trusted(rt: Runtime) -> Runtime:
+    """``rt`` once its Redis is one to trust with runs: an evicting one is refused (ConfigError, exit 2)."""
+    from kontext_batch.workers.process import trust_redis  # noqa: PLC0415 - Celery loads only for commands that need it
+
+    trust_redis(rt, say=say)
+    return rt
+
+
+def runtime(settings: Settings) -> Runtime:
+    """The command's runtime, once one quick PING says the Redis is usable.
+
+    Without the check, a Redis that is down or refuses the password costs ~30 s of the client's
+    reconnect retries and ends in a traceback; with it, one line (RedisUnavailable) and exit 2.
+    The runtime makes an API client only for a key it is asked to use, so commands that only read
+    or change run state need no key.
+    """
+    from kontext_batch.workers.app import celery_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        # Not always the group's settings: --local and demo talk to a Redis of their own.
+        ctx.ensure_object(dict)["runtime_settings"] = settings
+    check_redis(settings)
+    return celery_runtime(settings)
+
+
+def settings_used(obj: dict[str, object]) -> Settings:
+    """The settings the command used, read from its context's ``obj``: those it made its runtime with,
+    else the group's (``--redis-url`` and ``--api-base`` over the environment); when it made neither,
+    the environment's, or the defaults if those do not parse."""
+    for key in ("runtime_settings", "settings"):
+        s = obj.get(key)
+        if isinstance(s, Settings):
+            return s
+    try:
+        return Settings.from_env()
+    except ConfigError:
+        return Settings()
+
+
+def need_key(s: Settings) -> None:
+    if not s.held_keys:
+        raise click.UsageError(
+            "neither KONTEXT_API_KEY nor KONTEXT_API_KEYS is set "
+            "(use --emulator or `kontext-batch demo` to try offline)"
+        )
+
+
+def need_run(rt: Runtime, run_id: str) -> None:
+    if not rt.runs.exists(run_id):
+        raise click.ClickException(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+
+
+def say(msg: str) -> None:
+    click.echo(msg, err=True)

@@ -1,0 +1,73 @@
+"""Options that more than one command takes, and the ``duration`` type of ``--timeout``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import click
+
+__all__ = ["INPUTS_ROOT", "MAX_FAILURES", "MODEL", "TIMEOUT", "Duration"]
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1h30m``: seconds as a float."""
+
+    name = "duration"
+    _UNITS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        total, num = 0.0, ""
+        for ch in text:
+            if ch.isdigit() or ch == ".":
+                num += ch
+            elif ch in self._UNITS and num:
+                total += float(num) * self._UNITS[ch]
+                num = ""
+            else:
+                self.fail(f"{value!r} is not a duration like 90s, 15m, 2h or 1h30m", param, ctx)
+        if num or total <= 0:
+            self.fail(f"{value!r} is not a duration like 90s, 15m, 2h or 1h30m", param, ctx)
+        return total
+
+
+TIMEOUT = click.option(
+    "--timeout",
+    "timeout_s",
+    type=Duration(),
+    default=None,
+    help="With --wait: stop waiting after this long (90s, 15m, 2h); the run goes on. Exit 3.",
+)
+
+MAX_FAILURES = click.option(
+    "--max-failures",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Rows allowed to fail before the wait exits 1: a count, or a fraction when < 1.",
+)
+
+MODEL = click.option(
+    "--model",
+    envvar="KONTEXT_MODEL",
+    show_envvar=True,
+    default="pro",
+    show_default=True,
+    help="Model for rows without one: pro (4 credits an image) or max (8).",
+)
+
+INPUTS_ROOT = click.option(
+    "--inputs-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="KONTEXT_INPUTS_ROOT",
+    show_envvar=True,
+    default=None,
+    help="Refuse local input images outside this folder (symlinks resolved).",
+)

@@ -1,0 +1,113 @@
+"""What ``status``, ``validate`` and a queued run print: text lines and their JSON documents.
+
+The progress of a followed run and its end-of-run account are :mod:`kontext_batch.cli.progress`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kontext_batch.cli.progress import hms
+from kontext_batch.manifest.validate import ValidationReport, render_report
+from kontext_batch.run.enqueue import QueuedRun
+from kontext_batch.run.view import RunView
+
+__all__ = ["cost_block", "credits", "queued_doc", "report_doc", "started", "status_lines", "took", "view_doc"]
+
+
+def status_lines(v: RunView) -> list[str]:
+    """One run in ``status``: its counts, when it started, what it spent, its keys while it runs."""
+    i = v.info
+    counts = " ".join(f"{k}={n}" for k, n in sorted(i.counts.items()))
+    lines = [
+        f"{i.id}  {i.status:<10} {i.ndone}/{i.total}  {counts}",
+        f"    started {started(i.meta)}, {took(i.meta)}; manifest {i.meta.get('manifest', '?')}",
+        f"    credits: {credits(v)}",
+    ]
+    if v.possible_duplicates:
+        lines.append(f"    possible duplicate API tasks: {v.possible_duplicates}")
+    if not i.finished:
+        lines.extend(f"    key {k.fp}: {k.note}" for k in v.keys)
+    if i.meta.get("stopped_reason"):
+        lines.append(f"    stopped: {i.meta['stopped_reason']}")
+    if i.meta.get("results_uri"):
+        lines.append(f"    results: {i.meta['results_uri']}")
+    return lines
+
+
+def started(meta: dict[str, str]) -> str:
+    at = meta.get("created_at")
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(float(at))) if at else "?"
+
+
+def took(meta: dict[str, str]) -> str:
+    if not meta.get("created_at"):
+        return "duration unknown"
+    if meta.get("finished_at"):
+        return f"took {hms(float(meta['finished_at']) - float(meta['created_at']))}"
+    return f"running for {hms(time.time() - float(meta['created_at']))}"
+
+
+def credits(v: RunView) -> str:
+    sp = v.spend
+    text = f"{sp.spent:g} spent"
+    if sp.reserved:
+        text += f", {sp.reserved:g} in flight"
+    if sp.budget is not None:
+        text += f" of a {sp.budget:g} budget"
+    return text
+
+
+def view_doc(v: RunView) -> dict[str, object]:
+    i = v.info
+    return {
+        "run_id": i.id,
+        "status": i.status,
+        "total": i.total,
+        "done": i.ndone,
+        "counts": i.counts,
+        "output": i.meta.get("output"),
+        "results": i.meta.get("results_uri"),
+        "stopped": i.meta.get("stopped_reason"),
+        "credits_spent": v.spend.spent,
+        "credits_in_flight": v.spend.reserved,
+        "budget": v.spend.budget,
+        "possible_duplicates": v.possible_duplicates,
+        "manifest": i.meta.get("manifest"),
+        "created_at": float(i.meta["created_at"]) if i.meta.get("created_at") else None,
+        "finished_at": float(i.meta["finished_at"]) if i.meta.get("finished_at") else None,
+        "keys": [{"fingerprint": k.fp, "live": k.live, "active": k.active, "refused": k.refused} for k in v.keys],
+    }
+
+
+def report_doc(report: ValidationReport) -> dict[str, object]:
+    """``validate --json``."""
+    return {
+        "ok": report.ok,
+        "rows_total": report.rows_total,
+        "rows_valid": report.rows_valid,
+        "errors_total": report.errors_total,
+        "errors": [{"row": e.row, "field": e.field, "message": e.msg} for e in report.errors],
+        "per_endpoint": report.per_endpoint,
+        "cost_credits": report.cost_credits,
+        "cost_usd": report.cost_usd,
+    }
+
+
+def queued_doc(queued: QueuedRun) -> dict[str, object]:
+    """``run --json``'s first event: the run is registered and its rows are queued."""
+    return {
+        "event": "queued",
+        "run_id": queued.run_id,
+        "total": queued.total,
+        "queued": queued.queued,
+        "skipped": queued.skipped,
+        "invalid": queued.invalid,
+        "cost_credits": queued.report.cost_credits,
+        "per_endpoint": queued.report.per_endpoint,
+    }
+
+
+def cost_block(report: ValidationReport) -> str:
+    """The cost block of the report: the total, then one line per model when the manifest mixes them."""
+    return render_report(report).rpartition("\n\n")[2]

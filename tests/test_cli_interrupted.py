@@ -34,6 +34,7 @@ def _raise(stop: Stop) -> Callable[..., None]:
 def rt(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     fake = SimpleNamespace(settings=Settings())
     monkeypatch.setattr(watch, "runtime", lambda _s: fake)
+    monkeypatch.setattr(watch, "trusted", lambda r: r)  # no Redis behind the fake to look at
     return fake
 
 

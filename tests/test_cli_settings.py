@@ -12,8 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kontext_batch.run.local import free_port
 from tests.redis_servers import redis_server
+
+pytestmark = pytest.mark.integration  # the CLI as a subprocess, against Redis servers
 
 PASSWORD = "ping-only-pw-7e21"
 

@@ -20,8 +20,9 @@ kontext_run_rows_left                gauge      run                    open runs
 
 ``kind`` is ``submit``, ``poll``, ``download`` or ``credits``; ``key`` is an API key's fingerprint
 (the keys this worker holds), ``pool`` the id of a run's key pool (a single key's pool is its fingerprint).
-Counters are per process (sum them over workers); the gauges read shared Redis state, so every
-worker reports the same figures (take ``max`` over workers, not ``sum``).
+Counters are per process (sum them over workers). The gauges read shared Redis state, and one
+worker exports them (it holds ``kb:metrics-exporter``, renewed at each scrape; another takes over
+within 45 s when it goes), so ``sum()`` over workers is the cluster's figure, as is ``max()``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kontext_batch.api.models import ENDPOINT_COST_CREDITS
+from kontext_batch.coord.redisio import decode
 from kontext_batch.coord.keys import split_slot_id
 
 if TYPE_CHECKING:
@@ -213,7 +215,30 @@ class RedisCollector(Collector):
         # Registering would otherwise call collect() (Redis) just to learn the names.
         return []
 
+    #: How long the exporting worker's claim lasts; it renews it at each scrape (Prometheus scrapes
+    #: every 15 s by default), and another worker takes over within this long when it goes.
+    EXPORTER_TTL_MS: Final = 45_000
+
+    def _exporting(self) -> bool:
+        """Whether this process exports the cluster-wide gauges: one worker does, so ``sum()`` over
+        workers is the truth (every worker reading the same Redis used to report the same figures)."""
+        rt = self.rt
+        key = f"{rt.keys.ns}:metrics-exporter"
+        if rt.redis.set(key, rt.proc_id, nx=True, px=self.EXPORTER_TTL_MS):
+            return True
+        holder = rt.redis.get(key)
+        if holder is not None and decode(holder) == rt.proc_id:
+            rt.redis.pexpire(key, self.EXPORTER_TTL_MS)
+            return True
+        return False
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            if not self._exporting():
+                return
+        except Exception:  # a scrape during a Redis restart shows no gauges, not a 500
+            log.warning("metrics: could not read Redis", exc_info=True)
+            return
         active = GaugeMetricFamily("kontext_active_tasks", "API tasks holding a slot.", labels=["key", "endpoint"])
         cap = GaugeMetricFamily("kontext_active_cap", "Slots allowed.", labels=["key", "endpoint"])
         waiting = GaugeMetricFamily("kontext_waiting_rows", "Rows waiting for a slot.", labels=["pool", "endpoint"])

@@ -38,8 +38,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kontext_batch.api.models import ENDPOINT_COST_CREDITS
-from kontext_batch.coord.redisio import decode
 from kontext_batch.coord.keys import split_slot_id
+from kontext_batch.coord.redisio import decode
 
 if TYPE_CHECKING:
     from kontext_batch.runtime import Runtime
@@ -239,25 +239,62 @@ class RedisCollector(Collector):
         except Exception:  # a scrape during a Redis restart shows no gauges, not a 500
             log.warning("metrics: could not read Redis", exc_info=True)
             return
-        active = GaugeMetricFamily("kontext_active_tasks", "API tasks holding a slot.", labels=["key", "endpoint"])
-        cap = GaugeMetricFamily("kontext_active_cap", "Slots allowed.", labels=["key", "endpoint"])
-        waiting = GaugeMetricFamily("kontext_waiting_rows", "Rows waiting for a slot.", labels=["pool", "endpoint"])
-        left = GaugeMetricFamily("kontext_run_rows_left", "Rows of an open run not final yet.", labels=["run"])
+        g = GaugeMetricFamily
+        active = g("kontext_active_tasks", "API tasks holding a slot.", labels=["key", "endpoint"])
+        cap = g("kontext_active_cap", "Slots allowed.", labels=["key", "endpoint"])
+        waiting = g("kontext_waiting_rows", "Rows waiting for a slot.", labels=["pool", "endpoint"])
+        unheld = g(
+            "kontext_waiting_rows_unheld", "Rows waiting for a pool no live worker holds.", labels=["pool", "endpoint"]
+        )
+        left = g("kontext_run_rows_left", "Rows of an open run not final yet.", labels=["run"])
+        budget = g("kontext_run_budget_credits", "An open run's budget.", labels=["run"])
+        spent = g("kontext_run_spent_credits", "Credits an open run has spent.", labels=["run"])
+        progress = g(
+            "kontext_run_last_progress_timestamp_seconds",
+            "When a row of this open run last became final (or when it was queued).",
+            labels=["run"],
+        )
         rt = self.rt
         try:
             waits = sorted(rt.slots.known_waits())
+            in_flight = 0
             for fp, caps in sorted(rt.key_caps().items()):
-                active.add_metric([fp, "*"], rt.slots.active(fp))
+                n_active = rt.slots.active(fp)
+                in_flight += n_active
+                active.add_metric([fp, "*"], n_active)
                 cap.add_metric([fp, "*"], caps.total)
                 for endpoint in sorted({e for _, e in waits} | set(caps.per_endpoint)):
                     active.add_metric([fp, endpoint], rt.slots.active(fp, endpoint))
                     cap.add_metric([fp, endpoint], caps.cap_for(endpoint))
+            n_waiting = 0
             for pool_id, endpoint in waits:
-                waiting.add_metric([pool_id, endpoint], rt.slots.waiting(pool_id, endpoint))
+                n = rt.slots.waiting(pool_id, endpoint)
+                n_waiting += n
+                waiting.add_metric([pool_id, endpoint], n)
+                held = rt.holders.live_keys(rt.pools.pool(pool_id).fps) if n else {"": None}
+                unheld.add_metric([pool_id, endpoint], 0 if held else n)
             for run_id in rt.runs.open_runs():
                 info = rt.runs.info(run_id)
                 left.add_metric([run_id], max(0, info.total - info.ndone))
+                sp = rt.budget.spend(run_id)
+                if sp.budget is not None:
+                    budget.add_metric([run_id], sp.budget)
+                    spent.add_metric([run_id], sp.spent)
+                last = info.meta.get("last_final_at") or info.meta.get("created_at") or info.meta.get("started_at")
+                if last:
+                    progress.add_metric([run_id], float(last))
+            mem = rt.redis.info("memory")
+            alive = sum(1 for _ in rt.redis.scan_iter(match=rt.keys.proc("*"), count=1000))
         except Exception:  # a scrape during a Redis restart shows no gauges, not a 500
             log.warning("metrics: could not read Redis", exc_info=True)
             return
-        yield from (active, cap, waiting, left)
+        cluster = (
+            ("kontext_rows_waiting", "Rows waiting for a slot, all pools.", n_waiting),
+            ("kontext_rows_in_flight", "API tasks holding a slot, all keys.", in_flight),
+            ("kontext_redis_used_memory_bytes", "Redis's used_memory.", int(mem.get("used_memory", 0))),
+            ("kontext_redis_maxmemory_bytes", "Redis's maxmemory (0: no limit).", int(mem.get("maxmemory", 0))),
+            ("kontext_workers_alive", "Worker processes whose heartbeat is live.", alive),
+        )
+        yield from (active, cap, waiting, unheld, left, budget, spent, progress)
+        for name, doc, value in cluster:
+            yield GaugeMetricFamily(name, doc, value=value)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
@@ -24,6 +25,7 @@ from kontext_batch.settings import Settings
 from tests.e2e_support import read_results, write_csv
 from tests.settings_support import fast_settings
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = "metrics-secret-key-5e1b"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -157,6 +159,14 @@ def test_scraped_figures_match_the_run(system: tuple[Emulator, Settings, list[in
         )
         > 0
     )
+    # Every metric the alert rules and the dashboard may use (deploy/prometheus/metrics-contract.yml)
+    # is exported by some worker.
+    contract = yaml.safe_load((ROOT / "deploy" / "prometheus" / "metrics-contract.yml").read_text(encoding="utf-8"))
+    exported = {n for sc in [*after, during] for n, _ in sc}
+    # (Per-run series exist only while their run is open, and a run without a budget has none.)
+    wanted = [m for m, doc in contract["metrics"].items() if "run" not in doc.get("labels", [])]
+    missing = [m for m in wanted if not any(n == m or n.startswith(f"{m}_") for n in exported)]
+    assert missing == []
     assert total(after, "kontext_polls_total") == sum(int(r["polls"]) for r in results)
     spent = sum(float(r["cost_credits"]) for r in results if r["cost_credits"])
     assert spent > 0

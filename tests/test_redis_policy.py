@@ -19,8 +19,6 @@ from kontext_batch.errors import ConfigError
 from kontext_batch.run.local import free_port
 from tests.conftest import unavailable
 
-pytestmark = pytest.mark.integration  # every test starts a private redis-server
-
 
 @contextmanager
 def private_redis(tmp_path: Path, *args: str) -> Iterator[redis.Redis]:
@@ -50,6 +48,7 @@ def private_redis(tmp_path: Path, *args: str) -> Iterator[redis.Redis]:
         proc.wait(10)
 
 
+@pytest.mark.integration  # a private redis-server
 def test_an_evicting_redis_is_refused_naming_its_policy_and_the_fix(tmp_path: Path) -> None:
     with private_redis(tmp_path, "--maxmemory", "20mb", "--maxmemory-policy", "allkeys-lru", "--save", "") as r:
         mem = read_memory(r)
@@ -66,6 +65,7 @@ def test_an_evicting_redis_is_refused_naming_its_policy_and_the_fix(tmp_path: Pa
     assert [w for w in warnings if "keeps nothing on disk" in w]
 
 
+@pytest.mark.integration  # a private redis-server
 @pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-random", "volatile-ttl", "allkeys-lfu"])
 def test_every_policy_but_noeviction_is_refused(tmp_path: Path, policy: str) -> None:
     # volatile-* evict only keys with a TTL, and the workers' heartbeats have one: an evicted
@@ -76,6 +76,7 @@ def test_every_policy_but_noeviction_is_refused(tmp_path: Path, policy: str) -> 
         check_policy(mem, "x", allow_eviction=False)
 
 
+@pytest.mark.integration  # a private redis-server
 def test_a_persistent_noeviction_redis_passes_silently(tmp_path: Path) -> None:
     with private_redis(tmp_path, "--maxmemory-policy", "noeviction", "--appendonly", "yes", "--save", "") as r:
         mem = read_memory(r)
@@ -83,6 +84,7 @@ def test_a_persistent_noeviction_redis_passes_silently(tmp_path: Path) -> None:
     assert check_policy(mem, "x", allow_eviction=False) == []
 
 
+@pytest.mark.integration  # a private redis-server
 def test_no_persistence_warns_except_for_the_embedded_redis(tmp_path: Path) -> None:
     with private_redis(tmp_path, "--appendonly", "no", "--save", "") as r:
         mem = read_memory(r)
@@ -92,6 +94,7 @@ def test_no_persistence_warns_except_for_the_embedded_redis(tmp_path: Path) -> N
     assert check_policy(mem, "x", allow_eviction=False, embedded=True) == []
 
 
+@pytest.mark.integration  # a private redis-server
 def test_a_run_that_would_pass_90_percent_of_maxmemory_is_refused(tmp_path: Path) -> None:
     with private_redis(tmp_path, "--maxmemory", "10mb", "--maxmemory-policy", "noeviction") as r:
         mem = read_memory(r)
@@ -128,6 +131,7 @@ def _cli(
     )
 
 
+@pytest.mark.e2e  # starts `kontext-batch worker` (which exits at once)
 def test_run_and_worker_refuse_an_lru_redis_within_5_s_and_run_only_warns_when_allowed(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,prompt\na,a shoe on white\nb,a bag on white\n", encoding="utf-8")

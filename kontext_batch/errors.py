@@ -58,7 +58,6 @@ __all__ = [
     "RequestInvalid",
     "RetryableError",
     "RowError",
-    "RunNotFound",
     "SampleExpired",
     "ServerError",
     "StorageError",
@@ -293,14 +292,3 @@ class Interrupted(KontextBatchError):
     """Raised when a stop was asked (Ctrl-C, SIGTERM) and a pass honours it between two rows or two
     looks: nothing is half-written. Neither retryable nor permanent: the caller decides (the CLI
     exits 130, or detaches from a run that goes on in the workers)."""
-
-
-class RunNotFound(PermanentError):
-    """Raised when Redis holds no record of a run, or of one of its rows, that a caller names: the run
-    was never queued, was deleted when its enqueue failed part-way, or its data was lost. ``run_id``
-    names the run; ``row`` the missing row (None: the run itself)."""
-
-    def __init__(self, run_id: str, row: int | None = None) -> None:
-        super().__init__(f"no run {run_id}" if row is None else f"run {run_id} has no row {row}")
-        self.run_id = run_id
-        self.row = row

@@ -25,7 +25,7 @@ from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
 from kontext_batch.coord.redisio import batched, decode, eval_in, lua
-from kontext_batch.errors import RunNotFound
+from kontext_batch.errors import ConfigError
 
 __all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
 
@@ -135,9 +135,10 @@ class RunStore:
 
     @staticmethod
     def parse_row(raw: Any, run_id: str, row: int) -> dict[str, Any]:
-        """A row's job spec from :meth:`row_in`'s reply. RunNotFound when the run has no such row."""
+        """A row's job spec from :meth:`row_in`'s reply. ConfigError when this Redis has no such row
+        (as for an unknown run: every queued row's spec is written before it waits)."""
         if raw is None:
-            raise RunNotFound(run_id, row)
+            raise ConfigError(f"run {run_id} has no row {row}")
         out: dict[str, Any] = json.loads(raw)
         return out
 

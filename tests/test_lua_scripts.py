@@ -1,5 +1,5 @@
-"""The Lua scripts in kontext_batch/coord/lua/: each is loaded by a module, each one loaded exists, and
-the wheel ships them (read from the sources and pyproject.toml; nothing is built)."""
+"""The Lua scripts in kontext_batch/coord/lua/: each is loaded by a module, each one loaded exists, none
+is kept inline, and the wheel ships them (read from the sources and pyproject.toml; nothing is built)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ def test_every_script_has_a_body_beyond_its_header() -> None:
         body = lua(path.name)
         assert body.strip(), path.name
         assert not body.startswith("--"), path.name
+
+
+def test_no_module_keeps_a_script_inline() -> None:
+    inline = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "redis.call(" in node.value
+    ]
+    assert inline == [], "Lua belongs in kontext_batch/coord/lua/, loaded with lua()"
 
 
 def test_the_wheel_ships_the_scripts() -> None:

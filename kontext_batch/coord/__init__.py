@@ -1,5 +1,6 @@
 """Coordination in Redis: slot leases and wait lists, fenced job records, key pools, worker
-heartbeats, delayed messages, run records, budgets and the submit rate limit; how we connect
+heartbeats, delayed messages, run records, budgets, the submit rate limit and the autoscaler's
+demand signal; how we connect
 (:mod:`~kontext_batch.coord.connection`) and whether a Redis can be trusted with all of it
 (:mod:`~kontext_batch.coord.policy`, which writes no key).
 
@@ -36,6 +37,8 @@ key                          type    TTL    holds
 {ns}:run:{run}:ndone         string  -      number of final rows (the completion counter)
 {ns}:run:{run}:finalizing    string  300 s  claim of the one results.csv writer at work now
 {ns}:submit-rate:{second}    string  2 s    submits sent in that wall-clock second (one key per second)
+{ns}:demand                  list    -      one item per row of the open runs not final yet (only its length
+                                            means anything: KEDA scales the workers on it); deleted at 0
 ===========================  ======  =====  =====================================================================
 
 A job hash holds ``step`` (the fencing token), ``state`` (queued, granted, submitting, polling,
@@ -57,6 +60,7 @@ Owners (the only modules that write each key; everyone else goes through their m
 - :mod:`~kontext_batch.coord.budget`: ``budget``.
 - :mod:`~kontext_batch.coord.runs`: ``runs``, ``runs:open`` and the ``run`` keys.
 - :mod:`~kontext_batch.coord.ratelimit`: ``submit-rate``.
+- :mod:`~kontext_batch.coord.demand`: ``demand``.
 
 A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
 its fingerprint (:attr:`kontext_batch.secret.Secret.fingerprint`). The Lua scripts these modules

@@ -16,33 +16,16 @@ from typing import Final
 import redis
 
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.redisio import lua
 from kontext_batch.coord.runs import RunStore
 
 __all__ = ["demand_key", "rows_open", "set_demand", "sync_demand"]
 
-# LLEN, then grow with RPUSH in chunks or shrink with LTRIM (DEL at 0): one atomic step.
-_SET: Final = """
-local want = tonumber(ARGV[1])
-local have = redis.call('LLEN', KEYS[1])
-if want == 0 then
-  redis.call('DEL', KEYS[1])
-elseif want < have then
-  redis.call('LTRIM', KEYS[1], 0, want - 1)
-else
-  while have < want do
-    local n = math.min(want - have, 1000)
-    local items = {}
-    for i = 1, n do items[i] = '1' end
-    redis.call('RPUSH', KEYS[1], unpack(items))
-    have = have + n
-  end
-end
-return want
-"""
+_SET: Final = lua("set_demand.lua")
 
 
 def demand_key(keys: Keys) -> str:
-    return f"{keys.ns}:demand"
+    return keys.demand
 
 
 def rows_open(runs: RunStore) -> int:

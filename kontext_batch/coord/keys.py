@@ -123,6 +123,10 @@ class Keys:
         return f"{self.ns}:budget:{run_id}"
 
     @property
+    def demand(self) -> str:
+        return f"{self.ns}:demand"
+
+    @property
     def submit_rate(self) -> str:
         """The prefix of the submit-rate windows: one key per second, ``{prefix}:{epoch second}``."""
         return f"{self.ns}:submit-rate"

@@ -1,13 +1,12 @@
 """Coordination in Redis: slot leases and wait lists, fenced job records, key pools, worker
 heartbeats, delayed messages, run records, budgets, the submit rate limit and the autoscaler's
-demand signal; how we connect
-(:mod:`~kontext_batch.coord.connection`) and whether a Redis can be trusted with all of it
-(:mod:`~kontext_batch.coord.policy`, which writes no key).
+demand signal; how we connect (:mod:`~kontext_batch.coord.connection`) and whether a Redis can be
+trusted with all of it (:mod:`~kontext_batch.coord.policy`, which writes no key).
 
-Every key the system keeps is below, named by :class:`~kontext_batch.coord.keys.Keys`. Each starts
-with the namespace ``kb``: no setting changes it (``Keys(ns)`` takes another for tests only).
-Celery's broker keys, in the same Redis, are kombu's and not listed. TTL "-" means the key lives
-until its owner deletes it; scores in ms are epoch milliseconds.
+Every key the system keeps is below, named by :class:`~kontext_batch.coord.keys.Keys` (all but
+``metrics-exporter``). Each starts with the namespace ``kb``: no setting changes it (``Keys(ns)``
+takes another for tests only). Celery's broker keys, in the same Redis, are kombu's and not listed.
+TTL "-" means the key lives until its owner deletes it; scores in ms are epoch milliseconds.
 
 ===========================  ======  =====  =====================================================================
 key                          type    TTL    holds
@@ -39,6 +38,7 @@ key                          type    TTL    holds
 {ns}:submit-rate:{second}    string  2 s    submits sent in that wall-clock second (one key per second)
 {ns}:demand                  list    -      one item per row of the open runs not final yet (only its length
                                             means anything: KEDA scales the workers on it); deleted at 0
+{ns}:metrics-exporter        string  45 s   process id of the one worker exporting the cluster-wide gauges
 ===========================  ======  =====  =====================================================================
 
 A job hash holds ``step`` (the fencing token), ``state`` (queued, granted, submitting, polling,
@@ -61,6 +61,8 @@ Owners (the only modules that write each key; everyone else goes through their m
 - :mod:`~kontext_batch.coord.runs`: ``runs``, ``runs:open`` and the ``run`` keys.
 - :mod:`~kontext_batch.coord.ratelimit`: ``submit-rate``.
 - :mod:`~kontext_batch.coord.demand`: ``demand``.
+- :mod:`kontext_batch.metrics` (outside this package, naming the key itself): ``metrics-exporter``,
+  renewed at each scrape.
 
 A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
 its fingerprint (:attr:`kontext_batch.secret.Secret.fingerprint`). The Lua scripts these modules

@@ -92,6 +92,10 @@ class RunStore:
     def update(self, run_id: str, **fields: Any) -> None:
         self.r.hset(self.keys.run(run_id), mapping={k: _enc(v) for k, v in fields.items()})
 
+    def update_in(self, pipe: Pipeline, run_id: str, **fields: Any) -> None:
+        """:meth:`update` queued on a pipeline."""
+        pipe.hset(self.keys.run(run_id), mapping={k: _enc(v) for k, v in fields.items()})
+
     def clear(self, run_id: str, *fields: str) -> None:
         if fields:
             self.r.hdel(self.keys.run(run_id), *fields)

@@ -57,7 +57,7 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     rt.runs.record_in(pipe, run_id, row, result)
     rt.jobs.retire_in(pipe, ref)
     # When the run last made progress: what a stall alert reads (kontext_run_last_progress_timestamp_seconds).
-    pipe.hset(rt.keys.run(run_id), "last_final_at", result["finished_at"])
+    rt.runs.update_in(pipe, run_id, last_final_at=result["finished_at"])
     done = rt.runs.recorded(pipe.execute()[0])
     metrics.row_finished(result, job, recorded=done is not None)
     # The manifest's id (the SKU an operator searches for), read only for the rows worth a warning.

@@ -15,7 +15,16 @@ kontext_results_write_failures_total counter                           results.c
 kontext_active_tasks                 gauge      key, endpoint          Redis at scrape time
 kontext_active_cap                   gauge      key, endpoint          the held key's caps (``*``: all)
 kontext_waiting_rows                 gauge      pool, endpoint         rows waiting for a slot
+kontext_waiting_rows_unheld          gauge      pool, endpoint         of those, rows no live worker's key serves
 kontext_run_rows_left                gauge      run                    open runs' rows not final
+kontext_run_budget_credits           gauge      run                    an open run's budget (runs with one)
+kontext_run_spent_credits            gauge      run                    what it has spent
+kontext_run_last_progress_timestamp  gauge      run                    its last final row (``_seconds``)
+kontext_rows_waiting                 gauge                             rows waiting, all pools
+kontext_rows_in_flight               gauge                             tasks holding a slot, all keys
+kontext_redis_used_memory_bytes      gauge                             Redis's used_memory
+kontext_redis_maxmemory_bytes        gauge                             Redis's maxmemory (0: none)
+kontext_workers_alive                gauge                             live worker heartbeats
 ===================================  =========  =====================  ==============================
 
 ``kind`` is ``submit``, ``poll``, ``download`` or ``credits``; ``key`` is an API key's fingerprint
@@ -271,8 +280,8 @@ class RedisCollector(Collector):
                 n = rt.slots.waiting(pool_id, endpoint)
                 n_waiting += n
                 waiting.add_metric([pool_id, endpoint], n)
-                held = rt.holders.live_keys(rt.pools.pool(pool_id).fps) if n else {"": None}
-                unheld.add_metric([pool_id, endpoint], 0 if held else n)
+                no_holder = n > 0 and not rt.holders.live_keys(rt.pools.pool(pool_id).fps)
+                unheld.add_metric([pool_id, endpoint], n if no_holder else 0)
             for run_id in rt.runs.open_runs():
                 info = rt.runs.info(run_id)
                 left.add_metric([run_id], max(0, info.total - info.ndone))

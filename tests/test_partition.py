@@ -17,9 +17,8 @@ import redis
 
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.local import WorkerPool
-from kontext_batch.secret import Secret
-from kontext_batch.settings import Settings
 from tests.e2e_support import read_results, write_csv
+from tests.settings_support import fast_settings
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.faults
@@ -36,16 +35,8 @@ def test_a_worker_cut_off_from_redis_for_20_s_loses_and_doubles_nothing(redis_ur
     manifest = write_csv(tmp_path / "m.csv", ["id", "prompt", "output_format"], rows)
     cfg = EmulatorConfig(latency={"*": LatencySpec.fixed(1.0)}, api_keys=(KEY,), seed=9)
     with Emulator(cfg) as emu, TcpProxy(target["host"], target["port"]) as proxy:
-        base = Settings(
-            api_key=Secret(KEY),
-            api_base=emu.base_url,
-            redis_url=redis_url,
-            poll_first_s=0.3,
-            poll_min_s=0.05,
-            retry_base_s=0.05,
-            retry_max_s=0.5,
-            http_timeout_s=5.0,
-            lease_s=20.0,
+        base = fast_settings(
+            emu.base_url, redis_url, api_key=KEY, poll_first_s=0.3, retry_base_s=0.05, retry_max_s=0.5, lease_s=20.0
         )
         cut_settings = base.with_(redis_url=proxy.url(db=db))
         logs = tmp_path / "logs"

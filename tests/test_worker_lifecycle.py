@@ -21,6 +21,7 @@ from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from kontext_batch.workers.health import Health
 from tests.e2e_support import read_results, write_csv
+from tests.settings_support import fast_settings
 from tests.tcp_proxy import TcpProxy
 
 KEY = "lifecycle-secret-key-93d1"
@@ -126,15 +127,13 @@ def test_probes_of_a_real_worker_cut_off_from_redis(redis_url: str) -> None:
 def two_workers(redis_url: str, tmp_path: Path) -> Iterator[tuple[Emulator, Settings, WorkerPool]]:
     cfg = EmulatorConfig(latency={"*": LatencySpec.fixed(0.8)}, api_keys=(KEY,), seed=5)
     with Emulator(cfg) as emu:
-        s = Settings(
-            api_key=Secret(KEY),
-            api_base=emu.base_url,
-            redis_url=redis_url,
+        s = fast_settings(
+            emu.base_url,
+            redis_url,
+            api_key=KEY,
             poll_first_s=0.3,
-            poll_min_s=0.05,
             retry_base_s=0.05,
             retry_max_s=0.5,
-            http_timeout_s=5.0,
             shutdown_grace_s=10.0,
         )
         with WorkerPool(s, n=2, concurrency=8, loglevel="INFO", log_dir=tmp_path / "logs") as pool:

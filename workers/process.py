@@ -269,10 +269,8 @@ def _shutting_down(how: str = "", **_: Any) -> None:
 
 
 def _grace_deadline(grace_s: float) -> None:
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if _stop.wait(0.1):  # Celery finished its shutdown: worker_shutdown left the holders' sets
-            return
+    if _stop.wait(grace_s):  # Celery finished its shutdown: worker_shutdown left the holders' sets
+        return
     left = steps_in_hand()
     log.warning(
         "%d step(s) still running %.0f s after the shutdown began (KONTEXT_SHUTDOWN_GRACE_S): handing their "

@@ -71,11 +71,14 @@ def retry_run(
     if ids is not None:
         wanted = set(ids)
         statuses = list(FINAL_STATUSES)
-        final = rt.runs.rows_with_status(run_id, statuses)
-        id_of = {r: str(rt.runs.row(run_id, r).get("id")) for r in final}
-        known = set(id_of.values()) | {
-            str(rt.runs.row(run_id, r).get("id")) for r in rt.runs.rows_without_result(run_id)
-        }
+        # One batched pass over specs and results (a row at a time was a round trip per row).
+        known: set[str] = set()
+        rows = []
+        for row, spec, result in rt.runs.iter_results(run_id, rt.runs.rows_written(run_id)):
+            row_id = str((spec or {}).get("id"))
+            known.add(row_id)
+            if result is not None and row_id in wanted:
+                rows.append(row)
         unknown = sorted(wanted - known)
         if unknown and not ignore_unknown:
             shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
@@ -83,7 +86,6 @@ def retry_run(
                 f"{len(unknown)} id(s) given are no row of run {run_id}: {shown}; nothing was queued "
                 "(--ignore-unknown queues the others)"
             )
-        rows = [r for r in final if id_of[r] in wanted]
     else:
         rows = rt.runs.rows_with_status(run_id, statuses)
     if budget is not None:

@@ -59,7 +59,9 @@ def test_a_worker_cut_off_from_redis_for_20_s_loses_and_doubles_nothing(redis_ur
                 time.sleep(0.2)
             proxy.cut()
             cut_at = time.monotonic()
+            created_at_cut = emu.stats(tasks=False)["tasks_created"]
             time.sleep(20)
+            created_in_cut = emu.stats(tasks=False)["tasks_created"] - created_at_cut
             proxy.restore()
             _, err = run.communicate(timeout=300)
             took = time.monotonic() - cut_at
@@ -78,5 +80,8 @@ def test_a_worker_cut_off_from_redis_for_20_s_loses_and_doubles_nothing(redis_ur
     assert {r["status"] for r in results} == {"succeeded"}
     assert extra <= flagged  # an extra API task only where the row says it may have one
     assert stats["rejected_429"] == 0  # the gate never let the cap be passed: the same 0 as without a cut
-    direct = (logs / "direct" / "worker-0.log").read_text(encoding="utf-8", errors="replace")
-    assert "re-driven" in direct  # the cut worker's jobs moved to the other worker
+    # The other worker carried the run meanwhile: jobs between steps are nobody's, and those the cut
+    # worker held were re-driven (how many depends on what it held at the cut: a figure, not a rule).
+    redriven = (logs / "direct" / "worker-0.log").read_text(encoding="utf-8", errors="replace").count("re-driven")
+    print(f"during the cut: {created_in_cut} API tasks created by the other worker; {redriven} job(s) re-driven")
+    assert created_in_cut > 0

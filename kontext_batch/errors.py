@@ -2,29 +2,33 @@
 
     KontextBatchError
     ├── RetryableError             a later attempt can succeed: back off and try again
-    │   ├── RateLimited            429: too many active tasks (honours Retry-After)
-    │   ├── ServerError            5xx from the API, or a body that is not the JSON it should be
+    │   ├── RateLimited *          429: too many active tasks (honours Retry-After)
+    │   ├── ServerError *          5xx from the API, or a body that is not the JSON it should be
     │   ├── TransportError         no usable HTTP response at all
     │   │   ├── ApiTimeout         connect/read/write/pool timeout
     │   │   └── ApiConnectionError refused, reset or dropped connection
     │   ├── StorageUnavailable     the object store failed in a way that may pass
     │   └── RedisUnavailable       Redis cannot be reached, refused our credentials, or TLS failed
-    └── PermanentError             retrying the same request cannot help
-        ├── RequestInvalid         our own model refused the request before sending it
-        ├── ApiValidationError     422 from the API, with field paths from ``detail``
-        ├── BadRequest             400
-        ├── OutOfCredits           402: stop submitting for the whole run
-        ├── AuthError              401/403 on the API
-        ├── SampleExpired          403/404 on a sample URL (its 10 minutes are over)
-        ├── InvalidImage           bytes that do not decode as an image
-        ├── StorageError           the object store refused (permissions, bad URL)
-        ├── UrlRefused             a URL we will not fetch or send the key to (address, host, scheme)
-        ├── ManifestError          rows of a manifest are invalid (carries every row error)
-        ├── ConfigError            settings that cannot work
-        │   └── KeyNotHeld         a job's key is not one this process holds
-        ├── OverBudget             a run's estimate is over its budget: nothing was queued
-        └── OutputInUse            another unfinished run writes to the same output
-    Interrupted                    a stop was asked (Ctrl-C, SIGTERM) and honoured between two steps
+    ├── PermanentError             retrying the same request cannot help
+    │   ├── RequestInvalid         our own model refused the request before sending it
+    │   ├── ApiValidationError *   422 from the API, with field paths from ``detail``
+    │   ├── BadRequest *           400
+    │   ├── OutOfCredits *         402: stop submitting for the whole run
+    │   ├── AuthError *            401/403 on the API
+    │   ├── SampleExpired *        403/404/410 on a sample URL (its 10 minutes are over)
+    │   ├── InvalidImage           bytes that do not decode as an image
+    │   ├── StorageError           the object store refused (permissions, bad URL)
+    │   │   ├── ObjectNotFound     no such object or file (also a FileNotFoundError)
+    │   │   └── ObjectTooLarge     the object is larger than the bytes allowed
+    │   ├── UrlRefused             a URL we will not fetch or send the key to (address, host, scheme)
+    │   ├── ManifestError          rows of a manifest are invalid (carries every row error)
+    │   ├── ConfigError            settings that cannot work
+    │   │   └── KeyNotHeld         a job's key is not one this process holds
+    │   ├── OverBudget             a run's estimate is over its budget: nothing was queued
+    │   └── OutputInUse            another unfinished run writes to the same output
+    ├── Interrupted                a stop was asked (Ctrl-C, SIGTERM) and honoured between two steps
+    └── ApiError                   mixin: ``status_code`` and ``detail`` of an API answer; the
+                                   classes marked * inherit it beside their branch
 
 Terminal task outcomes (moderation, ``Error``, ``Failed``, ``Task not found``) are *not* exceptions:
 they are statuses recorded per row.
@@ -49,6 +53,8 @@ __all__ = [
     "KeyNotHeld",
     "KontextBatchError",
     "ManifestError",
+    "ObjectNotFound",
+    "ObjectTooLarge",
     "OutOfCredits",
     "OutputInUse",
     "OverBudget",
@@ -238,6 +244,28 @@ class InvalidImage(PermanentError):
 
 class StorageError(PermanentError):
     """Raised when the object store refuses an operation for good (permissions, malformed URL)."""
+
+
+class ObjectNotFound(StorageError, FileNotFoundError):
+    """Raised when the object (or local file) named does not exist. ``uri`` says which.
+
+    Also a FileNotFoundError, so code written against files (``except FileNotFoundError``) still
+    catches it.
+    """
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"no such object: {uri}")
+        self.uri = uri
+
+
+class ObjectTooLarge(StorageError):
+    """Raised when an object or a fetched body is larger than the ``max_bytes`` asked for."""
+
+    def __init__(self, uri: str, size: int, max_bytes: int) -> None:
+        super().__init__(f"{uri} is {size:,} bytes, more than the {max_bytes:,} allowed")
+        self.uri = uri
+        self.size = size
+        self.max_bytes = max_bytes
 
 
 class UrlRefused(PermanentError):

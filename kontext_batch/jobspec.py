@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kontext_batch.manifest.model import SIDECAR_SUFFIX
+from kontext_batch.io.names import SIDECAR_SUFFIX
 
 __all__ = ["JobSpec"]
 

@@ -20,8 +20,9 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from kontext_batch.errors import StorageError, StorageUnavailable
-from kontext_batch.io.storage import ObjectNotFound, open_store, read_url
+from kontext_batch.errors import ObjectNotFound, StorageError, StorageUnavailable
+from kontext_batch.io.read import read_url
+from kontext_batch.io.stores import open_store
 from tests.cloud_servers import (
     azure_blob_headers,
     azure_env,

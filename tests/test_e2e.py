@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
-from kontext_batch.io.storage import open_store
+from kontext_batch.io.stores import open_store
 from tests.e2e_support import E2E_KEY, product_image, read_results, running_system, write_csv
 
 pytestmark = pytest.mark.e2e

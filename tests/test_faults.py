@@ -36,7 +36,7 @@ from kontext_batch.coord.redisio import now_ms
 from kontext_batch.coord.runs import RunInfo, RunStore
 from kontext_batch.coord.slots import Slots
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
-from kontext_batch.io.storage import open_store
+from kontext_batch.io.stores import open_store
 from kontext_batch.run.local import embedded_redis, free_port
 from tests import fault_figures
 from tests.e2e_support import (

@@ -17,7 +17,7 @@ from PIL import Image
 import kontext_batch.manifest.images as images_mod
 from kontext_batch.errors import ManifestError
 from kontext_batch.io.netguard import FetchPolicy
-from kontext_batch.io.storage import ObjectStore, open_store
+from kontext_batch.io.stores import ObjectStore, open_store
 from kontext_batch.manifest import (
     ImageCache,
     ImageRef,

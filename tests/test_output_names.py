@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kontext_batch.errors import RowError
-from kontext_batch.io.storage import open_store
+from kontext_batch.io.stores import open_store
 from kontext_batch.manifest import iter_manifest
 from kontext_batch.manifest.model import render_output_name
 from kontext_batch.steps.gallery import GALLERY_NAME

@@ -10,16 +10,11 @@ from pathlib import Path
 import boto3
 import pytest
 
-from kontext_batch.errors import StorageError, StorageUnavailable
+from kontext_batch.errors import ObjectNotFound, ObjectTooLarge, StorageError, StorageUnavailable
+from kontext_batch.io.names import check_object_name
 from kontext_batch.io.netguard import FetchPolicy
-from kontext_batch.io.storage import (
-    ObjectNotFound,
-    ObjectStore,
-    ObjectTooLarge,
-    check_object_name,
-    open_store,
-    read_url,
-)
+from kontext_batch.io.read import read_url
+from kontext_batch.io.stores import ObjectStore, open_store
 from tests.s3_server import TEST_CREDENTIALS, closed_port_url, create_bucket
 
 BACKENDS = ["local", "memory", "s3"]

@@ -25,9 +25,10 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kontext_batch.errors import InvalidImage, RetryableError, StorageError, UrlRefused
+from kontext_batch.errors import InvalidImage, ObjectNotFound, ObjectTooLarge, RetryableError, StorageError, UrlRefused
 from kontext_batch.io.netguard import FetchPolicy
-from kontext_batch.io.storage import CLOUD_SCHEMES, ObjectNotFound, ObjectTooLarge, read_url
+from kontext_batch.io.read import read_url
+from kontext_batch.io.stores import CLOUD_SCHEMES
 from kontext_batch.manifest.model import ImageRef
 
 __all__ = [
@@ -298,7 +299,7 @@ def source_key(ref: ImageRef) -> tuple[str, ...]:
 
 
 def read_image(url: str, *, timeout_s: float = 30.0, fetch: FetchPolicy | None = None) -> bytes:
-    """:func:`~kontext_batch.io.storage.read_url` capped at ``MAX_IMAGE_BYTES``; too large is InvalidImage."""
+    """:func:`~kontext_batch.io.read.read_url` capped at ``MAX_IMAGE_BYTES``; too large is InvalidImage."""
     try:
         return read_url(url, timeout_s=timeout_s, max_bytes=MAX_IMAGE_BYTES, fetch=fetch)
     except ObjectTooLarge as exc:

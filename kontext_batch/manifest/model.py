@@ -21,18 +21,20 @@ from kontext_batch.api.models import (
     endpoint_for_model,
 )
 from kontext_batch.errors import RequestInvalid
-from kontext_batch.io.storage import MAX_FILE_NAME_BYTES, MAX_NAME_BYTES, check_object_name
+from kontext_batch.io.names import (
+    INPUTS_FOLDER,
+    MAX_FILE_NAME_BYTES,
+    MAX_NAME_BYTES,
+    RESERVED_NAMES,
+    SIDECAR_SUFFIX,
+    check_object_name,
+)
 
 __all__ = [
     "COLUMNS",
     "EXTENSIONS",
-    "GALLERY_NAME",
     "IMAGE_FIELDS",
-    "INPUTS_FOLDER",
     "PARAM_FIELDS",
-    "RESERVED_NAMES",
-    "RESULTS_NAME",
-    "SIDECAR_SUFFIX",
     "ImageRef",
     "ManifestRow",
     "fold_name",
@@ -56,16 +58,6 @@ PARAM_FIELDS: Final = (
 COLUMNS: Final = ("id", "prompt", *IMAGE_FIELDS, *PARAM_FIELDS, "model", "output_name")
 #: output_format -> file extension used for ``{ext}``.
 EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({"png": "png", "jpeg": "jpg", "webp": "webp"})
-#: Top-level folder of the output store that holds staged input images; no output may be named in it.
-INPUTS_FOLDER: Final = "_inputs"
-#: The run's results file, at the store's root (kontext_batch.steps.results writes it).
-RESULTS_NAME: Final = "results.csv"
-#: The run's review page, beside the results file.
-GALLERY_NAME: Final = "gallery.html"
-#: Top-level names the run writes itself; no output may be one of them or inside one.
-RESERVED_NAMES: Final = (RESULTS_NAME, GALLERY_NAME, INPUTS_FOLDER)
-#: Every output ``NAME`` has a sidecar ``NAME + SIDECAR_SUFFIX`` beside it (kontext_batch.jobspec).
-SIDECAR_SUFFIX: Final = ".json"
 _PLACEHOLDER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_FOLDED: Final = {n.lower(): n for n in RESERVED_NAMES}
 _RESERVED_MAX_CHARS: Final = max(len(n) for n in RESERVED_NAMES)
@@ -92,8 +84,9 @@ def render_output_name(template: str, cells: Mapping[str, str], **named: str | i
 
     Only plain names are allowed (``{row:05d}``-style format specs too; no attribute or index
     access). The result and its sidecar (``NAME.json``) must pass
-    :func:`~kontext_batch.io.storage.check_object_name`, and its first segment must not be one of
-    :data:`RESERVED_NAMES` (compared with :func:`fold_name`). Raises ValueError saying what is wrong.
+    :func:`~kontext_batch.io.names.check_object_name`, and its first segment must not be one of
+    :data:`~kontext_batch.io.names.RESERVED_NAMES` (compared with :func:`fold_name`). Raises ValueError
+    saying what is wrong.
     """
     try:
         parts = list(Formatter().parse(template))

@@ -17,12 +17,12 @@ from typing import Any, Final, NamedTuple
 
 from kontext_batch.api.models import KontextRequest
 from kontext_batch.errors import ConfigError, RequestInvalid, RowError
+from kontext_batch.io.names import SIDECAR_SUFFIX
 from kontext_batch.manifest.images import resolve_image_ref
 from kontext_batch.manifest.model import (
     COLUMNS,
     EXTENSIONS,
     IMAGE_FIELDS,
-    SIDECAR_SUFFIX,
     ImageRef,
     ManifestRow,
     fold_name,

@@ -7,7 +7,7 @@ local file        normalised (:func:`~.images.normalise_image`), uploaded once, 
                   to ``_inputs/<sha256>.<ext>`` in the run's output store (``put_if_absent``: a
                   re-run or a second row with the same image uploads nothing)
 http(s) URL       passed through: the API fetches it; ``sha256`` known if the validator fetched it
-s3/gs/az/memory   passed through: a worker reads it with :func:`~kontext_batch.io.storage.read_url`
+s3/gs/az/memory   passed through: a worker reads it with :func:`~kontext_batch.io.read.read_url`
 ================  ================================================================================
 
 Workers call :func:`load_image_payload` on a staged URI: http(s) URLs go to the API as they are,
@@ -23,7 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from kontext_batch.io.storage import ObjectStore
+from kontext_batch.io.names import INPUTS_FOLDER
+from kontext_batch.io.stores import ObjectStore
 from kontext_batch.manifest.images import (
     ImageCache,
     ImageInfo,
@@ -32,7 +33,7 @@ from kontext_batch.manifest.images import (
     read_image,
     source_key,
 )
-from kontext_batch.manifest.model import INPUTS_FOLDER, ImageRef
+from kontext_batch.manifest.model import ImageRef
 
 __all__ = [
     "CONTENT_TYPES",

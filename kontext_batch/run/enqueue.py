@@ -34,12 +34,13 @@ from kontext_batch.errors import (
     Interrupted,
     InvalidImage,
     ManifestError,
+    ObjectNotFound,
     OutputInUse,
     OverBudget,
     RowError,
 )
 from kontext_batch.io.netguard import FetchPolicy
-from kontext_batch.io.storage import ObjectNotFound, ObjectStore
+from kontext_batch.io.stores import ObjectStore
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.manifest.images import ImageCache, describe_image_error
 from kontext_batch.manifest.model import ManifestRow

@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote
 
 from kontext_batch.coord.runs import RunStore
 from kontext_batch.errors import KontextBatchError
-from kontext_batch.io.storage import ObjectStore
-from kontext_batch.manifest.model import GALLERY_NAME  # reserved there: no output may take the name
+from kontext_batch.io.names import GALLERY_NAME  # reserved there: no output may take the name
+from kontext_batch.io.stores import ObjectStore
 
 __all__ = [
     "GALLERY_NAME",

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from kontext_batch.coord.runs import RunStore
-from kontext_batch.manifest.model import RESULTS_NAME
+from kontext_batch.io.names import RESULTS_NAME
 
 __all__ = ["COLUMNS", "FORMULA_STARTS", "RESULTS_NAME", "render_results", "results_rows"]
 

@@ -1,0 +1,338 @@
+"""The object stores behind every output URL, built on obstore: one small interface over local
+folders, memory, S3, GCS and Azure.
+
+=====================================  =====================================================
+URL                                    store
+=====================================  =====================================================
+``./output``, ``/abs/dir``             local folder (created); relative to ``base_dir``
+``file:///abs/dir``                    local folder (created)
+``s3://bucket[/prefix]``               S3 or S3-compatible (MinIO, moto); endpoint from
+                                       ``?endpoint=http://host:port``, else AWS_ENDPOINT_URL_S3,
+                                       AWS_ENDPOINT_URL; credentials/region from AWS_* vars
+``gs://bucket[/prefix]``               Google Cloud Storage (GOOGLE_* vars)
+``az://container[/prefix]``            Azure Blob (AZURE_STORAGE_ACCOUNT_NAME and friends);
+                                       ``abfs[s]://container@account.dfs.core.windows.net/...``
+``memory://[namespace[/prefix]]``      one process-local store (tests, dry runs)
+=====================================  =====================================================
+
+Object names are ``/``-separated paths relative to the store's root;
+:func:`~kontext_batch.io.names.check_object_name` says which are allowed, and every method checks
+its name. Local writes are atomic: obstore writes a ``name#N`` staging file and renames it over the
+target (``link`` for create-only writes), so a reader never sees half an object. They are not fsynced.
+
+Errors (:func:`translate_error`): a missing object is :class:`~kontext_batch.errors.ObjectNotFound`
+(a StorageError, and a FileNotFoundError too), which carries the URI; throttling, 5xx, timeouts and
+dropped connections are :class:`~kontext_batch.errors.StorageUnavailable`; everything else
+(permissions, a missing bucket, a malformed URL) is :class:`~kontext_batch.errors.StorageError`.
+
+Handles are cheap to reuse and safe to share between threads (obstore stores are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotSupportedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from obstore.store import LocalStore, MemoryStore, S3Store, from_url
+
+from kontext_batch.errors import ObjectNotFound, StorageError, StorageUnavailable
+from kontext_batch.io.names import check_object_name
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig, S3Config
+    from obstore.store import ObjectStore as _Backend
+
+__all__ = ["CLOUD_SCHEMES", "ObjectStore", "open_store", "split_scheme", "translate_error"]
+
+#: Schemes that name an object store (as opposed to a local path or an http(s) URL).
+CLOUD_SCHEMES: Final = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "adl")
+# obstore retries 5xx/timeouts itself; keep its budget short so our own retry policy (which
+# counts attempts and records them) stays in charge of long outages.
+_RETRY: Final[RetryConfig] = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
+_CLIENT_TIMEOUT: Final = timedelta(seconds=60)
+_STATUS_RE: Final = re.compile(r"status code: (\d{3})")
+_TRANSIENT_MARKERS: Final = (
+    "error sending request",
+    "timed out",
+    "timeout",
+    "connection",
+    "dns error",
+    "broken pipe",
+    "reset by peer",
+)
+_MEMORY = MemoryStore()  # the one process-local memory store; namespaces are key prefixes
+
+T = TypeVar("T")
+
+
+def translate_error(exc: Exception, uri: str) -> Exception:
+    """Map an obstore/OS error to our tree (see the module docstring)."""
+    text = str(exc).split("\n\nDebug source:", 1)[0].strip()
+    # Checked before the type: obstore raises a missing bucket on a list as a GenericError.
+    if "NoSuchBucket" in text:
+        return StorageError(f"bucket does not exist for {uri}")
+    if "ContainerNotFound" in text:  # Azure's word for it
+        return StorageError(f"container does not exist for {uri}")
+    if isinstance(exc, FileNotFoundError):
+        return ObjectNotFound(uri)
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
+        return StorageError(f"permission denied for {uri}: {text}")
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return StorageUnavailable(f"{uri}: {text}")
+    m = _STATUS_RE.search(text)
+    if m:
+        code = int(m.group(1))
+        if code == 429 or code >= 500:
+            return StorageUnavailable(f"{uri}: HTTP {code} from the object store")
+        return StorageError(f"{uri}: HTTP {code} from the object store: {text[:300]}")
+    if isinstance(exc, BaseError) and any(k in text.lower() for k in _TRANSIENT_MARKERS):
+        return StorageUnavailable(f"{uri}: {text[:300]}")
+    return StorageError(f"{uri}: {text[:300]}")
+
+
+def _call(fn: Callable[[], T], uri: str) -> T:
+    try:
+        return fn()
+    except (BaseError, OSError) as exc:
+        raise translate_error(exc, uri) from exc
+
+
+class ObjectStore:
+    """A store rooted at ``url``. Names passed to methods are relative to that root."""
+
+    def __init__(self, url: str, backend: _Backend, *, key_prefix: str = "", cloud: bool = False) -> None:
+        self.url = url
+        self._backend = backend
+        self._key_prefix = key_prefix  # only memory:// namespaces; other backends carry their own
+        self._cloud = cloud
+        self._base, sep, self._query = url.partition("?")
+        if sep:
+            self._query = "?" + self._query
+        self._create_supported = True
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
+
+    def _key(self, name: str) -> str:
+        check_object_name(name)
+        return f"{self._key_prefix}/{name}" if self._key_prefix else name
+
+    def uri(self, name: str) -> str:
+        """The full URI of ``name``, readable with :func:`read_url` (endpoint query included)."""
+        check_object_name(name)
+        if self._base.startswith("file:"):
+            return (Path(unquote(urlsplit(self._base).path)) / name).as_uri()
+        sep = "" if self._base.endswith("/") else "/"
+        return f"{self._base}{sep}{name}{self._query}"
+
+    def _attrs(self, name: str, content_type: str | None) -> dict[str, Any] | None:
+        # LocalStore refuses attributes; content types only matter where objects are served.
+        if not self._cloud:
+            return None
+        ctype = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return {"Content-Type": ctype}
+
+    def put(self, name: str, data: bytes, *, content_type: str | None = None) -> str:
+        """Write ``data`` as ``name`` (replacing any object there, atomically); return its URI."""
+        key, uri = self._key(name), self.uri(name)
+        attrs = self._attrs(name, content_type)
+        _call(lambda: obstore.put(self._backend, key, data, attributes=attrs, use_multipart=False), uri)
+        return uri
+
+    def put_if_absent(self, name: str, data: bytes, *, content_type: str | None = None) -> bool:
+        """Write ``name`` only if nothing is there; True if this call wrote it.
+
+        Uses the backend's create-only put (If-None-Match on S3/GCS/Azure, link() locally), so two
+        writers racing for one name cannot both win. Backends without it fall back to a check
+        then a write, which is racy but harmless for content-addressed names.
+        """
+        key, uri = self._key(name), self.uri(name)
+        attrs = self._attrs(name, content_type)
+        if self._create_supported:
+            try:
+                obstore.put(self._backend, key, data, attributes=attrs, mode="create", use_multipart=False)
+            except AlreadyExistsError:
+                return False
+            except NotSupportedError:
+                self._create_supported = False
+            except (BaseError, OSError) as exc:
+                if "status code: 501" not in str(exc):
+                    raise translate_error(exc, uri) from exc
+                self._create_supported = False
+            else:
+                return True
+        if self.exists(name):
+            return False
+        self.put(name, data, content_type=content_type)
+        return True
+
+    def get(self, name: str) -> bytes:
+        """Read ``name``. Raises :class:`ObjectNotFound` (a FileNotFoundError) if it is absent."""
+        key, uri = self._key(name), self.uri(name)
+        return _call(lambda: bytes(obstore.get(self._backend, key).bytes()), uri)
+
+    def size(self, name: str) -> int:
+        """Size of ``name`` in bytes, without reading it. Raises :class:`ObjectNotFound`."""
+        key, uri = self._key(name), self.uri(name)
+        return int(_call(lambda: obstore.head(self._backend, key), uri)["size"])
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.size(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Names under the folder ``prefix`` (whole path segments: ``a`` matches ``a/x``, not ``ab``)."""
+        prefix = prefix.strip("/")
+        if prefix:
+            check_object_name(prefix)
+        full = "/".join(p for p in (self._key_prefix, prefix) if p) or None
+        strip = len(self._key_prefix) + 1 if self._key_prefix else 0
+        stream = _call(lambda: obstore.list(self._backend, full), self.url)
+        it = iter(stream)
+        while True:
+            batch = _call(lambda: next(it, None), self.url)
+            if batch is None:
+                return
+            for meta in batch:
+                yield meta["path"][strip:]
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``; removing an absent object is not an error."""
+        key, uri = self._key(name), self.uri(name)
+        with contextlib.suppress(ObjectNotFound):
+            _call(lambda: obstore.delete(self._backend, key), uri)
+
+
+def _s3_options(url: str) -> tuple[str, str, S3Config, ClientConfig]:
+    """Split ``s3://bucket/prefix?endpoint=..&region=..`` into base URL, query, S3 config, client options."""
+    base, _, query = url.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=False))
+    unknown = set(options) - {"endpoint", "region"}
+    if unknown:
+        raise StorageError(f"unknown option(s) {sorted(unknown)} in {url!r}; use endpoint= or region=")
+    config: S3Config = {}
+    endpoint = (
+        options.get("endpoint")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or os.environ.get("AWS_ENDPOINT")
+    )
+    client: ClientConfig = {"timeout": _CLIENT_TIMEOUT, "connect_timeout": timedelta(seconds=10)}
+    if endpoint:
+        config["endpoint"] = endpoint.rstrip("/")
+        # MinIO, moto and other local S3s speak plain HTTP; obstore refuses it unless told.
+        if endpoint.startswith("http://"):
+            client["allow_http"] = True
+    if "region" in options:
+        config["region"] = options["region"]
+    if endpoint and not _s3_credentials_configured():
+        # Without credentials the S3 client asks the cloud's instance-metadata address for some, which
+        # on a MinIO/Ceph/R2 host is either nothing (a hang, then a confusing 403) or someone else's.
+        raise StorageError(
+            f"no S3 credentials on worker {socket.gethostname()} for {base}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / AWS_WEB_IDENTITY_TOKEN_FILE) where this process runs"
+        )
+    return base.rstrip("/"), query, config, client
+
+
+_S3_CREDENTIAL_SOURCES: Final = (
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def _s3_credentials_configured() -> bool:
+    """Static keys, a profile, a web identity or a container role in this process's environment."""
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return True
+    return any(env.get(name) for name in _S3_CREDENTIAL_SOURCES)
+
+
+# The HTTP-client keys object_store reads from GOOGLE_<KEY> / AZURE_<KEY> (GOOGLE_ALLOW_HTTP, AZURE_PROXY_URL).
+_CLIENT_ENV_KEYS: Final = (
+    "allow_http",
+    "allow_invalid_certificates",
+    "connect_timeout",
+    "proxy_url",
+    "proxy_ca_certificate",
+    "proxy_excludes",
+    "timeout",
+)
+
+
+def _cloud_client_options(scheme: str) -> ClientConfig:
+    """HTTP-client options for a gs:// or az:// store: a 60 s timeout, then the GOOGLE_*/AZURE_* client keys set.
+
+    obstore reads those keys from the environment only when it is given no client options at all, so
+    passing our timeout hid them, and with them GOOGLE_ALLOW_HTTP: the only way to an http:// GCS
+    emulator, or to an Azurite named by AZURE_STORAGE_ENDPOINT.
+    """
+    prefix = "GOOGLE_" if scheme == "gs" else "AZURE_"
+    client: dict[str, object] = {"timeout": _CLIENT_TIMEOUT}
+    for key in _CLIENT_ENV_KEYS:
+        value = os.environ.get(prefix + key.upper())
+        if value:
+            client[key] = value  # obstore parses the strings as it parses the environment's
+    return cast("ClientConfig", client)
+
+
+def split_scheme(url: str) -> str:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    return m.group(1).lower() if m else ""
+
+
+def open_store(url: str, *, base_dir: Path | None = None) -> ObjectStore:
+    """Open the store ``url`` names (see the module table). Raises StorageError for a bad URL."""
+    raw = url.strip()
+    if not raw:
+        raise StorageError("the output location is empty")
+    scheme = split_scheme(raw)
+    if scheme in {"", "file"}:
+        path = Path(unquote(urlsplit(raw).path)) if scheme == "file" else Path(raw).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        path = path.resolve()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the output folder {path}: {exc}") from exc
+        return ObjectStore(path.as_uri(), _call(lambda: LocalStore(path), str(path)))
+    if scheme == "memory":
+        ns = raw[len("memory://") :].strip("/")
+        if ns:
+            check_object_name(ns)
+        return ObjectStore(f"memory://{ns}", _MEMORY, key_prefix=ns)
+    if scheme in ("s3", "s3a"):
+        base, query, config, client = _s3_options(raw)
+        if not urlsplit(base).netloc:
+            raise StorageError(f"an S3 URL needs a bucket: {url!r}")
+        backend = _call(lambda: S3Store.from_url(base, config=config, client_options=client, retry_config=_RETRY), base)
+        return ObjectStore(base + (f"?{query}" if query else ""), backend, cloud=True)
+    if scheme in CLOUD_SCHEMES:
+        base = raw.rstrip("/")
+        client_gc = _cloud_client_options(scheme)
+        other: _Backend = _call(lambda: from_url(base, client_options=client_gc, retry_config=_RETRY), base)
+        return ObjectStore(base, other, cloud=True)
+    raise StorageError(f"unsupported storage URL {url!r}: use a folder, file://, s3://, gs://, az:// or memory://")

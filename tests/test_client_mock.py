@@ -538,7 +538,7 @@ def test_repr_shows_a_fingerprint_not_the_key() -> None:
 def test_log_lines_name_method_path_and_status(caplog: pytest.LogCaptureFixture) -> None:
     bfl(Server(httpx.Response(200, content=PNG))).download(SAMPLE_URL)
     ours = [r.getMessage() for r in caplog.records if r.name == "kontext_batch.api"]
-    assert any(m.startswith("GET delivery-eu1.test/results/ab/sample.png -> 200 in ") for m in ours)
+    assert any(m.startswith("GET https://delivery-eu1.test/results/ab/sample.png -> 200 in ") for m in ours)
     assert not any("SIGNATURE123" in m for m in ours)
 
 

@@ -2,7 +2,8 @@
 
 Everything here keeps the API key out of sight: it is only ever put into a request header, never
 into a message, a log line or a repr; text that came back from a server is scrubbed of it anyway,
-and URLs are shown as host + path (sample URLs carry signatures in their query string).
+and URLs are shown as ``scheme://host/path`` (:func:`kontext_batch.io.fetch.shown_url`: sample URLs
+carry signatures in their query string).
 
 Status mapping for API calls (submit, poll, credits):
 
@@ -65,12 +66,14 @@ from kontext_batch.errors import (
     FieldError,
     InvalidImage,
     KontextBatchError,
+    ObjectTooLarge,
     OutOfCredits,
     RateLimited,
     SampleExpired,
     ServerError,
     UrlRefused,
 )
+from kontext_batch.io.fetch import Fetched, fetch, shown_url
 from kontext_batch.io.netguard import DEFAULT_MAX_REDIRECTS, AddressGuard, guarded_transport, is_loopback_host
 from kontext_batch.secret import Secret
 
@@ -83,7 +86,6 @@ __all__ = [
     "DEFAULT_MAX_SAMPLE_BYTES",
     "ClientBase",
     "HttpCore",
-    "describe_url",
     "opt_float",
     "opt_int",
     "opt_str",
@@ -119,12 +121,6 @@ def same_server(a: Origin, b: Origin) -> bool:
     if a[2] != b[2]:
         return False
     return a[1] == b[1] or (is_loopback_host(a[1]) and is_loopback_host(b[1]))
-
-
-def describe_url(url: str | httpx.URL) -> str:
-    """``host/path`` of ``url``: never its query string, which may hold a signature."""
-    parts = urlsplit(str(url))
-    return f"{parts.netloc}{parts.path}" if parts.netloc else parts.path
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -228,7 +224,7 @@ class HttpCore:
             parsed = httpx.URL(url)
             scheme, host, port = origin(parsed)
         except httpx.InvalidURL:
-            raise UrlRefused(f"not a usable polling URL: {describe_url(url)!r}") from None
+            raise UrlRefused(f"not a usable polling URL: {shown_url(url)!r}") from None
         base_scheme, base_host, _ = self.base
         if same_server((scheme, host, port), self.base) and scheme in ("https", base_scheme):
             return parsed
@@ -267,7 +263,7 @@ class HttpCore:
             )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
-                "%s %s -> %d in %.3fs", method, describe_url(url), response.status_code, time.perf_counter() - started
+                "%s %s -> %d in %.3fs", method, shown_url(url), response.status_code, time.perf_counter() - started
             )
         return response
 
@@ -278,13 +274,13 @@ class HttpCore:
         try:
             yield
         except httpx.TimeoutException as exc:
-            where = describe_url(url)
+            where = shown_url(url)
             log.debug("%s %s timed out after %.3fs", method, where, time.perf_counter() - started)
             raise ApiTimeout(f"{method} {where}: {type(exc).__name__}") from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise ConfigError(f"{method} {describe_url(url)}: not a usable http(s) URL") from exc
+            raise ConfigError(f"{method} {shown_url(url)}: not a usable http(s) URL") from exc
         except httpx.HTTPError as exc:
-            where = describe_url(url)
+            where = shown_url(url)
             log.debug("%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, exc_name(exc))
             raise ApiConnectionError(f"{method} {where}: {exc_name(exc)}: {self.redact(str(exc), url)}") from exc
 
@@ -303,13 +299,13 @@ class HttpCore:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ServerError(
-                f"{method} {describe_url(response.request.url)} -> {response.status_code}: "
+                f"{method} {shown_url(response.request.url)} -> {response.status_code}: "
                 f"body is not JSON: {self.snippet(response)!r}",
                 status_code=response.status_code,
             ) from None
         if not isinstance(body, dict):
             raise ServerError(
-                f"{method} {describe_url(response.request.url)} -> {response.status_code}: "
+                f"{method} {shown_url(response.request.url)} -> {response.status_code}: "
                 f"expected a JSON object, got {type(body).__name__}",
                 status_code=response.status_code,
             )
@@ -341,7 +337,7 @@ class HttpCore:
         """The exception an unsuccessful API response stands for (see the module table)."""
         code = response.status_code
         detail = self.detail(response)
-        what = f"{method} {describe_url(response.request.url)} -> {code}"
+        what = f"{method} {shown_url(response.request.url)} -> {code}"
         text = _detail_text(detail)
         message = self.scrub(f"{what}: {text}" if text else what)
         retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -364,88 +360,62 @@ class HttpCore:
     def download(self, sample_url: str) -> Sample:
         """GET a signed sample URL, without the key: it is a delivery host, not the API.
 
-        Redirects are followed here, one checked hop at a time; the body is streamed and dropped
-        once it passes ``max_sample_bytes``.
+        Fetched by the one guarded fetch (:func:`kontext_batch.io.fetch.fetch`): redirects followed
+        one checked hop at a time, the body streamed and dropped once it passes ``max_sample_bytes``.
         """
-        url = sample_url
-        for hop in range(self.max_redirects + 1):
-            client, parsed = self._sample_client(url, first=hop == 0)
-            started = time.perf_counter()
-            with self._mapped("GET", url), client.stream("GET", parsed) as response:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug(
-                        "GET %s -> %d in %.3fs", describe_url(url), response.status_code, time.perf_counter() - started
-                    )
-                if response.is_redirect:
-                    url = _redirect_target(response, sample_url)
-                    continue
-                return self._sample(response, sample_url, url)
-        raise UrlRefused(
-            f"GET {describe_url(sample_url)}: more than {self.max_redirects} redirects",
-            host=httpx.URL(sample_url).host,
-        )
+        cap = self.max_sample_bytes
+        try:
+            got = fetch(
+                sample_url,
+                self._sample_route,
+                max_redirects=self.max_redirects,
+                max_bytes=cap,
+                error_body_bytes=_ERROR_BODY_BYTES,
+                translate=lambda url: self._mapped("GET", url),
+                log=log,
+            )
+        except ObjectTooLarge:
+            raise InvalidImage(
+                f"GET {shown_url(sample_url)}: the sample is over the {cap:,}-byte limit "
+                "(KONTEXT_MAX_SAMPLE_BYTES); not stored"
+            ) from None
+        return self._sample(got, sample_url)
 
-    def _sample_client(self, url: str, *, first: bool) -> tuple[httpx.Client, httpx.URL]:
+    def _sample_route(self, url: str, hop: int) -> tuple[httpx.Client, httpx.URL]:
         """The client to fetch ``url`` with, and the URL as parsed for the checks (sent as is)."""
         try:
             parsed = httpx.URL(url)
             scheme, host, _ = where = origin(parsed)
         except httpx.InvalidURL:
-            raise UrlRefused(f"not a usable sample URL: {describe_url(url)!r}") from None
-        if first and same_server(where, self.base) and scheme == self.base[0]:
+            raise UrlRefused(f"not a usable sample URL: {shown_url(url)!r}") from None
+        if hop == 0 and same_server(where, self.base) and scheme == self.base[0]:
             return self.http, parsed
         if scheme != "https" and not (scheme == "http" and is_loopback_host(host)):
-            raise UrlRefused(f"sample URL {describe_url(url)} is not https; it was not fetched", host=host)
+            raise UrlRefused(f"sample URL {shown_url(url)} is not https; it was not fetched", host=host)
         return self.delivery, parsed
 
-    def _sample(self, response: httpx.Response, sample_url: str, answered_by: str) -> Sample:
-        """The sample in ``response``, which ``answered_by`` (``sample_url`` or a hop it redirected to) sent."""
-        code = response.status_code
-        what = f"GET {describe_url(sample_url)} -> {code}"
-        if not 200 <= code < 300:
+    def _sample(self, got: Fetched, sample_url: str) -> Sample:
+        """The sample in ``got``, which ``got.url`` (``sample_url`` or a hop it redirected to) sent."""
+        code = got.status_code
+        what = f"GET {shown_url(sample_url)} -> {code}"
+        if not got.ok:
             if code in (403, 404, 410):
                 raise SampleExpired(f"{what}: sample URL expired or unknown", status_code=code)
-            head = _read_upto(response, _ERROR_BODY_BYTES)
+            if httpx.codes.is_redirect(code) and "location" in got.headers:  # an empty Location
+                raise ServerError(f"{what} without a Location")
             # An error page may echo the URL that answered: neither signature goes into the message.
-            text = self.redact(self.redact(" ".join(head.decode("utf-8", "replace").split()), sample_url), answered_by)
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            text = " ".join(got.content.decode("utf-8", "replace").split())
+            text = self.redact(self.redact(text, sample_url), got.url)
+            retry_after = parse_retry_after(got.headers.get("retry-after"))
             if code == 429:
                 raise RateLimited(what, retry_after_s=retry_after)
             if code >= 500 or code == 408:
                 raise ServerError(f"{what}: {text}", status_code=code, retry_after_s=retry_after)
             raise BadRequest(f"{what}: {text}", status_code=code)
-        cap = self.max_sample_bytes
-        too_big = f"{what}: the sample is over the {cap:,}-byte limit (KONTEXT_MAX_SAMPLE_BYTES); not stored"
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise InvalidImage(too_big)
-        content = _read_upto(response, cap + 1)
-        if len(content) > cap:
-            raise InvalidImage(too_big)
-        if not content:
+        if not got.content:
             # A 200 with nothing in it is a cut-off transfer, not an image: worth another try.
             raise ServerError(f"{what}: empty body", status_code=code)
-        content_type = response.headers.get("content-type", "application/octet-stream")
-        return Sample(content=content, content_type=content_type)
-
-
-def _read_upto(response: httpx.Response, limit: int) -> bytes:
-    """At most ``limit`` bytes of a streamed body; stops reading there."""
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes():
-        chunks.append(chunk)
-        total += len(chunk)
-        if total >= limit:
-            break
-    return b"".join(chunks)[:limit]
-
-
-def _redirect_target(response: httpx.Response, sample_url: str) -> str:
-    location = response.headers.get("location", "")
-    if not location:
-        raise ServerError(f"GET {describe_url(sample_url)} -> {response.status_code} without a Location")
-    return str(response.url.join(location))
+        return Sample(content=got.content, content_type=got.headers.get("content-type", "application/octet-stream"))
 
 
 def exc_name(exc: BaseException) -> str:

@@ -27,7 +27,6 @@ from kontext_batch.api._http import (
     DEFAULT_MAX_SAMPLE_BYTES,
     ClientBase,
     TransportWrapper,
-    describe_url,
     opt_float,
     opt_int,
     opt_str,
@@ -35,6 +34,7 @@ from kontext_batch.api._http import (
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import FieldError, RequestInvalid, ServerError
+from kontext_batch.io.fetch import shown_url
 from kontext_batch.secret import Secret
 from kontext_batch.settings import resolve_api_base
 
@@ -149,7 +149,7 @@ class KontextClient(ClientBase):
             raise self._core.api_error(response, "GET")
         credits = opt_float(self._core.json_object(response, "GET").get("credits"))
         if credits is None:
-            raise ServerError(f"GET {describe_url(url)}: no 'credits' number in the body", status_code=200)
+            raise ServerError(f"GET {shown_url(url)}: no 'credits' number in the body", status_code=200)
         return credits
 
 
@@ -159,7 +159,7 @@ def parse_bfl_submit(body: dict[str, Any], base_url: str, url: str) -> Task:
     if isinstance(task_id, int) and not isinstance(task_id, bool):
         task_id = str(task_id)
     if not isinstance(task_id, str) or not task_id:
-        raise ServerError(f"POST {describe_url(url)} -> 200 without a task id", status_code=200)
+        raise ServerError(f"POST {shown_url(url)} -> 200 without a task id", status_code=200)
     polling_url = opt_str(body.get("polling_url"))
     if not polling_url and opt_str(body.get("webhook_url")):
         # A webhook submit answers {id, status, webhook_url} without a polling_url. Failing here
@@ -167,7 +167,7 @@ def parse_bfl_submit(body: dict[str, Any], base_url: str, url: str) -> Task:
         # to the documented get_result route on the submit host for fallback polling.
         polling_url = f"{base_url}/v1/get_result?id={task_id}"
     if not polling_url:
-        raise ServerError(f"POST {describe_url(url)} -> 200 without a polling_url", status_code=200)
+        raise ServerError(f"POST {shown_url(url)} -> 200 without a polling_url", status_code=200)
     return Task(
         id=task_id,
         polling_url=polling_url,
@@ -194,7 +194,7 @@ def parse_bfl_poll(body: dict[str, Any], polling_url: str) -> PollResult:
             reasons = tuple(str(r) for r in found)
     sample_url = opt_str(result.get("sample"))
     if status is Status.READY and not sample_url:
-        raise ServerError(f"GET {describe_url(polling_url)}: status Ready without result.sample", status_code=200)
+        raise ServerError(f"GET {shown_url(polling_url)}: status Ready without result.sample", status_code=200)
     task_id = body.get("id")
     return PollResult(
         id=str(task_id) if isinstance(task_id, str | int) and task_id != "" else _query_id(polling_url),

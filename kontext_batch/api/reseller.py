@@ -32,7 +32,6 @@ from kontext_batch.api._http import (
     DEFAULT_MAX_SAMPLE_BYTES,
     ClientBase,
     TransportWrapper,
-    describe_url,
     opt_float,
     opt_int,
     opt_str,
@@ -40,6 +39,7 @@ from kontext_batch.api._http import (
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import ConfigError, FieldError, RequestInvalid, ServerError
+from kontext_batch.io.fetch import shown_url
 from kontext_batch.secret import Secret
 
 __all__ = ["ResellerClient", "parse_reseller_poll", "reseller_body", "reseller_model"]
@@ -140,7 +140,7 @@ class ResellerClient(ClientBase):
         if isinstance(task_id, int) and not isinstance(task_id, bool):
             task_id = str(task_id)
         if not isinstance(task_id, str) or not task_id:
-            raise ServerError(f"POST {describe_url(url)} -> {response.status_code} without a task id")
+            raise ServerError(f"POST {shown_url(url)} -> {response.status_code} without a task id")
         return Task(id=task_id, polling_url=f"{self.base_url}/tasks/{task_id}")
 
     def _poll_once(self, polling_url: str) -> PollResult:
@@ -174,7 +174,7 @@ def parse_reseller_poll(body: dict[str, Any], polling_url: str) -> PollResult:
             reasons = (str(error.get("message") or error.get("code")),)
     sample_url = _image_url(body.get("output"))
     if status is Status.READY and not sample_url:
-        raise ServerError(f"GET {describe_url(polling_url)}: completed without an image URL", status_code=200)
+        raise ServerError(f"GET {shown_url(polling_url)}: completed without an image URL", status_code=200)
     task_id = body.get("id")
     return PollResult(
         id=str(task_id) if isinstance(task_id, str | int) and task_id != "" else polling_url.rsplit("/", 1)[-1],

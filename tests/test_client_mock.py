@@ -25,7 +25,7 @@ from kontext_batch.api import (
     Status,
     make_provider,
 )
-from kontext_batch.api._http import parse_retry_after
+from kontext_batch.api.statuses import parse_retry_after
 from kontext_batch.errors import (
     ApiConnectionError,
     ApiTimeout,

@@ -27,10 +27,8 @@ from kontext_batch.api._http import (
     DEFAULT_MAX_SAMPLE_BYTES,
     ClientBase,
     TransportWrapper,
-    opt_float,
-    opt_int,
-    opt_str,
 )
+from kontext_batch.api.fields import opt_float, opt_int, opt_str
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import FieldError, RequestInvalid, ServerError
@@ -128,7 +126,7 @@ class KontextClient(ClientBase):
         return parse_bfl_submit(self._core.json_object(response, "POST"), self.base_url, url)
 
     def _poll_once(self, polling_url: str) -> PollResult:
-        checked = self._core.check_api_url(polling_url)
+        checked = self._core.trust.check_api_url(polling_url)
         response = self._core.send("GET", checked, headers=self._headers())
         if response.status_code == 404:
             # Unconfirmed: an unknown or expired id may answer 404 instead of "Task not found".

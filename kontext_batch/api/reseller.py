@@ -32,10 +32,8 @@ from kontext_batch.api._http import (
     DEFAULT_MAX_SAMPLE_BYTES,
     ClientBase,
     TransportWrapper,
-    opt_float,
-    opt_int,
-    opt_str,
 )
+from kontext_batch.api.fields import opt_float, opt_int, opt_str
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model
 from kontext_batch.api.retry import RetryPolicy
 from kontext_batch.errors import ConfigError, FieldError, RequestInvalid, ServerError
@@ -144,7 +142,7 @@ class ResellerClient(ClientBase):
         return Task(id=task_id, polling_url=f"{self.base_url}/tasks/{task_id}")
 
     def _poll_once(self, polling_url: str) -> PollResult:
-        checked = self._core.check_api_url(polling_url)
+        checked = self._core.trust.check_api_url(polling_url)
         response = self._core.send("GET", checked, headers=self._headers())
         if response.status_code == 404:
             return PollResult(

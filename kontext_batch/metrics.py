@@ -46,7 +46,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kontext_batch.api.models import ENDPOINT_COST_CREDITS
+from kontext_batch.api.prices import ENDPOINT_COST_CREDITS
 from kontext_batch.coord.keys import split_slot_id
 from kontext_batch.coord.redisio import decode
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from kontext_batch.api.prices import cost_credits_for
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
-from kontext_batch.manifest.validate import cost_credits_for
 from kontext_batch.run.control import cancel_run, retry_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.sweep import sweep

@@ -36,7 +36,6 @@ from kontext_batch.errors import FieldError, RequestInvalid
 __all__ = [
     "ASPECT_MAX",
     "ASPECT_MIN",
-    "ENDPOINT_COST_CREDITS",
     "MODEL_ENDPOINTS",
     "KontextRequest",
     "OutputFormat",
@@ -58,9 +57,6 @@ INPUT_IMAGE_FIELDS: Final = ("input_image", "input_image_2", "input_image_3", "i
 
 #: Manifest ``model`` values and the endpoint each names. Any other endpoint name is allowed as data.
 MODEL_ENDPOINTS: Final[dict[str, str]] = {"pro": "flux-kontext-pro", "max": "flux-kontext-max"}
-
-#: Credits per image (1 credit = $0.01), from BFL's pricing. Unknown endpoints cost what the API says.
-ENDPOINT_COST_CREDITS: Final[dict[str, int]] = {"flux-kontext-pro": 4, "flux-kontext-max": 8}
 
 _ASPECT_RE: Final = re.compile(r"^\s*(\d{1,5})\s*:\s*(\d{1,5})\s*$")
 _ENDPOINT_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

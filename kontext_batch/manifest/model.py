@@ -14,12 +14,8 @@ from string import Formatter
 from types import MappingProxyType
 from typing import Any, Final
 
-from kontext_batch.api.models import (
-    ENDPOINT_COST_CREDITS,
-    INPUT_IMAGE_FIELDS,
-    MODEL_ENDPOINTS,
-    endpoint_for_model,
-)
+from kontext_batch.api.models import INPUT_IMAGE_FIELDS, MODEL_ENDPOINTS, endpoint_for_model
+from kontext_batch.api.prices import ENDPOINT_COST_CREDITS
 from kontext_batch.errors import RequestInvalid
 from kontext_batch.io.names import (
     INPUTS_FOLDER,

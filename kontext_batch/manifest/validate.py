@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NamedTuple, TextIO
 
-from kontext_batch.api.models import ENDPOINT_COST_CREDITS
+from kontext_batch.api.prices import ENDPOINT_COST_CREDITS, cost_credits_for
 from kontext_batch.errors import RowError
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest.images import (
@@ -30,24 +30,16 @@ from kontext_batch.manifest.reader import iter_manifest
 from kontext_batch.manifest.rows import RowOutcome
 
 __all__ = [
-    "DEFAULT_COST_CREDITS",
     "USD_PER_CREDIT",
     "CheckedRow",
     "ValidationReport",
-    "cost_credits_for",
     "iter_checked_rows",
     "render_report",
     "validate_manifest",
 ]
 
-DEFAULT_COST_CREDITS: Final = 4  # endpoints BFL's pricing does not list: the Kontext pro price
 USD_PER_CREDIT: Final = 0.01
 _WINDOW: Final = 256  # rows whose image checks may be in flight at once
-
-
-def cost_credits_for(endpoint: str) -> int:
-    """Credits one image on ``endpoint`` costs (an estimate for endpoints not in the price table)."""
-    return ENDPOINT_COST_CREDITS.get(endpoint, DEFAULT_COST_CREDITS)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from kontext_batch import logs
 from kontext_batch.api.models import KontextRequest
+from kontext_batch.api.prices import cost_credits_for
 from kontext_batch.coord.keys import split_job_ref, split_slot_id
 from kontext_batch.errors import (
     AuthError,
@@ -20,7 +21,6 @@ from kontext_batch.errors import (
 from kontext_batch.io.formats import request_format
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.manifest.staging import load_image_payload
-from kontext_batch.manifest.validate import cost_credits_for
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import drain_waiting, finish
 from kontext_batch.steps.job import backoff_s, claim, end_active, key_refused, not_ours, run_stop

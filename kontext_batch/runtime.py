@@ -31,8 +31,8 @@ from kontext_batch.coord.ratelimit import SubmitRateLimiter
 from kontext_batch.coord.runs import RunStore
 from kontext_batch.coord.slots import Slots
 from kontext_batch.errors import KeyNotHeld
+from kontext_batch.io.payload import PayloadCache
 from kontext_batch.io.stores import ObjectStore, open_store
-from kontext_batch.manifest.staging import PayloadCache
 from kontext_batch.settings import Settings
 from kontext_batch.steps.timing import PollPlanner
 

@@ -53,3 +53,46 @@ def test_the_cli_is_on_top_nothing_imports_it() -> None:
 
 def _in_cli(module: str) -> bool:
     return module == "kontext_batch.cli" or module.startswith("kontext_batch.cli.")
+
+
+#: What a job's steps run on, in the workers: none of it may need the manifest package (the reader,
+#: the validator, enqueue-time staging), directly or through another module.
+WORKER_SIDE = (
+    "kontext_batch.steps",
+    "kontext_batch.coord",
+    "kontext_batch.io",
+    "kontext_batch.api",
+    "kontext_batch.runtime",
+    "kontext_batch.jobspec",
+    "kontext_batch.workers",
+    "kontext_batch.tasks",
+)
+
+
+def _reaches(graph: dict[str, set[str]], start: str, target: str) -> list[str]:
+    """The import chain from ``start`` to the first module under ``target`` it reaches, or []."""
+    seen = {start}
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        nxt: list[str] = []
+        for mod in sorted(frontier):
+            for dep in sorted(graph[mod]):
+                if dep in seen:
+                    continue
+                seen.add(dep)
+                paths[dep] = [*paths[mod], dep]
+                if dep == target or dep.startswith(target + "."):
+                    return paths[dep]
+                nxt.append(dep)
+        frontier = nxt
+    return []
+
+
+def test_the_steps_a_job_takes_never_import_the_manifest_package() -> None:
+    graph = _checker().import_graph()
+    worker_side = [m for m in graph if any(m == p or m.startswith(p + ".") for p in WORKER_SIDE)]
+    assert "kontext_batch.steps.submit" in worker_side  # the graph is really read
+    assert "kontext_batch.tasks.submit" in worker_side  # the symlinked packages too
+    chains = {m: chain for m in worker_side if (chain := _reaches(graph, m, "kontext_batch.manifest"))}
+    assert chains == {}

@@ -14,21 +14,20 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import kontext_batch.manifest.images as images_mod
+import kontext_batch.io.images as images_mod
 from kontext_batch.errors import ManifestError
 from kontext_batch.io.netguard import FetchPolicy
+from kontext_batch.io.payload import PayloadCache, load_image_payload
 from kontext_batch.io.stores import ObjectStore, open_store
 from kontext_batch.manifest import (
     ImageCache,
     ImageRef,
     ManifestRow,
     iter_manifest,
-    load_image_payload,
     render_report,
     stage_image,
     validate_manifest,
 )
-from kontext_batch.manifest.staging import PayloadCache
 
 #: The test servers listen on 127.0.0.1, which the default policy refuses.
 LOOPBACK_OK = FetchPolicy(allow_private=True)

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import kontext_batch.manifest.images as images_mod
+import kontext_batch.io.images as images_mod
 from kontext_batch.errors import ConfigError, InvalidImage, ManifestError, RowError
+from kontext_batch.io.images import inspect_image, normalise_image
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest import (
     ImageCache,
-    inspect_image,
     iter_manifest,
-    normalise_image,
     validate_manifest,
 )
 from tests.s3_server import closed_port_url

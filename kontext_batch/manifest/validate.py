@@ -17,10 +17,10 @@ from typing import Final, NamedTuple, TextIO
 
 from kontext_batch.api.prices import ENDPOINT_COST_CREDITS, cost_credits_for
 from kontext_batch.errors import RowError
+from kontext_batch.io.images import ImageInfo
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest.images import (
     ImageCache,
-    ImageInfo,
     check_image,
     describe_image_error,
     resolve_image_ref,

@@ -19,8 +19,8 @@ from kontext_batch.errors import (
     TransportError,
 )
 from kontext_batch.io.formats import request_format
+from kontext_batch.io.payload import load_image_payload
 from kontext_batch.jobspec import JobSpec
-from kontext_batch.manifest.staging import load_image_payload
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import drain_waiting, finish
 from kontext_batch.steps.job import backoff_s, claim, end_active, key_refused, not_ours, run_stop

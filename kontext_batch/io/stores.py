@@ -45,6 +45,8 @@ import obstore
 from obstore.exceptions import (
     AlreadyExistsError,
     BaseError,
+    GenericError,
+    NotFoundError,
     NotSupportedError,
     PermissionDeniedError,
     UnauthenticatedError,
@@ -81,27 +83,46 @@ _MEMORY = MemoryStore()  # the one process-local memory store; namespaces are ke
 T = TypeVar("T")
 
 
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status an object store answered with, when ``exc`` is obstore's error for one.
+
+    obstore gives HTTP failures one type (GenericError) and no status attribute: the status is read
+    from its message (``... status code: 503 ...``), the only place it is.
+    """
+    if not isinstance(exc, GenericError):
+        return None
+    m = _STATUS_RE.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
 def translate_error(exc: Exception, uri: str) -> Exception:
-    """Map an obstore/OS error to our tree (see the module docstring)."""
+    """Map an obstore/OS error to our tree (see the module docstring), by obstore's exception types.
+
+    Where obstore has no type for a difference, its message decides: a missing bucket or container
+    (``NoSuchBucket``, Azure's ``ContainerNotFound``) against a missing object, and the HTTP status
+    or transport failure a GenericError carries only in its text.
+    """
     text = str(exc).split("\n\nDebug source:", 1)[0].strip()
-    # Checked before the type: obstore raises a missing bucket on a list as a GenericError.
+    # Checked before the type: obstore has no type for a missing bucket or container, and raises one
+    # met by a list as a GenericError (an HTTP 404), not as a NotFound.
     if "NoSuchBucket" in text:
         return StorageError(f"bucket does not exist for {uri}")
     if "ContainerNotFound" in text:  # Azure's word for it
         return StorageError(f"container does not exist for {uri}")
-    if isinstance(exc, FileNotFoundError):
+    if isinstance(exc, FileNotFoundError | NotFoundError):  # obstore raises NotFound as FileNotFoundError
         return ObjectNotFound(uri)
     if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
         return StorageError(f"permission denied for {uri}: {text}")
     if isinstance(exc, TimeoutError | ConnectionError):
         return StorageUnavailable(f"{uri}: {text}")
-    m = _STATUS_RE.search(text)
-    if m:
-        code = int(m.group(1))
+    if not isinstance(exc, GenericError):  # a bad path, an unknown option, a refused precondition...
+        return StorageError(f"{uri}: {text[:300]}")
+    code = _http_status(exc)
+    if code is not None:
         if code == 429 or code >= 500:
             return StorageUnavailable(f"{uri}: HTTP {code} from the object store")
         return StorageError(f"{uri}: HTTP {code} from the object store: {text[:300]}")
-    if isinstance(exc, BaseError) and any(k in text.lower() for k in _TRANSIENT_MARKERS):
+    if any(k in text.lower() for k in _TRANSIENT_MARKERS):
         return StorageUnavailable(f"{uri}: {text[:300]}")
     return StorageError(f"{uri}: {text[:300]}")
 
@@ -172,7 +193,7 @@ class ObjectStore:
             except NotSupportedError:
                 self._create_supported = False
             except (BaseError, OSError) as exc:
-                if "status code: 501" not in str(exc):
+                if _http_status(exc) != 501:  # 501 Not Implemented: a store without create-only puts
                     raise translate_error(exc, uri) from exc
                 self._create_supported = False
             else:

@@ -1,4 +1,4 @@
-"""The FLUX.1 Kontext API: request/response model, the BFL and reseller clients, the retry policy."""
+"""The FLUX.1 Kontext API: request/response model, the BFL and reseller clients, the retry policy, prices."""
 
 from kontext_batch.api.client import KontextClient
 from kontext_batch.api.models import KontextRequest, PollResult, Sample, Status, Task, endpoint_for_model

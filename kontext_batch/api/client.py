@@ -11,7 +11,7 @@ download(url)      GET the signed URL, *no* ``x-key``       Sample; 403/404/410 
 credits()          GET {base}/v1/credits                    float
 =================  =======================================  ==========================================
 
-Errors follow ``api/_http.py``. With a :class:`RetryPolicy`, every call is retried on retryable
+Errors follow :mod:`kontext_batch.api.statuses`. With a :class:`RetryPolicy`, every call is retried on retryable
 errors only; without one, each call is a single attempt.
 """
 

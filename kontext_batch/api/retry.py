@@ -101,7 +101,7 @@ class RetryPolicy:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
             wait_s = state.next_action.sleep if state.next_action is not None else 0.0
-            # Our exception messages never carry the key (see api/_http.py), so they are safe to log.
+            # Our exception messages never carry the key (see api/_http.py, statuses.py), so they are safe to log.
             log.debug(
                 "retry %d/%d in %.2fs after %s: %s",
                 state.attempt_number + 1,

@@ -113,7 +113,7 @@ def detail(response: httpx.Response, scrub: Scrub) -> object:
     return body
 
 
-def api_error(response: httpx.Response, method: str, scrub: Scrub) -> KontextBatchError:
+def api_error(response: httpx.Response, method: str, scrub: Scrub) -> KontextBatchError:  # noqa: PLR0911 - one return per documented status class
     """The exception an unsuccessful API response stands for (see the module table)."""
     code = response.status_code
     found = detail(response, scrub)

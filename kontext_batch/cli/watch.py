@@ -49,7 +49,7 @@ def private_stack(s: Settings, *, emulator: bool, workers: int, time_scale: floa
         raise click.UsageError(str(exc)) from None
 
 
-def submit_and_follow(
+def submit_and_follow(  # noqa: PLR0911 - one exit code per way a run can end
     s: Settings, req: RunRequest, *, as_json: bool, timeout_s: float | None = None, detach: bool = True
 ) -> int:
     """Queue a run (and follow it when ``req.wait``); render both. Returns the exit code.

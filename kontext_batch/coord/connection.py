@@ -91,7 +91,7 @@ def _find(chain: list[BaseException], kind: type[BaseException]) -> BaseExceptio
     return next((e for e in chain if isinstance(e, kind)), None)
 
 
-def explain(exc: BaseException, settings: Settings) -> RedisUnavailable:
+def explain(exc: BaseException, settings: Settings) -> RedisUnavailable:  # noqa: C901, PLR0911 - one sentence per way a Redis connection fails
     """The one-line :class:`RedisUnavailable` for any error met while talking to the settings' Redis."""
     where = settings.redis_display
     tls = urlsplit(settings.effective_redis_url).scheme == "rediss"

@@ -204,7 +204,7 @@ def _treatment(prompt: str, prompt_hash: int) -> str:
     return ("warm", "cool", "posterize", "contrast", "tint:blue", "tint:purple")[prompt_hash % 6]
 
 
-def _apply(img: Image.Image, treatment: str, strength: float) -> Image.Image:
+def _apply(img: Image.Image, treatment: str, strength: float) -> Image.Image:  # noqa: PLR0911 - one return per output format
     if treatment == "grayscale":
         return ImageOps.grayscale(img).convert("RGB")
     if treatment == "sepia":

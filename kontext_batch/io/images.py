@@ -110,7 +110,7 @@ def _max_value(im: Image.Image) -> float:
     return float(extrema[1]) if isinstance(extrema[1], int | float) else 255.0
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
+def _to_8bit(im: Image.Image) -> Image.Image:  # noqa: PLR0911 - one refusal per way an image can be unusable
     if im.mode.startswith("I;16") or (im.mode == "I" and _max_value(im) > 255):
         return im.convert("I").point(lambda v: v * (1 / 257)).convert("L")
     if im.mode in ("I", "F"):

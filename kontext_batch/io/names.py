@@ -50,7 +50,7 @@ _BAD_CHARS_RE: Final = re.compile(r"[\x00-\x1f\x7f\\#?]")
 _BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def check_object_name(name: str) -> str:
+def check_object_name(name: str) -> str:  # noqa: C901 - one check per way a name can be unsafe, in the order users read them
     """Return ``name`` if it is a safe relative object name; raise ValueError saying why not.
 
     Refused: empty names, absolute paths, ``..`` or ``.`` segments, empty segments (``a//b``, a

@@ -95,7 +95,7 @@ def _http_status(exc: BaseException) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def translate_error(exc: Exception, uri: str) -> Exception:
+def translate_error(exc: Exception, uri: str) -> Exception:  # noqa: PLR0911 - one mapping per obstore error kind
     """Map an obstore/OS error to our tree (see the module docstring), by obstore's exception types.
 
     Where obstore has no type for a difference, its message decides: a missing bucket or container

@@ -28,7 +28,7 @@ __all__ = ["poll_job"]
 log = logging.getLogger("kontext_batch.pipeline")
 
 
-def poll_job(rt: Runtime, ref: str, token: int) -> None:
+def poll_job(rt: Runtime, ref: str, token: int) -> None:  # noqa: C901, PLR0911, PLR0912, PLR0915 - the poll step's outcomes side by side: one place to read what a poll answer leads to
     claimed = claim(rt, ref, token, delivered=True)
     if claimed is None:
         return

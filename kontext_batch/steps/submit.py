@@ -42,7 +42,7 @@ def build_request(rt: Runtime, spec: JobSpec, *, webhook: tuple[str, str] | None
     return KontextRequest.build(prompt=spec.prompt, **fields)
 
 
-def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> None:
+def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> None:  # noqa: C901, PLR0911, PLR0912, PLR0915 - the submit step's outcomes side by side: one place to read what a POST answer leads to
     claimed = claim(rt, ref, token, delivered=delivered)
     if claimed is None:
         return

@@ -19,6 +19,7 @@ from kontext_batch.coord.keys import split_job_ref
 from kontext_batch.coord.runs import RowStatus
 from kontext_batch.errors import KontextBatchError, StorageUnavailable
 from kontext_batch.runtime import Runtime
+from kontext_batch.steps import outcome
 from kontext_batch.steps.gallery import write_gallery
 from kontext_batch.steps.results import RESULTS_NAME, render_results
 
@@ -62,7 +63,9 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     metrics.row_finished(result, job, recorded=done is not None)
     # The manifest's id (the SKU an operator searches for), read only for the rows worth a warning.
     row_id = rt.runs.row(run_id, row).get("id") if done is not None and status != "succeeded" else None
-    logs.row_finished(ref, result, recorded=done is not None, row_id=str(row_id) if row_id else None)
+    shown_id = str(row_id) if row_id else None
+    logs.row_finished(ref, result, recorded=done is not None, row_id=shown_id)
+    outcome.note(outcome.final_line(ref, result, recorded=done is not None, row_id=shown_id))
     if done is None:
         return
     if reserved:  # once, by the step that recorded the row

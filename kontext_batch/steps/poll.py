@@ -18,6 +18,7 @@ from kontext_batch.errors import (
     RetryableError,
 )
 from kontext_batch.runtime import Runtime
+from kontext_batch.steps import outcome
 from kontext_batch.steps.complete import finish
 from kontext_batch.steps.job import backoff_s, charge_reserved, claim, end_active, key_refused, not_ours
 from kontext_batch.steps.store import store_sample
@@ -90,6 +91,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:  # noqa: C901, PLR0911,
         delay = max(0.0, planned - (time.time() - answered_at))
         if rt.jobs.handoff(ref, held, delay, polls=polls, poll_errors=0):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
+            outcome.note(f"{ref}: {res.raw_status} after {polls} poll(s); next poll in {delay:.1f} s")
         return
     # The slot is free the moment the task is terminal. Submitting the next row from this thread,
     # before our own download, saves it a trip through the broker: the cap stays fuller.

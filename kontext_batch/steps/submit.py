@@ -22,6 +22,7 @@ from kontext_batch.io.formats import request_format
 from kontext_batch.io.payload import load_image_payload
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.runtime import Runtime
+from kontext_batch.steps import outcome
 from kontext_batch.steps.complete import drain_waiting, finish
 from kontext_batch.steps.job import backoff_s, claim, end_active, key_refused, not_ours, run_stop
 
@@ -129,6 +130,7 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     )
     if pipe.execute()[-1]:
         logs.row_event(ref, "submitted", f"task {task.id} at {spec.endpoint}", task=task.id, endpoint=spec.endpoint)
+        outcome.note(f"{ref}: submitted as task {task.id} at {spec.endpoint}; first poll in {delay:.1f} s")
         rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
 
 

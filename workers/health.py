@@ -51,6 +51,7 @@ class Health:
         self._rounds: dict[str, float] = {}
         self._beat_ok_at: float | None = None
         self._draining = False
+        self._drain_reason = ""
         self._lock = threading.Lock()
 
     def round(self, loop: str) -> None:
@@ -63,10 +64,11 @@ class Health:
         with self._lock:
             self._beat_ok_at = self._clock()
 
-    def drain(self) -> None:
-        """Shutting down: not ready any more, whatever Redis says."""
+    def drain(self, reason: str = "shutting down") -> None:
+        """Shutting down, or stepping aside for newer workers: not ready any more, whatever Redis says."""
         with self._lock:
             self._draining = True
+            self._drain_reason = reason
 
     @property
     def draining(self) -> bool:
@@ -87,9 +89,9 @@ class Health:
     def ready(self) -> tuple[bool, str]:
         now = self._clock()
         with self._lock:
-            draining, beat_at = self._draining, self._beat_ok_at
+            draining, beat_at, why = self._draining, self._beat_ok_at, self._drain_reason
         if draining:
-            return False, "shutting down"
+            return False, why
         if beat_at is None:
             return False, "no heartbeat has reached Redis yet"
         if now - beat_at > TTL_S:

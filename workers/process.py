@@ -15,6 +15,10 @@ untouched (``Reject(requeue=True)``: its job was never claimed), and the steps i
 some are still running after ``KONTEXT_SHUTDOWN_GRACE_S``, the process leaves the holders' sets
 (its heartbeat goes, so the other workers' sweepers re-drive those jobs within a second, fenced by
 their tokens) and exits 0. A clean stop leaves the holders' sets too, so nothing waits for a TTL.
+
+In a rolling update across a protocol change (:mod:`kontext_batch.coord.protocol`), a worker that
+sees a newer protocol among its keys' holders steps aside the same way, but stays alive: readiness
+503, no more steps, its consumers cancelled, its keys let go; its heartbeat keeps the jobs in hand.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from redis.exceptions import RedisError
 from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.coord.holders import BEAT_S
 from kontext_batch.coord.policy import check_policy, read_memory
+from kontext_batch.coord.protocol import PROTOCOL, VERSION, describe, newer
 from kontext_batch.errors import ConfigError, RedisUnavailable
 from kontext_batch.logs import configure_logging
 from kontext_batch.metrics import MeteredTransport
@@ -136,15 +141,55 @@ _REDIS_DOWN = (RedisError, KombuOperationalError, OSError)
 
 def _heartbeat() -> None:
     # Its own thread: a slow sweep must never make this process look dead and lose its slots.
+    beats = 0
     while not _stop.wait(BEAT_S):
         health.round("heartbeat")
+        beats += 1
         try:
-            get_runtime().beat()
+            rt = get_runtime()
+            if _aside:  # alive for the jobs in hand, holding no key
+                rt.holders.beat(rt.proc_id, {})
+            else:
+                rt.beat()
+                if beats % PROTOCOL_EVERY_BEATS == 0:
+                    _step_aside_if_outdated(rt)
             health.beat_ok()
         except _REDIS_DOWN:  # the sweeper says so, once per outage; the next beat tries again
             log.debug("heartbeat: Redis unavailable", exc_info=True)
         except Exception:
             log.warning("heartbeat failed; trying again in %.0f s", BEAT_S, exc_info=True)
+
+
+#: How often (in beats) a worker looks at the protocols its keys' other holders speak.
+PROTOCOL_EVERY_BEATS = 5
+_aside = False
+_consumer: Any = None  # Celery's consumer, from worker_ready: its host name and queues
+
+
+def _step_aside_if_outdated(rt: Runtime) -> None:
+    """A rolling update has started newer workers on our keys: stop taking steps (those in hand
+    finish), stop consuming, and let go of the keys, so the newer workers take the queue over."""
+    global _aside  # noqa: PLW0603 - per-process state, set once
+    ahead = newer(rt.holders.speakers(rt.held))
+    if not ahead or _aside:
+        return
+    _aside = True
+    reason = f"stepped aside: live workers speak protocol {max(s.protocol for s in ahead)}, this one {PROTOCOL}"
+    health.drain(reason)
+    log.error(
+        "this worker runs kontext-batch %s (protocol %d); %s speak a newer protocol: it takes no more steps, "
+        "finishes the %d in hand and waits to be replaced (README: Upgrading)",
+        VERSION,
+        PROTOCOL,
+        describe(ahead),
+        steps_in_hand(),
+    )
+    rt.holders.release(rt.proc_id, rt.held)
+    if _consumer is not None:
+        queues = [q.name for q in _consumer.task_consumer.queues]
+        control = (_app or current_app).control
+        for q in queues:  # through the broker: the consumer is not ours to touch from this thread
+            control.cancel_consumer(q, destination=[_consumer.hostname], reply=False)
 
 
 def _pump() -> None:
@@ -219,7 +264,9 @@ def _json_shutdown_lines() -> None:
 
 
 @signals.worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    global _consumer  # noqa: PLW0603 - per-process state, set once
+    _consumer = sender
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     rt = get_runtime()
     for loop in ("heartbeat", "sweeper", "delays"):

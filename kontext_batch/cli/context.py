@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from kontext_batch.coord.connection import check_redis
+from kontext_batch.coord.protocol import refuse_other_protocols
 from kontext_batch.errors import ConfigError
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings, resolve_api_base
@@ -34,10 +35,12 @@ def command_settings(ctx: click.Context) -> Settings:
 
 
 def trusted(rt: Runtime) -> Runtime:
-    """``rt`` once its Redis is one to trust with runs: an evicting one is refused (ConfigError, exit 2)."""
+    """``rt`` once its Redis is one to trust with runs: an evicting one is refused (ConfigError, exit 2),
+    and so are live workers of its keys that speak another protocol (a rollout half done)."""
     from kontext_batch.workers.process import trust_redis  # noqa: PLC0415 - Celery loads only for commands that need it
 
     trust_redis(rt, say=say)
+    refuse_other_protocols(rt.holders.speakers(rt.held))
     return rt
 
 

@@ -1,7 +1,8 @@
 """Coordination in Redis: slot leases and wait lists, fenced job records, key pools, worker
 heartbeats, delayed messages, run records, budgets, the submit rate limit and the autoscaler's
 demand signal; how we connect (:mod:`~kontext_batch.coord.connection`) and whether a Redis can be
-trusted with all of it (:mod:`~kontext_batch.coord.policy`, which writes no key).
+trusted with all of it (:mod:`~kontext_batch.coord.policy`, which writes no key), and which protocol
+each process speaks (:mod:`~kontext_batch.coord.protocol`).
 
 Every key the system keeps is below, named by :class:`~kontext_batch.coord.keys.Keys` (all but
 ``metrics-exporter``). Each starts with the namespace ``kb``: no setting changes it (``Keys(ns)``
@@ -19,7 +20,8 @@ key                          type    TTL    holds
 {ns}:keys-out                hash    -      key fingerprint -> why the API refused it (401/403/402)
 {ns}:watch                   zset    -      job refs in flight (granted..stored); score: deadline ms
 {ns}:job:{run}:{row}         hash    -      one in-flight job (fields below); deleted when its row is final
-{ns}:proc:{proc}             string  5 s    a live worker process's heartbeat: JSON caps of its keys
+{ns}:proc:{proc}             string  5 s    a live worker process's heartbeat: JSON version, protocol, and the
+                                            caps of its keys (``keys``)
 {ns}:holders:{fp}            zset    -      processes holding the key; score: heartbeat expiry ms
 {ns}:key-caps                hash    -      key fingerprint -> the caps its holders last announced (JSON)
 {ns}:delayed                 zset    -      task messages not due yet, JSON [kind, ref, token, fp]; score: due ms

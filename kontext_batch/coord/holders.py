@@ -22,6 +22,7 @@ from typing import Final
 import redis
 
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.protocol import PROTOCOL, VERSION, Speaker, speaker_of
 from kontext_batch.coord.redisio import decode
 
 __all__ = ["BEAT_S", "TTL_S", "Holders", "KeyCaps", "new_process_id"]
@@ -57,12 +58,14 @@ class Holders:
         self._lock = threading.Lock()
 
     def beat(self, proc: str, held: Mapping[str, KeyCaps]) -> None:
-        """Say that ``proc`` is alive and holds these keys (fingerprint -> caps), for the next TTL_S."""
+        """Say that ``proc`` is alive and holds these keys (fingerprint -> caps), for the next TTL_S,
+        and which version and protocol it speaks (:mod:`~kontext_batch.coord.protocol`)."""
         now_ms = int(time.time() * 1000)
         exp = now_ms + int(TTL_S * 1000)
         doc = {fp: {"total": c.total, "caps": dict(c.per_endpoint)} for fp, c in held.items()}
+        beat = {"version": VERSION, "protocol": PROTOCOL, "keys": doc}
         pipe = self.r.pipeline(transaction=False)
-        pipe.set(self.keys.proc(proc), json.dumps(doc), px=int(TTL_S * 1000))
+        pipe.set(self.keys.proc(proc), json.dumps(beat), px=int(TTL_S * 1000))
         for fp in held:
             pipe.zadd(self.keys.holders(fp), {proc: exp})
             pipe.zremrangebyscore(self.keys.holders(fp), "-inf", now_ms)
@@ -76,6 +79,29 @@ class Holders:
         for fp in fps:
             pipe.zrem(self.keys.holders(fp), proc)
         pipe.execute()
+
+    def speakers(self, fps: Iterable[str]) -> list[Speaker]:
+        """The live processes holding any of ``fps``, with the version and protocol each speaks."""
+        now_ms = int(time.time() * 1000)
+        pipe = self.r.pipeline(transaction=False)
+        for fp in dict.fromkeys(fps):
+            pipe.zrangebyscore(self.keys.holders(fp), now_ms, "+inf")
+        procs = sorted({decode(p) for found in pipe.execute() for p in found})
+        if not procs:
+            return []
+        docs = self.r.mget([self.keys.proc(p) for p in procs])
+        # A holder whose heartbeat key is gone stopped within the last TTL_S: not live.
+        return [speaker_of(p, json.loads(decode(d))) for p, d in zip(procs, docs, strict=True) if d]
+
+    def release(self, proc: str, fps: Iterable[str]) -> None:
+        """``proc`` lets go of its keys but stays alive: its jobs in hand stay with it, and no new
+        row waits for it (a worker stepping aside for a newer protocol)."""
+        pipe = self.r.pipeline(transaction=False)
+        for fp in fps:
+            pipe.zrem(self.keys.holders(fp), proc)
+        pipe.execute()
+        with self._lock:
+            self._cache.clear()
 
     def live_keys(self, fps: Iterable[str]) -> dict[str, KeyCaps]:
         """Of ``fps``, those some live process holds now, with the caps its holder announced.

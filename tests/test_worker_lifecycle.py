@@ -186,3 +186,62 @@ def test_sigterm_mid_run_hands_back_its_work_and_exits_0(
     log = (tmp_path / "logs" / "worker-0.log").read_text(encoding="utf-8", errors="replace")
     assert "shutdown: finishing" in log
     assert "still running" not in log
+
+
+@pytest.mark.e2e
+def test_sigterm_with_steps_past_the_grace_hands_them_back_and_exits_0(redis_url: str, tmp_path: Path) -> None:
+    """Half the API's answers stall for longer than the grace: the SIGTERM'd worker cannot finish the
+    steps it is stuck in, so it leaves the holders' sets and exits 0 once the grace is up, and the
+    other worker re-drives those jobs (fenced): every row succeeds once, and an extra API task exists
+    only where a row is flagged possible_duplicate."""
+    cfg = EmulatorConfig(
+        latency={"*": LatencySpec.fixed(0.3)}, api_keys=(KEY,), seed=9, faults={"timeout": 0.5}, timeout_fault_s=60
+    )
+    with Emulator(cfg) as emu:
+        s = fast_settings(
+            emu.base_url,
+            redis_url,
+            api_key=KEY,
+            retry_base_s=0.05,
+            retry_max_s=0.5,
+            http_timeout_s=6.0,
+            shutdown_grace_s=2.0,
+        )
+        with WorkerPool(s, n=2, concurrency=8, loglevel="INFO", log_dir=tmp_path / "logs") as pool:
+            r = redis.Redis.from_url(redis_url)
+            _wait(lambda: len(_procs(r)) == 2, 60, "two heartbeats")
+            rows = [{"id": f"g{i}", "prompt": f"product {i} on white", "output_format": "png"} for i in range(1, 25)]
+            manifest = write_csv(tmp_path / "m.csv", ["id", "prompt", "output_format"], rows)
+            out = tmp_path / "out"
+            env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")} | s.to_env()
+            run = subprocess.Popen(
+                [sys.executable, "-m", "kontext_batch", "run", str(manifest), "--output", str(out), "--wait"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            # Both workers have stalled requests in hand: each one stalls a request in two.
+            _wait(lambda: emu.stats(tasks=False)["faults_injected"].get("timeout", 0) >= 8, 120, "stalled requests")
+            before = _procs(r)
+            victim = pool.procs[0]
+            sent = time.monotonic()
+            victim.send_signal(signal.SIGTERM)
+            code = victim.wait(s.shutdown_grace_s + 30)
+            took = time.monotonic() - sent
+            gone = before - _procs(r)
+            _, err = run.communicate(timeout=400)
+            created = emu.stats(tasks=False)["tasks_created"]
+    print(f"SIGTERM past the grace ({s.shutdown_grace_s:.0f} s): exit {code} after {took:.2f} s")
+    assert code == 0
+    assert took >= s.shutdown_grace_s  # it waited for the steps in hand first
+    assert len(gone) == 1
+    log = (tmp_path / "logs" / "worker-0.log").read_text(encoding="utf-8", errors="replace")
+    assert "still running 2 s after the shutdown began" in log
+    assert run.returncode == 0, err
+    results = read_results((out / "results.csv").read_bytes())
+    assert sorted(res["id"] for res in results) == sorted(str(row["id"]) for row in rows)
+    assert [res["status"] for res in results] == ["succeeded"] * len(rows)
+    flagged = sum(res["possible_duplicate"] == "1" for res in results)
+    print(f"{created - len(rows)} extra API task(s), {flagged} row(s) flagged possible_duplicate")
+    assert created - len(rows) <= flagged

@@ -87,7 +87,9 @@ class Runtime:
         s = self.settings
         self.pools = Pools(self.redis, self.keys)
         self.slots = Slots(self.redis, self.keys, lease_s=s.lease_s, grace_s=s.step_grace_s)
-        self.jobs = Jobs(self.redis, self.keys, lease_s=s.lease_s, grace_s=s.step_grace_s)
+        self.jobs = Jobs(
+            self.redis, self.keys, lease_s=s.lease_s, grace_s=s.step_grace_s, step_deadline_s=s.step_deadline_s
+        )
         self.runs = RunStore(self.redis, self.keys)
         self.holders = Holders(self.redis, self.keys)
         self.budget = Budget(self.redis, self.keys)

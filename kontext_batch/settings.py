@@ -182,6 +182,8 @@ class Settings:
     retry_max_s: float = 30.0
     lease_s: float = 90.0
     step_grace_s: float = 15.0
+    #: Longest a step may hold its job, however alive its worker: past it the job is re-driven.
+    step_deadline_s: float = 600.0
     task_deadline_s: float = 300.0
     stall_warn_s: float = 300.0
     shutdown_grace_s: float = 25.0
@@ -247,6 +249,7 @@ class Settings:
             retry_max_s=num("KONTEXT_RETRY_MAX_S", d.retry_max_s),
             lease_s=num("KONTEXT_LEASE_S", d.lease_s, minimum=1.0),
             step_grace_s=num("KONTEXT_STEP_GRACE_S", d.step_grace_s, minimum=1.0),
+            step_deadline_s=num("KONTEXT_STEP_DEADLINE_S", d.step_deadline_s, minimum=1.0),
             task_deadline_s=num("KONTEXT_TASK_DEADLINE_S", d.task_deadline_s, minimum=1.0),
             stall_warn_s=num("KONTEXT_STALL_WARN_S", d.stall_warn_s, minimum=1.0),
             shutdown_grace_s=num("KONTEXT_SHUTDOWN_GRACE_S", d.shutdown_grace_s),

@@ -2,6 +2,8 @@
 
 ``cut()`` closes every open connection and refuses new ones (a listener that accepts and closes at
 once, as a partitioned host's firewall RST would); ``restore()`` lets connections through again.
+``lose_next_reply()`` lets the next command reach the server and drops the connection instead of
+its reply: a server that ran a command and went away before answering it (a restart).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._open = threading.Event()
         self._open.set()
+        self._lose_reply = threading.Event()
+        self.replies_lost = 0
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -46,6 +50,9 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._open.set()
+
+    def lose_next_reply(self) -> None:
+        self._lose_reply.set()
 
     def _close_all(self) -> None:
         with self._lock:
@@ -92,6 +99,10 @@ class TcpProxy:
                         continue
                     if not data:
                         return
+                    if src is b and self._lose_reply.is_set():
+                        self._lose_reply.clear()
+                        self.replies_lost += 1
+                        return  # both sockets close in the finally: the command ran, its reply is gone
                     peer[src].setblocking(True)
                     peer[src].sendall(data)
                     peer[src].setblocking(False)

@@ -10,6 +10,8 @@ from kontext_batch.coord.holders import Holders, KeyCaps
 from kontext_batch.coord.jobs import Jobs
 from kontext_batch.coord.keys import Keys, slot_id
 from kontext_batch.coord.slots import KeySlot, Slots
+from kontext_batch.runtime import connect_redis
+from tests.tcp_proxy import TcpProxy
 
 MAX = "flux-kontext-max"
 ACCT = KeySlot("acct", 6, 24)  # on MAX
@@ -94,3 +96,53 @@ def test_requeue_puts_the_job_first_in_line(redis_client: redis.Redis) -> None:
     j.requeue("run:2", "acct", MAX, slot_id("acct", MAX), possible_duplicate=1)
     assert [x.ref for x in s.dispatch("acct", MAX, [ACCT])] == ["run:2"]
     assert j.fields("run:2", "possible_duplicate") == {"possible_duplicate": "1"}
+
+
+def test_a_claim_whose_reply_was_lost_gets_the_job_when_redis_py_sends_it_again(redis_client: redis.Redis) -> None:
+    # Redis ran the claim and went away before answering (a restart, as in the fault suite): the
+    # client reconnects and sends the same call again. Refused as stale, the job would stay busy
+    # for a live holder with no step at work on it, and its run would never end.
+    s, j = make(redis_client)
+    s.enqueue("acct", MAX, ["run:1"])
+    (grant,) = s.dispatch("acct", MAX, [ACCT])
+    kw = redis_client.connection_pool.connection_kwargs
+    with TcpProxy(kw.get("host", "127.0.0.1"), kw.get("port", 6379)) as proxy:
+        through = connect_redis(proxy.url(db=kw.get("db", 0)))
+        jobs = Jobs(through, KEYS, lease_s=30)
+        assert through.ping()
+        proxy.lose_next_reply()
+        job = jobs.claim("run:1", grant.token, "proc-1")
+        through.close()
+    assert proxy.replies_lost == 1
+    assert job is not None
+    assert int(job["step"]) == grant.token + 1  # taken once, not bumped by the second sending
+    assert j.claim("run:1", grant.token, "proc-2") is None  # another delivery of the message is still stale
+
+
+def test_a_busy_job_of_a_live_holder_is_re_driven_once_its_step_passes_its_deadline(
+    redis_client: redis.Redis,
+) -> None:
+    # The step's message was lost (or the step died in an exception) after it claimed the job, and
+    # its process beats on: its heartbeat must not keep the job for ever.
+    s = Slots(redis_client, KEYS, lease_s=30, grace_s=30)
+    j = Jobs(redis_client, KEYS, lease_s=30, grace_s=30, hold_s=0.1, step_deadline_s=0.6)
+    holders = Holders(redis_client, KEYS)
+    holders.beat("alive", {"acct": KeyCaps(24, {})})
+    s.enqueue("acct", MAX, ["run:1"])
+    (grant,) = s.dispatch("acct", MAX, [ACCT])
+    job = j.claim("run:1", grant.token, "alive")
+    assert job is not None
+    assert int(job["busy_until"]) - int(time.time() * 1000) <= 600
+    stale = []
+    while not stale:  # within its deadline, the live holder keeps it; then it is handed out
+        before = time.time()
+        holders.beat("alive", {"acct": KeyCaps(24, {})})
+        stale = j.claim_expired()
+        if not stale:
+            assert before * 1000 < int(job["busy_until"]), "past its deadline and still kept"
+            time.sleep(0.05)
+    (late,) = stale
+    assert (late.ref, late.late, late.state) == ("run:1", True, "granted")
+    assert time.time() * 1000 >= int(job["busy_until"])
+    assert not j.update("run:1", job["step"], state="submitting")  # the late step is fenced out
+    assert j.claim_expired() == []  # handed out once

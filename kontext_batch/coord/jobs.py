@@ -5,12 +5,20 @@ script writes the job's first token, state, slot id and pool) and ends when its 
 (:meth:`Jobs.retire`). The hash keeps the slot id in its field ``gate``; its leases are renewed
 from there.
 
-Liveness, not a clock, decides when a job is abandoned. Each step claims the job for its process
-(``holder``, ``busy``); while that process beats (:mod:`~kontext_batch.coord.holders`), the sweeper only
-extends the job's watch, however slow the API is. A step that ends hands the job on (``busy`` off)
-with a deadline: when its next step is due, plus a grace for queueing. A job whose holder died, or
-whose next message is overdue past that grace (lost with a killed worker), is re-driven. Leases
-also carry an expiry, but only as a guard against leaks: the sweeper renews them while jobs live.
+Liveness decides when a job is abandoned, and a step's own deadline bounds it. Each step claims
+the job for its process (``holder``, ``busy``) until ``busy_until``, the claim time plus the step
+deadline (``KONTEXT_STEP_DEADLINE_S``: longer than any step takes: one API call, its image fetches,
+one sample download and upload). While that process beats (:mod:`~kontext_batch.coord.holders`) and
+the deadline is ahead, the sweeper only extends the job's watch, however slow the API is. A step
+that ends hands the job on (``busy`` off) with a deadline: when its next step is due, plus a grace
+for queueing. A job whose holder died, whose step passed its deadline (a step hung, or one that
+died in an exception and never handed the job on), or whose next message is overdue past that
+grace (lost with a killed worker), is re-driven. Leases also carry an expiry, but only as a guard
+against leaks: the sweeper renews them while jobs live.
+
+A claim carries an id of its own: when Redis restarts between running a claim and answering it,
+redis-py sends the same call again, and the claim that already took the job gets it again instead
+of being refused as stale (which left the job busy for a live holder, with no step at work on it).
 
 Every in-flight job carries a fencing token, ``step``: each task message holds the token it was
 sent with and proceeds only if the job's token still matches (then bumps it). Every later write of
@@ -20,6 +28,7 @@ step that outlived its holder's heartbeat, changes nothing.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -50,26 +59,36 @@ class Grant:
 
 @dataclass(frozen=True)
 class StaleJob:
-    """An in-flight job whose holder died or whose next message is overdue: re-drive it with ``token``."""
+    """An in-flight job whose holder died, whose step passed its deadline (``late``), or whose next
+    message is overdue: re-drive it with ``token``."""
 
     ref: str
     token: int
     state: str
     slot_id: str
     pool_id: str
+    late: bool = False
 
 
 class Jobs:
     """Claims, fenced writes, hand-offs and re-drives of in-flight jobs in Redis. Safe to share between threads."""
 
     def __init__(
-        self, r: redis.Redis, keys: Keys, *, lease_s: float, grace_s: float = 15.0, hold_s: float = 1.0
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        *,
+        lease_s: float,
+        grace_s: float = 15.0,
+        hold_s: float = 1.0,
+        step_deadline_s: float = 600.0,
     ) -> None:
         self.r = r
         self.keys = keys
         self.lease_ms = int(lease_s * 1000)
         self.grace_ms = int(grace_s * 1000)
         self.hold_ms = int(hold_s * 1000)
+        self.step_deadline_ms = int(step_deadline_s * 1000)
         self._claim = r.register_script(_CLAIM)
         self._update = r.register_script(_UPDATE)
         self._claim_expired = r.register_script(_CLAIM_EXPIRED)
@@ -99,6 +118,8 @@ class Jobs:
             self.keys.lease_total(""),
             now + self.lease_ms,
             holder,
+            uuid.uuid4().hex,
+            now + self.step_deadline_ms,
         ]
 
     @staticmethod
@@ -173,7 +194,8 @@ class Jobs:
 
     def claim_expired(self, *, limit: int = 100) -> list[StaleJob]:
         """Jobs to re-drive, each with a fresh token (their old messages become stale). Jobs whose
-        holder is alive and busy are not among them: their watch and leases are extended instead."""
+        holder is alive and busy, within their step's deadline, are not among them: their watch and
+        leases are extended instead."""
         now = now_ms()
         flat = self._claim_expired(
             keys=[self.keys.watch],
@@ -188,8 +210,15 @@ class Jobs:
             ],
         )
         return [
-            StaleJob(decode(flat[i]), int(flat[i + 1]), decode(flat[i + 2]), decode(flat[i + 3]), decode(flat[i + 4]))
-            for i in range(0, len(flat), 5)
+            StaleJob(
+                decode(flat[i]),
+                int(flat[i + 1]),
+                decode(flat[i + 2]),
+                decode(flat[i + 3]),
+                decode(flat[i + 4]),
+                late=decode(flat[i + 5]) == "deadline",
+            )
+            for i in range(0, len(flat), 6)
         ]
 
     def webhook_arrived(self, ref: str, task_id: str, result_json: str) -> Grant | None:

@@ -69,7 +69,11 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         return
     attempts = int(job.get("attempts", 0)) + 1
     # The reservation is on the job before the POST: a re-drive of a dead submit can account for it.
-    rt.jobs.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price)
+    if not rt.jobs.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price):
+        # Re-driven meanwhile (this step passed its deadline): the job is another step's now, and
+        # a POST from here would be a second, unflagged task.
+        rt.budget.settle(run_id, price, 0)
+        return
     job.update(attempts=str(attempts), key=fp, reserved=str(price))
     try:
         request = build_request(rt, spec, webhook=_webhook_for(meta, ref))

@@ -24,7 +24,8 @@ log = logging.getLogger("kontext_batch.pipeline")
 
 
 def redrive(rt: Runtime, stale: StaleJob) -> None:
-    """Send again a job whose holder died, or whose next message is overdue (lost with a killed worker)."""
+    """Send again a job whose holder died, whose step passed its deadline, or whose next message is
+    overdue (lost with a killed worker)."""
     if not stale.slot_id or not stale.pool_id:
         return
     run_id, row = split_job_ref(stale.ref)
@@ -50,7 +51,10 @@ def redrive(rt: Runtime, stale: StaleJob) -> None:
             extra["reserved"] = 0
         rt.jobs.requeue(stale.ref, stale.pool_id, endpoint, stale.slot_id, **extra)
         dispatch(rt, stale.pool_id, endpoint)
-    logs.row_event(stale.ref, "re-driven", f"was {stale.state or 'unknown'}", level=logging.WARNING)
+    why = f"was {stale.state or 'unknown'}"
+    if stale.late:
+        why += f"; its step held it past KONTEXT_STEP_DEADLINE_S ({rt.settings.step_deadline_s:g} s)"
+    logs.row_event(stale.ref, "re-driven", why, level=logging.WARNING)
 
 
 def sweep(rt: Runtime) -> int:

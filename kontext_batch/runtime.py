@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from kontext_batch.api._http import TransportWrapper
 from kontext_batch.api.provider import KontextProvider, make_provider, output_formats_of
+from kontext_batch.coord.address import make_client
 from kontext_batch.coord.budget import Budget
 from kontext_batch.coord.connection import tls_options
 from kontext_batch.coord.holders import Holders, KeyCaps, new_process_id
@@ -55,7 +56,7 @@ def connect_redis(url: str, *, tls: Mapping[str, Any] | None = None) -> redis.Re
     retries a wrong password too (it is a ConnectionError), so callers that must fail fast check
     first with :func:`kontext_batch.coord.connection.check_redis`.
     """
-    return redis.Redis.from_url(
+    return make_client(
         url,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],

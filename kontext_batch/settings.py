@@ -55,8 +55,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from kontext_batch.coord.address import display, parse_sentinel
 from kontext_batch.errors import ConfigError
 from kontext_batch.secret import Secret
 
@@ -228,13 +229,16 @@ class Settings:
         log_format = env.get("KONTEXT_LOG_FORMAT", d.log_format).strip().lower() or d.log_format
         if log_format not in ("text", "json"):
             raise ConfigError(f"KONTEXT_LOG_FORMAT must be text or json, got {log_format!r}")
+        redis_url = env.get("KONTEXT_REDIS_URL") or None
+        if redis_url:
+            parse_sentinel(redis_url)  # a malformed Sentinel URL is named here, not at first use
         return cls(
             api_key=Secret(env.get("KONTEXT_API_KEY", "").strip()),
             api_keys=parse_api_keys(env.get("KONTEXT_API_KEYS", "")),
             budget_credits=num("KONTEXT_BUDGET", 0.0) if env.get("KONTEXT_BUDGET", "").strip() else None,
             api_base=resolve_api_base(env.get("KONTEXT_API_BASE", d.api_base)),
             provider=provider,
-            redis_url=env.get("KONTEXT_REDIS_URL") or None,
+            redis_url=redis_url,
             redis_ca=env.get("KONTEXT_REDIS_CA") or None,
             redis_cert=env.get("KONTEXT_REDIS_CERT") or None,
             redis_key=env.get("KONTEXT_REDIS_KEY") or None,
@@ -300,11 +304,7 @@ class Settings:
     @property
     def redis_display(self) -> str:
         """The Redis URL without any password, for messages."""
-        parts = urlsplit(self.effective_redis_url)
-        if parts.password is None:
-            return self.effective_redis_url
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        return display(self.effective_redis_url)
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["Transport"]
+__all__ = ["SentinelTransport", "Transport"]
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
@@ -51,3 +51,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """The same repairs over kombu's Sentinel channel (``redis+sentinel://``: coord/address.py)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = SentinelChannel

@@ -17,6 +17,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from kontext_batch.coord.address import parse_sentinel
 from kontext_batch.coord.connection import tls_options
 from kontext_batch.settings import Settings
 from kontext_batch.workers.queues import ALL_QUEUES, POLL_QUEUE, POLL_TASK, SUBMIT_QUEUE, SUBMIT_TASK, key_queues
@@ -27,13 +28,23 @@ __all__ = ["configure"]
 def configure(app: Celery, settings: Settings) -> Celery:
     """Point ``app`` at the settings' Redis and apply the worker defaults above; returns it."""
     held_queues = [q for k in settings.held_keys for q in key_queues(k.fingerprint)]
+    url, transport = settings.effective_redis_url, "kontext_batch.workers.broker:Transport"
+    options: dict[str, object] = {"visibility_timeout": 3600, "socket_keepalive": True, "socket_connect_timeout": 5}
+    group = parse_sentinel(url)
+    if group is not None:
+        # kombu's Sentinel transport (with our repairs) asks the sentinels for the master, as the
+        # state connection does (coord/address.py), and follows it through a failover.
+        url, transport = group.broker_url(), "kontext_batch.workers.broker:SentinelTransport"
+        options["master_name"] = group.master
+        if group.tls:
+            options["sentinel_kwargs"] = {"ssl": True, **tls_options(settings)}
     app.conf.update(
-        broker_url=settings.effective_redis_url,
-        broker_transport="kontext_batch.workers.broker:Transport",
+        broker_url=url,
+        broker_transport=transport,
         broker_connection_retry_on_startup=True,
         # A worker outlives a Redis outage of any length (Celery's default gives up after 100 tries).
         broker_connection_max_retries=None,
-        broker_transport_options={"visibility_timeout": 3600, "socket_keepalive": True, "socket_connect_timeout": 5},
+        broker_transport_options=options,
         # Same TLS options as the state connection; without them our transport would speak plain
         # text to a rediss:// URL (kombu only adds TLS for the scheme when it picks the transport).
         broker_use_ssl=tls_options(settings) or False,

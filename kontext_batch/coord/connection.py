@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import redis
 from redis import exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
+from kontext_batch.coord.address import is_tls, make_client, parse_sentinel
 from kontext_batch.errors import ConfigError, RedisUnavailable
 from kontext_batch.settings import Settings
 
@@ -41,10 +42,12 @@ def tls_options(settings: Settings) -> dict[str, Any]:
         "KONTEXT_REDIS_CERT": settings.redis_cert,
         "KONTEXT_REDIS_KEY": settings.redis_key,
     }
-    if urlsplit(settings.effective_redis_url).scheme != "rediss":
+    if not is_tls(settings.effective_redis_url):
         named = [name for name, value in files.items() if value]
         if named:
-            raise ConfigError(f"{', '.join(named)} is set but KONTEXT_REDIS_URL is not rediss:// (TLS)")
+            raise ConfigError(
+                f"{', '.join(named)} is set but KONTEXT_REDIS_URL is not rediss:// or rediss+sentinel:// (TLS)"
+            )
         return {}
     for name, value in files.items():
         if value and not Path(value).is_file():
@@ -63,7 +66,7 @@ def tls_options(settings: Settings) -> dict[str, Any]:
 
 def check_redis(settings: Settings, *, timeout_s: float = CHECK_TIMEOUT_S) -> None:
     """One PING, without retries. Raises RedisUnavailable (or ConfigError for bad TLS settings)."""
-    client = redis.Redis.from_url(
+    client = make_client(
         settings.effective_redis_url,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
@@ -94,13 +97,21 @@ def _find(chain: list[BaseException], kind: type[BaseException]) -> BaseExceptio
 def explain(exc: BaseException, settings: Settings) -> RedisUnavailable:  # noqa: C901, PLR0911 - one sentence per way a Redis connection fails
     """The one-line :class:`RedisUnavailable` for any error met while talking to the settings' Redis."""
     where = settings.redis_display
-    tls = urlsplit(settings.effective_redis_url).scheme == "rediss"
-    has_password = urlsplit(settings.effective_redis_url).password is not None
+    url = settings.effective_redis_url
+    tls = is_tls(url)
+    group = parse_sentinel(url)
+    has_password = (group.password if group else urlsplit(url).password) is not None
     chain = _chain(exc)
     text = " ".join(str(e) for e in chain).lower()
 
     def out(message: str) -> RedisUnavailable:
         return RedisUnavailable(message, redis=where)
+
+    if group is not None and _find(chain, MasterNotFoundError) is not None:
+        return out(
+            f"no sentinel at {where} answered with a master named {group.master!r}: "
+            "check the sentinel addresses and the master name in KONTEXT_REDIS_URL"
+        )
 
     if _find(chain, rx.AuthenticationError) is not None:
         if has_password:

@@ -148,7 +148,30 @@ def fail_lost(rt: Runtime, run_id: str, what: str) -> None:
     reason = f"{RunStateLost.REASON}: {what}"
     log.error("run %s failed: %s", run_id, reason)
     drain_waiting(rt, run_id, "failed", reason)
+    dropped = _drop_stuck_jobs(rt, run_id)
+    if dropped:
+        log.warning("run %s: %d job(s) in flight dropped: their spec or output is gone with the run", run_id, dropped)
     _ended(rt, run_id, "failed", "")
+
+
+def _drop_stuck_jobs(rt: Runtime, run_id: str) -> int:
+    """Forget the run's jobs in flight when no step of theirs can run any more (the rows hash or the
+    output went with the run): their steps fail for good, and a busy job of a live worker would hold
+    its slot for ever. A job without an API task gives its slot back; one with a task keeps it until
+    its lease lapses (as ``cancel`` does), so the account's cap is not passed meanwhile. Jobs that
+    can still finish (only counters lost) are left to store the outputs that were paid for."""
+    meta = rt.runs.meta(run_id)
+    if meta.get("output") and rt.runs.rows_written(run_id) >= int(meta.get("total") or 0) > 0:
+        return 0
+    n = 0
+    for key in rt.redis.scan_iter(match=f"{rt.keys.job_prefix}{run_id}:*", count=1000):
+        ref = key.decode().removeprefix(rt.keys.job_prefix) if isinstance(key, bytes) else str(key)
+        job = rt.jobs.fields(ref, "gate", "state")
+        if job.get("gate") and job.get("state") in ("granted", "queued"):
+            rt.slots.release(job["gate"], ref)
+        rt.jobs.retire(ref)
+        n += 1
+    return n
 
 
 def fail_lost_runs(rt: Runtime) -> int:

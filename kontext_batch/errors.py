@@ -25,7 +25,8 @@
     │   ├── ConfigError            settings that cannot work
     │   │   └── KeyNotHeld         a job's key is not one this process holds
     │   ├── OverBudget             a run's estimate is over its budget: nothing was queued
-    │   └── OutputInUse            another unfinished run writes to the same output
+    │   ├── OutputInUse            another unfinished run writes to the same output
+    │   └── RunStateLost           a run's keys vanished from Redis (evicted or flushed): it failed
     ├── Interrupted                a stop was asked (Ctrl-C, SIGTERM) and honoured between two steps
     └── ApiError                   mixin: ``status_code`` and ``detail`` of an API answer; the
                                    classes marked * inherit it beside their branch
@@ -64,6 +65,7 @@ __all__ = [
     "RequestInvalid",
     "RetryableError",
     "RowError",
+    "RunStateLost",
     "SampleExpired",
     "ServerError",
     "StorageError",
@@ -314,6 +316,23 @@ class OutputInUse(PermanentError):
         super().__init__(f"run {run_id} is still writing to {output}; wait for it, cancel it, or use --force")
         self.output = output
         self.run_id = run_id
+
+
+class RunStateLost(PermanentError):
+    """Raised when a run's state is no longer whole in Redis (its metadata, rows, results or counters
+    gone: evicted by a ``maxmemory`` policy, or flushed): nothing it says can be trusted, so the run
+    has failed and no results.csv is written from it. ``what`` names the part found missing.
+
+    The message carries :data:`RunStateLost.REASON`, the line ``status``, ``results`` and the run's
+    end show, and the run's ``stopped_reason`` records.
+    """
+
+    REASON = "run state lost from Redis (evicted or flushed?)"
+
+    def __init__(self, run_id: str, what: str) -> None:
+        super().__init__(f"run {run_id}: {self.REASON}: {what}")
+        self.run_id = run_id
+        self.what = what
 
 
 class Interrupted(KontextBatchError):

@@ -18,13 +18,13 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from kontext_batch.cli.context import command_settings, need_key, need_run, runtime, say, settings_used, trusted
-from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_USAGE
+from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_STOPPED, EXIT_USAGE
 from kontext_batch.cli.options import INPUTS_ROOT, MAX_FAILURES, MODEL, TIMEOUT
 from kontext_batch.cli.render import report_doc, status_lines, view_doc
 from kontext_batch.cli.serve import webhooks_command, worker
 from kontext_batch.cli.watch import follow_run, private_stack, submit_and_follow
 from kontext_batch.coord.connection import explain
-from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError
+from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, RunStateLost
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.run.control import cancel_run, retry_run
@@ -186,7 +186,7 @@ def run(
 def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) -> None:
     """Show one run's progress, or list recent runs."""
     rt = runtime(command_settings(ctx))
-    if run_id:
+    if run_id and not rt.runs.known(run_id):  # a listed run whose metadata went shows as lost
         need_run(rt, run_id)
     ids = [run_id] if run_id else rt.runs.list_runs(limit)
     views = [view_run(rt, i) for i in ids]
@@ -212,16 +212,28 @@ def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) ->
 )
 @click.pass_context
 def results(ctx: click.Context, run_id: str, out: str | None) -> None:
-    """Print a run's results CSV (rows not final yet show status `pending`)."""
+    """Print a run's results CSV (rows not final yet show status `pending`); exit 3, writing nothing,
+    for a run whose state Redis lost."""
 
     rt = runtime(command_settings(ctx))
-    need_run(rt, run_id)
-    if out:
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            render_results(rt.runs, run_id, fh)
-        say(out)
-    else:
-        render_results(rt.runs, run_id, sys.stdout)
+    if not rt.runs.known(run_id):
+        need_run(rt, run_id)
+    try:
+        if out:
+            # Beside it first: a run lost while it is read out leaves no file that looks complete.
+            part = Path(f"{out}.part")
+            try:
+                with part.open("w", newline="", encoding="utf-8") as fh:
+                    render_results(rt.runs, run_id, fh)
+                part.replace(out)
+            finally:
+                part.unlink(missing_ok=True)
+            say(out)
+        else:
+            render_results(rt.runs, run_id, sys.stdout)
+    except RunStateLost as exc:
+        say(f"error: {exc}; results not written")
+        sys.exit(EXIT_STOPPED)
 
 
 @cli.command()

@@ -2,7 +2,7 @@
 
 0 every row succeeded (or was skipped); 1 rows failed beyond the allowed threshold; 2 bad usage,
 settings or manifest (nothing was queued); 3 the run stopped (out of credits, key refused, or
-cancelled); 130 interrupted.
+cancelled) or its state was lost from Redis (``results`` of such a run too); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,4 +20,5 @@ EXIT_CODES: Final = {
     "rows_failed": EXIT_FAILED_ROWS,
     "stopped": EXIT_STOPPED,
     "timed_out": EXIT_STOPPED,
+    "lost": EXIT_STOPPED,
 }

@@ -1,6 +1,8 @@
 """What ``status``, ``validate`` and a queued run print: text lines and their JSON documents.
 
-The progress of a followed run and its end-of-run account are :mod:`kontext_batch.cli.progress`.
+The progress of a followed run and its end-of-run account are :mod:`kontext_batch.cli.progress`,
+but for a run whose state Redis lost (:func:`lost_lines`, :func:`lost_doc`): it shows the reason and
+no counts, since rows it no longer holds would read as pending and counters as done.
 """
 
 from __future__ import annotations
@@ -8,16 +10,31 @@ from __future__ import annotations
 import time
 
 from kontext_batch.cli.progress import hms
+from kontext_batch.coord.budget import Spend
+from kontext_batch.coord.runs import RunInfo
 from kontext_batch.manifest.validate import ValidationReport, render_report
 from kontext_batch.run.enqueue import QueuedRun
 from kontext_batch.run.view import RunView
 
-__all__ = ["cost_block", "credits", "queued_doc", "report_doc", "started", "status_lines", "took", "view_doc"]
+__all__ = [
+    "cost_block",
+    "credits",
+    "lost_doc",
+    "lost_lines",
+    "queued_doc",
+    "report_doc",
+    "started",
+    "status_lines",
+    "took",
+    "view_doc",
+]
 
 
 def status_lines(v: RunView) -> list[str]:
     """One run in ``status``: its counts, when it started, what it spent, its keys while it runs."""
     i = v.info
+    if i.lost:
+        return lost_lines(i, v.spend)
     counts = " ".join(f"{k}={n}" for k, n in sorted(i.counts.items()))
     lines = [
         f"{i.id}  {i.status:<10} {i.ndone}/{i.total}  {counts}",
@@ -33,6 +50,37 @@ def status_lines(v: RunView) -> list[str]:
     if i.meta.get("results_uri"):
         lines.append(f"    results: {i.meta['results_uri']}")
     return lines
+
+
+def lost_lines(i: RunInfo, spend: Spend) -> list[str]:
+    """A run whose state Redis lost, in ``status`` and at the end of ``--wait``: the reason, no counts."""
+    lines = [f"{i.id}  failed     {i.lost_reason}"]
+    if i.meta.get("created_at"):
+        lines.append(f"    started {started(i.meta)}; manifest {i.meta.get('manifest', '?')}")
+    lines.append(f"    credits: {spend.spent:g} spent (as far as Redis still knows)")
+    if i.meta.get("output"):
+        lines.append(f"    outputs: {i.meta['output']}")
+    lines.append("    results: not written (the run's rows and results are no longer all in Redis)")
+    return lines
+
+
+def lost_doc(i: RunInfo, spend: Spend, *, event: str | None = None) -> dict[str, object]:
+    """The JSON of a lost run: ``status --json``, or ``run --json``'s outcome event (``event``)."""
+    doc: dict[str, object] = {} if event is None else {"event": event}
+    doc.update(
+        run_id=i.id,
+        status="failed",
+        outcome="lost",
+        lost=i.lost_reason,
+        stopped=i.lost_reason,
+        total=i.total or None,
+        done=None,
+        counts={},
+        results=None,
+        output=i.meta.get("output"),
+        credits_spent=spend.spent,
+    )
+    return doc
 
 
 def started(meta: dict[str, str]) -> str:
@@ -60,6 +108,8 @@ def credits(v: RunView) -> str:
 
 def view_doc(v: RunView) -> dict[str, object]:
     i = v.info
+    if i.lost:
+        return lost_doc(i, v.spend)
     return {
         "run_id": i.id,
         "status": i.status,

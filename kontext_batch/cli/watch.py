@@ -20,7 +20,7 @@ import click
 from kontext_batch.cli.context import runtime, say, trusted
 from kontext_batch.cli.exits import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE
 from kontext_batch.cli.progress import Look, reporter_for, summarize, take_look
-from kontext_batch.cli.render import cost_block, queued_doc
+from kontext_batch.cli.render import cost_block, lost_doc, lost_lines, queued_doc
 from kontext_batch.errors import ConfigError, Interrupted, KontextBatchError, ManifestError, OverBudget
 from kontext_batch.run.enqueue import RunRequest, start_run
 from kontext_batch.run.local import interrupts, local_stack
@@ -139,6 +139,14 @@ def follow_run(
         say(f"detached from run {run_id}: it goes on without this terminal")
         say(f"re-attach with: kontext-batch follow {run_id}   (stop it: kontext-batch cancel {run_id})")
         return EXIT_INTERRUPTED
+    if outcome.kind == "lost":
+        spend = rt.budget.spend(run_id)
+        if as_json:
+            click.echo(json.dumps(lost_doc(outcome.info, spend, event="outcome")))
+        else:
+            say(f"error: run {run_id}: {outcome.info.lost_reason}")
+            click.echo("\n".join(lost_lines(outcome.info, spend)))
+        return EXIT_CODES[outcome.kind]
     if outcome.kind == "timed_out":
         say(f"{run_id}: still running after --timeout {timeout_s:g} s; it goes on (`kontext-batch follow {run_id}`)")
     summary = summarize(rt, outcome)

@@ -8,6 +8,14 @@ killed), the enqueue pass (a run complete as soon as it is queued) and ``cancel`
 at once; a short claim in Redis (:meth:`RunStore.claim_finalizing`) lets one of them write
 ``results.csv`` at a time. Finalizing is safe to repeat: a later caller that takes the claim writes
 the same file again.
+
+A Redis with an eviction policy, or a flush, can take any of a run's keys away. Each read of a run
+(:meth:`RunStore.info`) checks, in the same MULTI, that what is left still holds together
+(:func:`missing_state`): the metadata has its ``total`` (a step's counter would recreate a vanished
+hash without it), the rows hash has ``total`` rows once queued, and the
+results hash, the done counter and the status counts agree, as ``record.lua`` and ``reopen.lua``
+keep them. A run that fails the check is lost (:attr:`RunInfo.lost`): it reads as ``failed``, and
+:meth:`RunStore.mark_lost` records it so on what survives of the run.
 """
 
 from __future__ import annotations
@@ -25,9 +33,9 @@ from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
 from kontext_batch.coord.redisio import batched, decode, eval_in, lua
-from kontext_batch.errors import ConfigError
+from kontext_batch.errors import ConfigError, RunStateLost
 
-__all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "new_run_id"]
+__all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "missing_state", "new_run_id"]
 
 RowStatus = Literal["succeeded", "failed", "moderated", "invalid", "skipped", "cancelled", "budget"]
 FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
@@ -57,18 +65,51 @@ class RunInfo:
     meta: dict[str, str]
     counts: dict[str, int]
     ndone: int
+    #: What of the run's state Redis no longer holds ("" while it is whole): see :func:`missing_state`.
+    lost: str = ""
 
     @property
     def total(self) -> int:
-        return int(self.meta.get("total", 0))
+        return int(self.meta.get("total", 0) or 0)
 
     @property
     def status(self) -> str:
-        return self.meta.get("status", "unknown")
+        return "failed" if self.lost else self.meta.get("status", "unknown")
 
     @property
     def finished(self) -> bool:
+        if self.lost:  # for good: nothing left of it can be finished or trusted
+            return True
         return self.status in ("finished", "cancelled", "failed") and "finished_at" in self.meta
+
+    @property
+    def lost_reason(self) -> str:
+        """The line a lost run shows (``status``, its end, ``stopped_reason``); "" while it is whole."""
+        return f"{RunStateLost.REASON}: {self.lost}" if self.lost else ""
+
+
+def missing_state(  # noqa: PLR0911 - one check per key of the run, each naming what it lost
+    meta: dict[str, str], counts_sum: int, ndone: int | None, n_rows: int, n_results: int
+) -> str:
+    """What is missing from a run read as these values (all from one MULTI), or "" when they agree.
+
+    ``ndone`` is None when the done counter's key does not exist. A run recorded lost
+    (:meth:`RunStore.mark_lost`) stays lost, whatever its keys hold since.
+    """
+    if meta.get("lost"):
+        return meta["lost"]
+    if "total" not in meta:
+        return "its metadata is gone"
+    total = int(meta["total"] or 0)
+    if meta.get("status") != "enqueuing" and n_rows < total:
+        return f"its rows hash holds {n_rows} of its {total} rows"
+    if ndone is None:
+        return f"its done counter is gone ({n_results} row(s) final)" if n_results else ""
+    if n_results != ndone:
+        return f"{n_results} row result(s) kept for {ndone} row(s) counted final"
+    if counts_sum != ndone:
+        return f"its status counts add up to {counts_sum}, not the {ndone} row(s) final"
+    return ""
 
 
 class RunStore:
@@ -122,6 +163,10 @@ class RunStore:
     def exists(self, run_id: str) -> bool:
         return bool(self.r.exists(self.keys.run(run_id)))
 
+    def known(self, run_id: str) -> bool:
+        """The run has metadata, or was registered and lost it (still listed in the runs index)."""
+        return self.exists(run_id) or self.r.zscore(self.keys.runs, run_id) is not None
+
     def put_rows(self, run_id: str, rows: Iterable[tuple[int, dict[str, Any]]]) -> int:
         key = self.keys.rows(run_id)
         n = 0
@@ -145,6 +190,11 @@ class RunStore:
             raise ConfigError(f"run {run_id} has no row {row}")
         out: dict[str, Any] = json.loads(raw)
         return out
+
+    def spec_or_none(self, run_id: str, row: int) -> dict[str, Any] | None:
+        """A row's job spec, or None when Redis has no such row (a lost rows hash)."""
+        raw = self.r.hget(self.keys.rows(run_id), str(row))
+        return None if raw is None else self.parse_row(raw, run_id, row)
 
     def set_row(self, run_id: str, row: int, spec: dict[str, Any]) -> None:
         self.r.hset(self.keys.rows(run_id), str(row), json.dumps(spec, separators=(",", ":")))
@@ -228,17 +278,64 @@ class RunStore:
         ]
 
     def info(self, run_id: str) -> RunInfo:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(self.keys.run(run_id))
-        pipe.hgetall(self.keys.counts(run_id))
-        pipe.get(self.keys.ndone(run_id))
-        meta, counts, ndone = pipe.execute()
-        return RunInfo(
-            id=run_id,
-            meta={decode(k): decode(v) for k, v in meta.items()},
-            counts={decode(k): int(v) for k, v in counts.items() if int(v)},
-            ndone=int(ndone or 0),
+        return self.infos([run_id])[0]
+
+    def infos(self, run_ids: Iterable[str]) -> list[RunInfo]:
+        """:meth:`info` of each run, in one round trip. One MULTI: a record landing between two of
+        the reads would otherwise look like counters that disagree (a lost key)."""
+        ids = list(run_ids)
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=True)
+        for run_id in ids:
+            pipe.hgetall(self.keys.run(run_id))
+            pipe.hgetall(self.keys.counts(run_id))
+            pipe.get(self.keys.ndone(run_id))
+            pipe.hlen(self.keys.rows(run_id))
+            pipe.hlen(self.keys.results(run_id))
+        got = pipe.execute()
+        out = []
+        for i, run_id in enumerate(ids):
+            raw_meta, raw_counts, raw_ndone, n_rows, n_results = got[5 * i : 5 * i + 5]
+            meta = {decode(k): decode(v) for k, v in raw_meta.items()}
+            counts = {decode(k): int(v) for k, v in raw_counts.items()}
+            ndone = None if raw_ndone is None else int(raw_ndone)
+            lost = missing_state(meta, sum(counts.values()), ndone, int(n_rows), int(n_results))
+            out.append(
+                RunInfo(
+                    id=run_id,
+                    meta=meta,
+                    counts={k: v for k, v in counts.items() if v},
+                    ndone=ndone or 0,
+                    lost=lost,
+                )
+            )
+        return out
+
+    def mark_lost(self, run_id: str, what: str) -> bool:
+        """Record that the run's state was lost (``what`` of it): it ends ``failed``, with the reason,
+        and leaves the open runs. True for the caller that recorded it first.
+
+        Written into what is left of its metadata (recreated if it went), so that every process
+        reads the same end; a run whose metadata goes again is still found lost by its next read.
+        """
+        key = self.keys.run(run_id)
+        if not self.r.hsetnx(key, "lost", what):
+            self.close_run(run_id)
+            return False
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            key,
+            mapping={
+                "status": "failed",
+                "stopped": "lost",
+                "stopped_reason": f"{RunStateLost.REASON}: {what}",
+                "finished_at": _enc(time.time()),
+            },
         )
+        pipe.srem(self.keys.open_runs, run_id)
+        pipe.execute()
+        return True
 
     def reopen_run(self, run_id: str) -> None:
         self.r.sadd(self.keys.open_runs, run_id)

@@ -1,6 +1,8 @@
 """Look at a run: one view of it (``status``), or follow it until it ends (``--wait``, ``follow``).
 
 Nothing here prints: :func:`follow` reports through a callback and returns a :class:`RunOutcome`.
+A run whose state Redis lost ends the following at once, as ``lost``: no look at it is reported,
+since its counts can no longer be trusted.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class Progress:
         return left / self.rows_per_s if self.rows_per_s > 0 else None
 
 
-OutcomeKind = Literal["succeeded", "rows_failed", "stopped", "timed_out"]
+OutcomeKind = Literal["succeeded", "rows_failed", "stopped", "timed_out", "lost"]
 
 
 @dataclass(frozen=True)
@@ -92,16 +94,18 @@ class RunOutcome:
 
     @property
     def results_uri(self) -> str | None:
-        return self.info.meta.get("results_uri")
+        return None if self.info.lost else self.info.meta.get("results_uri")
 
     @property
     def stopped_reason(self) -> str | None:
-        return self.info.meta.get("stopped_reason") or None
+        return self.info.lost_reason or self.info.meta.get("stopped_reason") or None
 
 
 def outcome_of(info: RunInfo, *, max_failures: float = 0) -> RunOutcome:
-    """Judge a run: stopped (credits, key, cancel) beats failed rows beyond ``max_failures``
-    (a count, or a fraction of the rows when below 1)."""
+    """Judge a run: its state lost beats stopped (credits, key, cancel), which beats failed rows
+    beyond ``max_failures`` (a count, or a fraction of the rows when below 1)."""
+    if info.lost:
+        return RunOutcome(info, "lost", 0)
     failed = sum(v for k, v in info.counts.items() if k not in ("succeeded", "skipped"))
     allowed = max_failures * info.total if 0 < max_failures < 1 else max_failures
     if info.meta.get("stopped") or info.status == "cancelled":
@@ -125,7 +129,8 @@ def follow(
 ) -> RunOutcome:
     """Look at the run every ``interval_s`` until it is final (or ``timeout_s`` passed).
 
-    Calls ``on_progress`` with each look, the last one included; prints nothing. Raises
+    Calls ``on_progress`` with each look, the last one included (not a look at a lost run: it
+    returns its ``lost`` outcome at once); prints nothing. Raises
     Interrupted when ``stop()`` turns true (asked between two looks; the run goes on, only the
     looking stops).
     """
@@ -134,6 +139,8 @@ def follow(
     last_done = -1
     while True:
         info = rt.runs.info(run_id)
+        if info.lost:
+            return outcome_of(info)
         now = time.monotonic()
         first_done = info.ndone if first_done is None else first_done
         if info.ndone != last_done:

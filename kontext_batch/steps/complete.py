@@ -6,6 +6,10 @@ waiting for a slot when a run stops (its budget spent, no key of its pool left);
 finalizes runs that are complete but still open. On the CLI's side, ``cancel`` drains, finishes and
 finalizes too, and the enqueue pass finalizes a run that is complete at once (it records its invalid
 and skipped rows itself, in batches with their specs).
+
+A run whose state Redis lost (:attr:`~kontext_batch.coord.runs.RunInfo.lost`) is never finalized:
+:func:`finalize` and the sweep (:func:`fail_lost_runs`) end it ``failed`` with the reason instead,
+and no results.csv is written from what is left.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from typing import Any
 from kontext_batch import logs, metrics
 from kontext_batch.coord.keys import split_job_ref
 from kontext_batch.coord.runs import RowStatus
-from kontext_batch.errors import KontextBatchError, StorageUnavailable
+from kontext_batch.errors import KontextBatchError, RunStateLost, StorageUnavailable
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps import outcome
 from kontext_batch.steps.gallery import write_gallery
 from kontext_batch.steps.results import RESULTS_NAME, render_results
 
-__all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "finalize", "finish"]
+__all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "fail_lost", "fail_lost_runs", "finalize", "finish"]
 
 #: Job fields copied into the result when set (and not "0").
 _CARRIED = ("bfl_task_id", "cost_credits", "submitted_at", "key", "possible_duplicate")
@@ -61,8 +65,10 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     rt.runs.update_in(pipe, run_id, last_final_at=result["finished_at"])
     done = rt.runs.recorded(pipe.execute()[0])
     metrics.row_finished(result, job, recorded=done is not None)
-    # The manifest's id (the SKU an operator searches for), read only for the rows worth a warning.
-    row_id = rt.runs.row(run_id, row).get("id") if done is not None and status != "succeeded" else None
+    # The manifest's id (the SKU an operator searches for), read only for the rows worth a warning;
+    # a lost rows hash leaves none, and the run's end is for finalize() to decide.
+    spec = rt.runs.spec_or_none(run_id, row) if done is not None and status != "succeeded" else None
+    row_id = spec.get("id") if spec else None
     shown_id = str(row_id) if row_id else None
     logs.row_finished(ref, result, recorded=done is not None, row_id=shown_id)
     outcome.note(outcome.final_line(ref, result, recorded=done is not None, row_id=shown_id))
@@ -99,10 +105,17 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
     if not rt.runs.claim_finalizing(run_id):
         return None
     try:
-        meta = rt.runs.meta(run_id)
+        info = rt.runs.info(run_id)
+        if info.lost:
+            fail_lost(rt, run_id, info.lost)
+            return None
+        meta = info.meta
         try:
             store = rt.store(meta["output"])
             uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
+        except RunStateLost as exc:  # went while the file was being read out
+            fail_lost(rt, run_id, exc.what)
+            return None
         except StorageUnavailable as exc:
             metrics.results_write_failed()
             log.warning("run %s: results.csv not written yet (%s); the next sweep tries again", run_id, exc)
@@ -125,6 +138,50 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
     log.info("run %s %s: %s", run_id, status, uri)
     _ended(rt, run_id, status, uri)
     return uri
+
+
+def fail_lost(rt: Runtime, run_id: str, what: str) -> None:
+    """End a run whose state Redis lost: ``failed``, with the reason, its waiting rows drained (no
+    more of its rows are sent). Logged and counted once, by the process that recorded it."""
+    if not rt.runs.mark_lost(run_id, what):
+        return
+    reason = f"{RunStateLost.REASON}: {what}"
+    log.error("run %s failed: %s", run_id, reason)
+    drain_waiting(rt, run_id, "failed", reason)
+    dropped = _drop_stuck_jobs(rt, run_id)
+    if dropped:
+        log.warning("run %s: %d job(s) in flight dropped: their spec or output is gone with the run", run_id, dropped)
+    _ended(rt, run_id, "failed", "")
+
+
+def _drop_stuck_jobs(rt: Runtime, run_id: str) -> int:
+    """Forget the run's jobs in flight when no step of theirs can run any more (the rows hash or the
+    output went with the run): their steps fail for good, and a busy job of a live worker would hold
+    its slot for ever. A job without an API task gives its slot back; one with a task keeps it until
+    its lease lapses (as ``cancel`` does), so the account's cap is not passed meanwhile. Jobs that
+    can still finish (only counters lost) are left to store the outputs that were paid for."""
+    meta = rt.runs.meta(run_id)
+    if meta.get("output") and rt.runs.rows_written(run_id) >= int(meta.get("total") or 0) > 0:
+        return 0
+    n = 0
+    for key in rt.redis.scan_iter(match=f"{rt.keys.job_prefix}{run_id}:*", count=1000):
+        ref = key.decode().removeprefix(rt.keys.job_prefix) if isinstance(key, bytes) else str(key)
+        job = rt.jobs.fields(ref, "gate", "state")
+        if job.get("gate") and job.get("state") in ("granted", "queued"):
+            rt.slots.release(job["gate"], ref)
+        rt.jobs.retire(ref)
+        n += 1
+    return n
+
+
+def fail_lost_runs(rt: Runtime) -> int:
+    """The sweep's check of every open run (one round trip): end those whose state is lost."""
+    n = 0
+    for info in rt.runs.infos(rt.runs.open_runs()):
+        if info.lost:
+            n += int(not info.meta.get("lost"))
+            fail_lost(rt, info.id, info.lost)
+    return n
 
 
 def _ended(rt: Runtime, run_id: str, status: str, uri: str) -> None:

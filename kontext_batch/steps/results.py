@@ -9,6 +9,9 @@ is written with a leading single quote ``'``, which spreadsheets show as text; `
 
 Lines end with CRLF (RFC 4180) so that the csv module quotes a cell holding a lone CR; with a
 ``\n`` terminator it writes such a cell bare, and readers split the row there.
+
+A run whose state Redis lost is not written at all (:class:`~kontext_batch.errors.RunStateLost`):
+its rows would read as ``pending``, or lose their id and prompt, in a file that looks complete.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from kontext_batch.coord.runs import RunStore
+from kontext_batch.errors import RunStateLost
 from kontext_batch.io.names import RESULTS_NAME
 
 __all__ = ["COLUMNS", "FORMULA_STARTS", "RESULTS_NAME", "render_results", "results_rows"]
@@ -67,14 +71,22 @@ def _iso(ts: Any) -> str:
 
 
 def results_rows(runs: RunStore, run_id: str) -> tuple[list[str], Any]:
-    """Header and a generator of CSV rows. Rows not final yet show status ``pending``."""
-    meta = runs.meta(run_id)
+    """Header and a generator of CSV rows. Rows not final yet show status ``pending``.
+
+    Raises RunStateLost when the run's state is lost, at once or (a key going meanwhile) from the
+    generator when it meets a row without its spec."""
+    info = runs.info(run_id)
+    if info.lost:
+        raise RunStateLost(run_id, info.lost)
+    meta = info.meta
     extra_cols: list[str] = json.loads(meta.get("extra_columns", "[]"))
     total = int(meta.get("total", 0))
 
     def gen() -> Any:
         for row, spec_or_none, res_or_none in runs.iter_results(run_id, total):
-            spec = spec_or_none or {}
+            if spec_or_none is None:
+                raise RunStateLost(run_id, f"row {row} has no spec in its rows hash")
+            spec = spec_or_none
             res = res_or_none or {"status": "pending"}
             seed = res.get("seed", spec.get("params", {}).get("seed", ""))
             inputs = spec.get("inputs") or {}

@@ -14,7 +14,7 @@ from kontext_batch.errors import (
     KontextBatchError,
 )
 from kontext_batch.runtime import Runtime
-from kontext_batch.steps.complete import drain_waiting, finalize
+from kontext_batch.steps.complete import drain_waiting, fail_lost_runs, finalize
 from kontext_batch.steps.dispatch import dispatch
 from kontext_batch.steps.job import charge_reserved
 
@@ -73,6 +73,7 @@ def sweep(rt: Runtime) -> int:
         if rt.slots.waiting(pool_id, endpoint):
             dispatch(rt, pool_id, endpoint)
     n += _stop_runs_without_keys(rt)
+    n += fail_lost_runs(rt)  # before finalizing: a lost run is never written out as complete
     for run_id in rt.runs.complete_but_open():
         finalize(rt, run_id)
         n += 1

@@ -115,13 +115,20 @@ POLICY_EVERY_S = 60.0
 
 
 def _look_at_policy(rt: Runtime, last: float) -> float:
+    global _refused  # noqa: PLW0603 - per-process state: what the last look refused
     if time.monotonic() - last < POLICY_EVERY_S:
         return last
     try:
         trust_redis(rt)
+        _refused = ""
     except ConfigError as exc:
-        log.error("%s", exc)  # noqa: TRY400 - one line; the workers go on, but every run is at risk
+        if str(exc) != _refused:  # once per change, not a line a minute
+            _refused = str(exc)
+            log.error("%s", exc)  # noqa: TRY400 - one line; the workers go on, but every run is at risk
     return time.monotonic()
+
+
+_refused = ""
 
 
 def taking_steps() -> bool:

@@ -4,9 +4,12 @@
 
 Nothing is queued unless every row is valid, or the caller asked to record invalid rows as
 ``invalid``: rows go to the pool's wait lists only after the pass ends. A refused run is deleted from
-Redis. Local input images are staged (content-addressed, so a refused run leaves at most a cache of
-inputs behind, never an output). Rows whose output already exists for the same inputs and
-parameters are recorded ``skipped`` unless ``force``.
+Redis, and so is one that Redis has no room for: the run's footprint is estimated from the manifest
+before anything is written (a stdin manifest, of unknown size, is checked at each flush instead), and
+a Redis that fills up anyway is said in one line naming ``maxmemory``
+(:mod:`kontext_batch.coord.policy`). Local input images are staged (content-addressed, so a refused
+run leaves at most a cache of inputs behind, never an output). Rows whose output already exists for
+the same inputs and parameters are recorded ``skipped`` unless ``force``.
 
 Nothing here prints: :func:`start_run` returns a :class:`QueuedRun`. Looking at the run afterwards
 (``status``, ``--wait``, ``follow``) is :mod:`kontext_batch.run.view`.
@@ -24,8 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from redis.exceptions import OutOfMemoryError
+
 from kontext_batch.coord.demand import sync_demand
 from kontext_batch.coord.keys import job_ref
+from kontext_batch.coord.policy import (
+    RESULT_BYTES,
+    ROW_BYTES,
+    check_headroom,
+    manifest_footprint,
+    out_of_memory,
+    read_memory,
+)
 from kontext_batch.coord.pools import Pool
 from kontext_batch.coord.redisio import BATCH, batched
 from kontext_batch.coord.runs import new_run_id
@@ -100,6 +113,8 @@ def start_run(
       (listing outputs, staging input images); StorageUnavailable when it fails in a way that may pass;
     - OSError: the manifest cannot be read (FileNotFoundError when it does not exist);
     - Interrupted: ``stop()`` turned true; it is asked between two rows, so nothing is half-written;
+    - ConfigError: the run would take Redis past 90 % of its ``maxmemory`` (checked before anything is
+      written; for stdin, at each flush), or Redis ran out of memory while the run was written;
     - redis.exceptions.RedisError: Redis failed beyond the client's own retries.
     """
     keys = rt.settings.run_keys
@@ -110,13 +125,37 @@ def start_run(
     store = rt.store(req.output)
     if not req.force:
         _check_output_free(rt, store.url)
+    if req.manifest != "-":
+        need = manifest_footprint(Path(req.manifest))
+        check_headroom(read_memory(rt.redis), need.bytes, rt.settings.redis_display, need.what)
     run_id = new_run_id()
+    enq: _Enqueue | None = None
+    try:
+        _register(rt, run_id, req, store.url, pool, budget)
+        enq = _Enqueue(rt, run_id, store, req, pool, budget)
+        queued = enq.run(stdin, stop or (lambda: False))
+    except BaseException as exc:
+        # Nothing of it waits for a slot yet. The rows go first: under OOM they free the room that
+        # the wait lists' clean-up script needs (it rewrites a list).
+        rt.runs.delete(run_id)
+        rt.budget.delete(run_id)
+        if enq is not None and enq.pushed:
+            for endpoint in enq.waiting:
+                rt.slots.remove_run_from_wait(pool.id, endpoint, run_id)
+        if isinstance(exc, OutOfMemoryError):
+            writing = enq.writing if enq is not None else "the run's metadata"
+            raise out_of_memory(read_memory(rt.redis), rt.settings.redis_display, writing) from None
+        raise
+    return queued
+
+
+def _register(rt: Runtime, run_id: str, req: RunRequest, output: str, pool: Pool, budget: float | None) -> None:
     rt.runs.register(
         run_id,
         {
             "id": run_id,
             "manifest": str(Path(req.manifest).resolve()) if req.manifest != "-" else "-",
-            "output": store.url,
+            "output": output,
             "total": 0,
             "default_model": req.model,
             "status": "enqueuing",
@@ -128,13 +167,6 @@ def start_run(
             "force": int(req.force),
         },
     )
-    try:
-        queued = _Enqueue(rt, run_id, store, req, pool, budget).run(stdin, stop or (lambda: False))
-    except BaseException:
-        rt.runs.delete(run_id)  # nothing of it waits for a slot yet
-        rt.budget.delete(run_id)
-        raise
-    return queued
 
 
 class _Enqueue:
@@ -159,6 +191,12 @@ class _Enqueue:
         self.results: list[tuple[int, dict[str, Any]]] = []
         self.waiting: dict[str, array[int]] = {}
         self.endpoints: Counter[str] = Counter()
+        #: What the pass writes now, for an out-of-memory line; whether any wait list holds its rows.
+        self.writing = "the run's metadata"
+        self.pushed = False
+        #: For a stdin manifest (its size unknown until its end): used_memory before its first row.
+        self.used_at_start = read_memory(rt.redis).used if req.manifest == "-" else None
+        self.rows_written = 0
 
     def run(self, stdin: TextIO | None, stop: Callable[[], bool]) -> QueuedRun:
         report = self.out.report
@@ -194,6 +232,7 @@ class _Enqueue:
         report.already_done = self.out.skipped
         if self.budget is not None and report.cost_credits > self.budget:
             raise OverBudget(report.cost_credits, self.budget)
+        self.writing = "the run's key pool and budget"
         self.rt.pools.register_pool(self.pool)
         self.rt.budget.set(self.run_id, self.budget)
         self._flush()
@@ -248,18 +287,38 @@ class _Enqueue:
 
     def _flush(self) -> None:
         if self.specs:
+            first, last = self.specs[0][0], self.specs[-1][0]
+            self._check_room(len(self.specs))
+            self.writing = f"the run's rows {first:,}-{last:,} (their specs)"
             self.rt.runs.put_rows(self.run_id, self.specs)
+            self.rows_written += len(self.specs)
             self.specs.clear()
         if self.results:  # after their specs, which results.csv reads beside them
+            self.writing = f"the results of {len(self.results):,} invalid or skipped rows"
             pipe = self.rt.redis.pipeline(transaction=False)
             for row, result in self.results:
                 self.rt.runs.record_in(pipe, self.run_id, row, result)
             pipe.execute()
             self.results.clear()
 
+    def _check_room(self, batch: int) -> None:
+        """For stdin: refuse before a flush that would leave Redis no room for the run to finish.
+
+        The rows written so far each still take a result; the next ones are priced like the rows
+        written so far (used_memory's growth since the first row)."""
+        if self.used_at_start is None:
+            return
+        mem = read_memory(self.rt.redis)
+        grown = (mem.used - self.used_at_start) / self.rows_written if self.rows_written else 0.0
+        per_row = max(grown, ROW_BYTES)
+        need = int(self.rows_written * RESULT_BYTES + batch * (per_row + RESULT_BYTES))
+        read = self.rows_written + batch
+        check_headroom(mem, need, self.rt.settings.redis_display, f"this run ({read:,} rows read from stdin so far)")
+
     def _queue(self) -> QueuedRun:
         rt, run_id, out = self.rt, self.run_id, self.out
         out.total = out.report.rows_total
+        self.writing = "the run's counts"
         rt.runs.update(
             run_id,
             total=out.total,
@@ -268,9 +327,12 @@ class _Enqueue:
             skipped=out.skipped,
             invalid=out.invalid,
         )
+        self.writing = f"the wait lists of the run's {out.queued:,} queued rows"
         for endpoint, rows in self.waiting.items():
+            self.pushed = True
             for chunk in batched(rows):
                 rt.slots.enqueue(self.pool_id, endpoint, (job_ref(run_id, r) for r in chunk))
+        self.writing = "the run's status"
         rt.runs.update(run_id, status="running")
         # Before the first dispatch: with no worker running, this is what starts one (KEDA).
         sync_demand(rt.redis, rt.keys, rt.runs)

@@ -3,7 +3,7 @@ never a success, never a results.csv that looks complete.
 
 Real worker processes, the emulator over HTTP and the real CLI. Each test starts a run with
 ``run --wait``, lets some rows finish, deletes one part of the run's state (its rows hash, its
-metadata hash, or its counters) as an eviction would, then checks what every reader says: the
+metadata hash, its counters, or its jobs in flight) as an eviction would, then checks what every reader says: the
 waiting ``run`` exits 3 with the lost-state reason, the sweeper records the run ``failed`` with it,
 ``status`` says so and shows no counts, ``results -o`` exits 3 and writes no file, no job of the
 run is left in flight, and no results.csv appears in the run's output.
@@ -32,10 +32,12 @@ pytestmark = pytest.mark.e2e
 REASON = RunStateLost.REASON
 N_ROWS = 60
 #: What an eviction or a flush can take, as the keys of one run.
-PARTS: dict[str, Callable[[Keys, str], list[str]]] = {
-    "rows": lambda k, run_id: [k.rows(run_id)],
-    "metadata": lambda k, run_id: [k.run(run_id)],
-    "counters": lambda k, run_id: [k.ndone(run_id), k.counts(run_id)],
+PARTS: dict[str, Callable[[redis.Redis, Keys, str], list[str]]] = {
+    "rows": lambda r, k, run_id: [k.rows(run_id)],
+    "metadata": lambda r, k, run_id: [k.run(run_id)],
+    "counters": lambda r, k, run_id: [k.ndone(run_id), k.counts(run_id)],
+    # The hashes of its jobs in flight (their watch entries stay): no message of theirs can run again.
+    "jobs": lambda r, k, run_id: [key.decode() for key in r.scan_iter(match=f"{k.job_prefix}{run_id}:*")],
 }
 
 
@@ -96,7 +98,9 @@ def _lose_part_mid_run(system: System, tmp_path: Path, part: str) -> None:
         _wait_for("6 rows done", 60, some_rows_done, lambda: f"{seen} {stderr.read_text()[-2000:]}")
         assert seen[0].ndone < N_ROWS, "the run ended before a key could be taken from it"
         assert not seen[0].lost, seen[0]
-        r.delete(*PARTS[part](keys, run_id))
+        lose = PARTS[part](r, keys, run_id)
+        assert lose, f"nothing of {part} to delete"
+        r.delete(*lose)
         code = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:

@@ -60,7 +60,8 @@ class Grant:
 @dataclass(frozen=True)
 class StaleJob:
     """An in-flight job whose holder died, whose step passed its deadline (``late``), or whose next
-    message is overdue: re-drive it with ``token``."""
+    message is overdue: re-drive it with ``token``. ``gone``: its watch entry outlived its job hash
+    (dropped now): nothing to re-drive, and unless its row is final, Redis lost the job."""
 
     ref: str
     token: int
@@ -68,6 +69,7 @@ class StaleJob:
     slot_id: str
     pool_id: str
     late: bool = False
+    gone: bool = False
 
 
 class Jobs:
@@ -217,6 +219,7 @@ class Jobs:
                 decode(flat[i + 3]),
                 decode(flat[i + 4]),
                 late=decode(flat[i + 5]) == "deadline",
+                gone=decode(flat[i + 5]) == "gone",
             )
             for i in range(0, len(flat), 6)
         ]

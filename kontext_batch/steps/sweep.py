@@ -14,7 +14,7 @@ from kontext_batch.errors import (
     KontextBatchError,
 )
 from kontext_batch.runtime import Runtime
-from kontext_batch.steps.complete import drain_waiting, fail_lost_runs, finalize
+from kontext_batch.steps.complete import drain_waiting, fail_lost, fail_lost_runs, finalize
 from kontext_batch.steps.dispatch import dispatch
 from kontext_batch.steps.job import charge_reserved
 
@@ -26,9 +26,12 @@ log = logging.getLogger("kontext_batch.pipeline")
 def redrive(rt: Runtime, stale: StaleJob) -> None:
     """Send again a job whose holder died, whose step passed its deadline, or whose next message is
     overdue (lost with a killed worker)."""
+    run_id, row = split_job_ref(stale.ref)
+    if stale.gone:
+        _job_gone(rt, run_id, row)
+        return
     if not stale.slot_id or not stale.pool_id:
         return
-    run_id, row = split_job_ref(stale.ref)
     if rt.runs.is_final(run_id, row):
         # Its worker recorded the result and died before forgetting the job: nothing to send.
         rt.jobs.retire(stale.ref)
@@ -55,6 +58,15 @@ def redrive(rt: Runtime, stale: StaleJob) -> None:
     if stale.late:
         why += f"; its step held it past KONTEXT_STEP_DEADLINE_S ({rt.settings.step_deadline_s:g} s)"
     logs.row_event(stale.ref, "re-driven", why, level=logging.WARNING)
+
+
+def _job_gone(rt: Runtime, run_id: str, row: int) -> None:
+    """A job hash vanished while its row is in flight: its state is lost, and so is the run's."""
+    if rt.runs.is_final(run_id, row):
+        return  # finished: its hash went with its watch entry, which a retry of that write left
+    meta = rt.runs.meta(run_id)
+    if meta.get("status") == "running" and not meta.get("stopped"):
+        fail_lost(rt, run_id, f"the job of row {row}, in flight")
 
 
 def sweep(rt: Runtime) -> int:

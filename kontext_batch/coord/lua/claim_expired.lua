@@ -3,7 +3,8 @@
 -- older release has none) has its watch and leases extended; any other gets a new token, to re-drive.
 -- KEYS: watch. ARGV: now, hold ms, job prefix, limit, proc prefix, lease prefix, lease ms.
 -- Returns (ref, token, state, slot id, pool id, why) per job to re-drive, flat; why is "deadline"
--- for a step past its deadline, else "". Runs after renew.lua.
+-- for a step past its deadline, "gone" for a watch entry whose job hash is missing (its row final,
+-- or the hash lost from Redis: the caller tells which), else "". Runs after renew.lua.
 local now = tonumber(ARGV[1])
 local refs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 local out = {}
@@ -11,6 +12,7 @@ for _, ref in ipairs(refs) do
   local jk = ARGV[3] .. ref
   if redis.call('EXISTS', jk) == 0 then
     redis.call('ZREM', KEYS[1], ref)
+    for _, v in ipairs({ref, 0, '', '', '', 'gone'}) do out[#out + 1] = v end
   else
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ref)
     local holder = redis.call('HGET', jk, 'holder') or ''

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,30 @@ def test_retry_ids_with_an_unknown_id_queues_nothing_unless_told(redis_url: str,
         assert done.returncode == 0, done.stderr
         assert f"{run_id}: 2 row(s) queued again" in done.stderr
         assert system.emu.stats(tasks=False)["tasks_created"] == created + 2
+
+
+def _with_rejects(path: Path) -> Path:
+    """12 rows; sku-2 and sku-5 are moderated (after their task was created and charged), sku-8 fails."""
+    marker = {2: " [emulator:content-moderated]", 5: " [emulator:content-moderated]", 8: " [emulator:error]"}
+    rows = [{"id": f"sku-{i}", "prompt": f"shoe {i} on white{marker.get(i, '')}", "model": "pro"} for i in range(1, 13)]
+    return write_csv(path, ["id", "prompt", "model"], rows)
+
+
+def test_a_retried_row_counts_every_attempt_and_every_credit(redis_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with running_system(redis_url) as system:
+        first = system.cli("run", str(_with_rejects(tmp_path / "m.csv")), "-o", str(out), "--wait")
+        assert first.returncode == 1, first.stderr  # rows failed
+        run_id = first.stdout.split()[0]
+        again = system.cli("retry", run_id, "--failed", "--moderated", "--wait")
+        assert again.returncode == 1, again.stderr  # the markers fail them again: charged twice
+        [status] = json.loads(system.cli("status", run_id, "--json").stdout)
+        charged = sum(k["credits_spent"] for k in system.emu.stats(tasks=False)["keys"].values())
+    results = {r["id"]: r for r in read_results((out / "results.csv").read_bytes())}
+    assert charged == 15 * PRO_CREDITS
+    assert status["credits_spent"] == charged
+    # Before: each retried row showed attempts 1 and only its second charge (48 in the file, 60 spent).
+    assert sum(float(r["cost_credits"] or 0) for r in results.values()) == charged
+    for sku in ("sku-2", "sku-5", "sku-8"):
+        assert (results[sku]["attempts"], float(results[sku]["cost_credits"])) == ("2", 2 * PRO_CREDITS), sku
+    assert (results["sku-1"]["attempts"], float(results["sku-1"]["cost_credits"])) == ("1", PRO_CREDITS)

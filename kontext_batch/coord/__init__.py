@@ -30,7 +30,9 @@ key                          type    TTL    holds
 {ns}:runs:open               set     -      runs not finalized yet (swept for completion)
 {ns}:run:{run}               hash    -      run metadata (manifest, output, pool, keys, total, status, stop
                                             flags, webhook URL and secret), counters (task_executions,
-                                            possible_duplicates), last_final_at, seen:* flags
+                                            possible_duplicates), last_final_at, seen:* flags,
+                                            passes (JSON [start, end] of each ended pass) and
+                                            pass_started_at (set by ``retry`` of an ended run)
 {ns}:run:{run}:rows          hash    -      row -> the row's job spec (JSON)
 {ns}:run:{run}:results       hash    -      row -> the row's final result (JSON); written once, until
                                             ``retry`` forgets it

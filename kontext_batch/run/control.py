@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ from kontext_batch.coord.keys import job_ref, split_slot_id
 from kontext_batch.coord.runs import FINAL_STATUSES
 from kontext_batch.errors import ConfigError
 from kontext_batch.jobspec import JobSpec
+from kontext_batch.run.view import passes
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import JOB_RESULT_FIELDS, drain_waiting, finalize, finish
 from kontext_batch.steps.dispatch import dispatch
@@ -97,6 +99,10 @@ def retry_run(
         return 0
     meta = rt.runs.meta(run_id)
     pool_id = meta["pool"]
+    if meta.get("finished_at"):
+        # The run had ended: this is a pass of its own, timed from now (status shows each pass).
+        ended = [[p.started_at, p.ended_at] for p in passes(meta)]
+        rt.runs.update(run_id, passes=ended, pass_started_at=time.time())
     rt.pools.clear_keys_out(rt.pools.pool(pool_id).fps)
     rt.runs.clear(run_id, "stopped", "stopped_reason", "finished_at", "results_uri")
     rt.runs.update(run_id, status="running")

@@ -147,7 +147,8 @@ def row_finished(result: dict[str, Any], job: dict[str, str], *, recorded: bool 
     if result.get("duration_s") is not None:
         ROW_SECONDS.labels(endpoint=endpoint).observe(float(result["duration_s"]))
     try:
-        cost = float(result.get("cost_credits") or 0)
+        # The row's earlier passes (retry) were counted when they ended.
+        cost = float(result.get("cost_credits") or 0) - float(job.get("cost_before") or 0)
     except (TypeError, ValueError):
         cost = 0.0
     if cost > 0:

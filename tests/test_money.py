@@ -212,10 +212,14 @@ def test_a_key_refused_with_403_mid_run_leaves_the_pool_and_the_run_completes(re
 
         wait_finished(redis_url, run_id, 120, during=revoke_b)
         status = s.cli("status", run_id, "--json", keys=(KEY_A,))
+        charged = sum(k["credits_spent"] for k in s.emu.stats(tasks=False)["keys"].values())
     res = results_of(tmp_path / "out")
     once_each(res, n)
     assert Counter(r["status"] for r in res) == {"succeeded": n}
     assert revoked
+    # The rows B's revoked tasks left behind were paid for twice, and their figures say so.
+    assert json.loads(status.stdout)[0]["credits_spent"] == charged
+    assert sum(float(r["cost_credits"] or 0) for r in res) == charged
     late = [r for r in res if int(r["row"]) > 40]
     assert {r["key_fingerprint"] for r in late} == {FP[KEY_A]}
     refused = {k["fingerprint"]: k["refused"] for k in json.loads(status.stdout)[0]["keys"]}

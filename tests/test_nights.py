@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
+import redis
 
+from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.runs import RunStore
 from tests.e2e_support import read_results, running_system, write_csv
 
 pytestmark = pytest.mark.e2e
@@ -67,3 +72,55 @@ def test_retry_ids_with_an_unknown_id_queues_nothing_unless_told(redis_url: str,
         assert done.returncode == 0, done.stderr
         assert f"{run_id}: 2 row(s) queued again" in done.stderr
         assert system.emu.stats(tasks=False)["tasks_created"] == created + 2
+
+
+def _with_rejects(path: Path) -> Path:
+    """12 rows; sku-2 and sku-5 are moderated (after their task was created and charged), sku-8 fails."""
+    marker = {2: " [emulator:content-moderated]", 5: " [emulator:content-moderated]", 8: " [emulator:error]"}
+    rows = [{"id": f"sku-{i}", "prompt": f"shoe {i} on white{marker.get(i, '')}", "model": "pro"} for i in range(1, 13)]
+    return write_csv(path, ["id", "prompt", "model"], rows)
+
+
+def test_a_retried_row_counts_every_attempt_and_every_credit(redis_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with running_system(redis_url) as system:
+        first = system.cli("run", str(_with_rejects(tmp_path / "m.csv")), "-o", str(out), "--wait")
+        assert first.returncode == 1, first.stderr  # rows failed
+        run_id = first.stdout.split()[0]
+        again = system.cli("retry", run_id, "--failed", "--moderated", "--wait")
+        assert again.returncode == 1, again.stderr  # the markers fail them again: charged twice
+        [status] = json.loads(system.cli("status", run_id, "--json").stdout)
+        charged = sum(k["credits_spent"] for k in system.emu.stats(tasks=False)["keys"].values())
+    results = {r["id"]: r for r in read_results((out / "results.csv").read_bytes())}
+    assert charged == 15 * PRO_CREDITS
+    assert status["credits_spent"] == charged
+    # Before: each retried row showed attempts 1 and only its second charge (48 in the file, 60 spent).
+    assert sum(float(r["cost_credits"] or 0) for r in results.values()) == charged
+    for sku in ("sku-2", "sku-5", "sku-8"):
+        assert (results[sku]["attempts"], float(results[sku]["cost_credits"])) == ("2", 2 * PRO_CREDITS), sku
+    assert (results["sku-1"]["attempts"], float(results["sku-1"]["cost_credits"])) == ("1", PRO_CREDITS)
+
+
+def test_durations_are_the_time_rows_were_in_work_not_the_idle_hours_between(redis_url: str, tmp_path: Path) -> None:
+    with running_system(redis_url) as system:
+        first = system.cli("run", str(_with_rejects(tmp_path / "m.csv")), "-o", str(tmp_path / "out"), "--wait")
+        assert first.returncode == 1, first.stderr
+        run_id = first.stdout.split()[0]
+        # As if the night's run had ended an hour before the morning's retry.
+        runs = RunStore(redis.Redis.from_url(redis_url), Keys())
+        meta = runs.meta(run_id)
+        runs.update(run_id, **{k: float(meta[k]) - 3600 for k in ("created_at", "last_final_at", "finished_at")})
+        again = system.cli("retry", run_id, "--failed", "--moderated", "--wait")
+        assert again.returncode == 1, again.stderr
+        status = system.cli("status", run_id)
+        [doc] = json.loads(system.cli("status", run_id, "--json").stdout)
+    # Both counted from the run's creation, idle hour included: 'finished in 1:00:05', 'took 1:00:05'.
+    finished_in = re.search(r"finished in (\d+):\d\d:\d\d", again.stdout)
+    assert finished_in is not None, again.stdout
+    assert finished_in[1] == "0", again.stdout
+    took = re.search(r"took (\d+):\d\d:\d\d; retry took (\d+):\d\d:\d\d", status.stdout)
+    assert took is not None, status.stdout
+    assert took[1] == took[2] == "0", status.stdout
+    assert doc["took_s"] < 3600, doc
+    assert len(doc["retries_s"]) == 1, doc
+    assert doc["retries_s"][0] < 3600, doc

@@ -200,6 +200,8 @@ def test_expired_sample_is_resubmitted_with_its_seed_when_allowed(
         spend = rt.budget.spend("y")
         assert spend.reserved == 0
         assert spend.spent == 4 * float(cost_credits_for("flux-kontext-pro"))
+        # A row's cost is both its tasks (it showed the second one's only): the file adds up.
+        assert [float(r["cost_credits"]) for r in rows] == [spend.spent / 2] * 2
 
 
 def test_sweep_writes_results_of_a_run_whose_last_reply_was_lost(redis_url: str, emu: Emulator, tmp_path: Path) -> None:

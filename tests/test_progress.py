@@ -23,9 +23,10 @@ from kontext_batch.cli.progress import (
     live_frame,
     reporter_for,
 )
+from kontext_batch.cli.render import took
 from kontext_batch.coord.budget import Spend
 from kontext_batch.coord.runs import RunInfo
-from kontext_batch.run.view import KeyState, Progress, RunView
+from kontext_batch.run.view import KeyState, Progress, RunView, passes
 from kontext_batch.settings import Settings
 from tests.pipeline_support import InlineScheduler, inline_runtime
 
@@ -199,3 +200,19 @@ def test_failures_are_grouped_by_reason_most_rows_first_top_five(redis_url: str)
         ("failed: reason 3", 4),
         ("failed: reason 2", 3),
     ]
+
+
+def test_each_pass_is_timed_on_its_own_and_the_idle_hours_between_are_in_none() -> None:
+    night = {"created_at": "1000", "last_final_at": "1013", "finished_at": "1014"}
+    assert took(night) == "took 0:00:13"  # to its last final row, not to the results write
+    # Retried at 9:00 next morning (two of them, the second under way at 9:00:04).
+    retried = {**night, "passes": json.dumps([[1000, 1013], [33400, 33402]]), "pass_started_at": "33500"}
+    del retried["finished_at"]
+    spans = passes(retried)
+    assert [p.duration_s(now=33504) for p in spans] == [13, 2, 4]
+    assert spans[-1].ended_at is None
+    assert (
+        took({**retried, "last_final_at": "33507", "finished_at": "33508"}) == "took 0:00:13; retries 0:00:02, 0:00:07"
+    )
+    one = {**night, "passes": json.dumps([[1000, 1013]]), "pass_started_at": "33400"}
+    assert took({**one, "last_final_at": "33402", "finished_at": "33403"}) == "took 0:00:13; retry took 0:00:02"

@@ -32,7 +32,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from kontext_batch.run.view import Progress, RunOutcome, RunView, view_run
+from kontext_batch.run.view import Progress, RunOutcome, RunView, passes, view_run
 from kontext_batch.runtime import Runtime
 
 __all__ = [
@@ -352,10 +352,9 @@ def summarize(rt: Runtime, outcome: RunOutcome) -> Summary:
     info = outcome.info
     meta = info.meta
     spend = rt.budget.spend(info.id)
-    duration = None
-    if meta.get("created_at"):
-        end = float(meta["finished_at"]) if meta.get("finished_at") else time.time()
-        duration = end - float(meta["created_at"])
+    # This pass's: a retry is timed from its own start, not from the run's creation nights ago.
+    spans = passes(meta)
+    duration = spans[-1].duration_s() if spans else None
     failed = sum(n for k, n in info.counts.items() if k not in ("succeeded", "skipped"))
     results = outcome.results_uri
     return Summary(

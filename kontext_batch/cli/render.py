@@ -14,7 +14,7 @@ from kontext_batch.coord.budget import Spend
 from kontext_batch.coord.runs import RunInfo
 from kontext_batch.manifest.validate import ValidationReport, render_report
 from kontext_batch.run.enqueue import QueuedRun
-from kontext_batch.run.view import RunView
+from kontext_batch.run.view import Pass, RunView, passes
 
 __all__ = [
     "cost_block",
@@ -89,11 +89,22 @@ def started(meta: dict[str, str]) -> str:
 
 
 def took(meta: dict[str, str]) -> str:
-    if not meta.get("created_at"):
+    """How long the run's rows were in work: its first pass, then each retry's on its own
+    (``took 0:00:13; retry took 0:00:02``, ``...; retries 0:00:02, 0:00:05 so far``)."""
+    spans = passes(meta)
+    if not spans:
         return "duration unknown"
-    if meta.get("finished_at"):
-        return f"took {hms(float(meta['finished_at']) - float(meta['created_at']))}"
-    return f"running for {hms(time.time() - float(meta['created_at']))}"
+    first, retries = _span(spans[0]), spans[1:]
+    if not retries:
+        return first
+    if len(retries) == 1:
+        return f"{first}; retry {_span(retries[0])}"
+    each = (hms(p.duration_s()) + ("" if p.ended_at is not None else " so far") for p in retries)
+    return f"{first}; retries " + ", ".join(each)
+
+
+def _span(p: Pass) -> str:
+    return f"took {hms(p.duration_s())}" if p.ended_at is not None else f"running for {hms(p.duration_s())}"
 
 
 def credits(v: RunView) -> str:
@@ -126,6 +137,9 @@ def view_doc(v: RunView) -> dict[str, object]:
         "manifest": i.meta.get("manifest"),
         "created_at": float(i.meta["created_at"]) if i.meta.get("created_at") else None,
         "finished_at": float(i.meta["finished_at"]) if i.meta.get("finished_at") else None,
+        # The first pass, then each retry's: the idle hours between them are in none.
+        "took_s": round(spans[0].duration_s(), 1) if (spans := passes(i.meta)) else None,
+        "retries_s": [round(p.duration_s(), 1) for p in spans[1:]],
         "keys": [{"fingerprint": k.fp, "live": k.live, "active": k.active, "refused": k.refused} for k in v.keys],
     }
 

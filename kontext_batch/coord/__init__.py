@@ -30,7 +30,9 @@ key                          type    TTL    holds
 {ns}:runs:open               set     -      runs not finalized yet (swept for completion)
 {ns}:run:{run}               hash    -      run metadata (manifest, output, pool, keys, total, status, stop
                                             flags, webhook URL and secret), counters (task_executions,
-                                            possible_duplicates), last_final_at, seen:* flags
+                                            possible_duplicates), last_final_at, seen:* flags,
+                                            passes (JSON [start, end] of each ended pass) and
+                                            pass_started_at (set by ``retry`` of an ended run)
 {ns}:run:{run}:rows          hash    -      row -> the row's job spec (JSON)
 {ns}:run:{run}:results       hash    -      row -> the row's final result (JSON); written once, until
                                             ``retry`` forgets it
@@ -47,12 +49,14 @@ A job hash holds ``step`` (the fencing token), ``state`` (queued, granted, submi
 storing), ``busy`` and ``holder`` (the process working on it), ``pool``, ``gate`` (its slot id
 ``"{fp}|{endpoint}"``; the field keeps its first name), ``attempts``, ``key``, ``reserved``,
 ``bfl_task_id``, ``polling_url``, ``cost_credits``, ``submitted_at``, ``polls``, ``poll_errors``,
-``ready_seen_at``, ``last_error``, ``possible_duplicate`` and ``webhook_result``.
+``ready_seen_at``, ``last_error``, ``possible_duplicate`` and ``webhook_result``; and what the
+row cost before its current task: ``charged`` (credits of tasks it left behind: an expired sample,
+a refused key), ``attempts_before`` and ``cost_before`` (its earlier passes, set by ``retry``).
 
 Owners (the only modules that write each key; everyone else goes through their methods):
 
 - :mod:`~kontext_batch.coord.slots`: ``gates``, ``wait`` and ``lease``; its dispatch script also
-  starts each granted job (``job``, ``watch``).
+  starts each granted job (``job``, ``watch``), and ``enqueue`` may give a job its first fields.
 - :mod:`~kontext_batch.coord.jobs`: ``job`` and ``watch``; its scripts renew ``lease`` entries and
   read ``proc`` to tell a live holder from a dead one, and ``requeue`` frees a lease and pushes the
   job back onto its ``wait`` list.

@@ -380,6 +380,14 @@ class RunStore:
                     json.loads(res) if res else None,
                 )
 
+    def results_of(self, run_id: str, rows: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The final results of these rows (rows with none left out)."""
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in batched(rows):
+            got = self.r.hmget(self.keys.results(run_id), [str(r) for r in chunk])
+            out.update({r: json.loads(raw) for r, raw in zip(chunk, got, strict=True) if raw})
+        return out
+
     def rows_without_result(self, run_id: str) -> list[int]:
         """Rows of the run (as written so far) that have no final result yet."""
         written = {int(decode(k)) for k in self.r.hkeys(self.keys.rows(run_id))}

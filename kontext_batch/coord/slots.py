@@ -19,9 +19,9 @@ its lease expires unrenewed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import redis
 
@@ -57,9 +57,23 @@ class Slots:
 
     # -- waiting and granting ----------------------------------------------------------------------
 
-    def enqueue(self, pool_id: str, endpoint: str, refs: Iterable[str], *, front: bool = False) -> int:
-        """Put rows in the pool's wait list for ``endpoint`` (FIFO; ``front`` for rows that lost their slot)."""
+    def enqueue(
+        self,
+        pool_id: str,
+        endpoint: str,
+        refs: Iterable[str],
+        *,
+        front: bool = False,
+        jobs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Put rows in the pool's wait list for ``endpoint`` (FIFO; ``front`` for rows that lost their slot).
+
+        ``jobs`` starts some of their job hashes with fields (ref -> fields), written before the
+        rows can be granted: a retried row's earlier attempts and credits (``retry``)."""
         pipe = self.r.pipeline(transaction=False)
+        for ref, fields in (jobs or {}).items():
+            mapping: dict[Any, Any] = dict(fields)
+            pipe.hset(self.keys.job(ref), mapping=mapping)
         pipe.sadd(self.keys.wait_ids, wait_id(pool_id, endpoint))
         push = pipe.lpush if front else pipe.rpush
         n = 0

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from kontext_batch.coord.demand import sync_demand
 from kontext_batch.coord.keys import job_ref, split_slot_id
 from kontext_batch.coord.runs import FINAL_STATUSES
 from kontext_batch.errors import ConfigError
 from kontext_batch.jobspec import JobSpec
+from kontext_batch.run.view import passes
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import JOB_RESULT_FIELDS, drain_waiting, finalize, finish
 from kontext_batch.steps.dispatch import dispatch
@@ -90,21 +93,41 @@ def retry_run(
         rows = rt.runs.rows_with_status(run_id, statuses)
     if budget is not None:
         rt.budget.set(run_id, budget)
+    before = rt.runs.results_of(run_id, rows)  # read before reopen forgets them
     reopened = rt.runs.reopen(run_id, rows, statuses)
     if not reopened:
         return 0
     meta = rt.runs.meta(run_id)
     pool_id = meta["pool"]
+    if meta.get("finished_at"):
+        # The run had ended: this is a pass of its own, timed from now (status shows each pass).
+        ended = [[p.started_at, p.ended_at] for p in passes(meta)]
+        rt.runs.update(run_id, passes=ended, pass_started_at=time.time())
     rt.pools.clear_keys_out(rt.pools.pool(pool_id).fps)
     rt.runs.clear(run_id, "stopped", "stopped_reason", "finished_at", "results_uri")
     rt.runs.update(run_id, status="running")
     rt.runs.reopen_run(run_id)
     by_endpoint: dict[str, list[str]] = {}
+    carried: dict[str, dict[str, Any]] = {}
     for row in reopened:
         spec = JobSpec.from_json(rt.runs.row(run_id, row))
-        by_endpoint.setdefault(spec.endpoint, []).append(job_ref(run_id, row))
+        ref = job_ref(run_id, row)
+        by_endpoint.setdefault(spec.endpoint, []).append(ref)
+        if fields := _carried(before.get(row, {})):
+            carried[ref] = fields
     sync_demand(rt.redis, rt.keys, rt.runs)
     for endpoint, refs in by_endpoint.items():
-        rt.slots.enqueue(pool_id, endpoint, refs)
+        rt.slots.enqueue(pool_id, endpoint, refs, jobs={r: carried[r] for r in refs if r in carried})
         dispatch(rt, pool_id, endpoint)
     return len(reopened)
+
+
+def _carried(result: dict[str, Any]) -> dict[str, Any]:
+    """What a row's earlier passes cost, for its retried job to add to: its result then holds
+    every submit and every credit of the row, as the run's spend does."""
+    fields: dict[str, Any] = {}
+    if int(result.get("attempts") or 0):
+        fields["attempts_before"] = int(result["attempts"])
+    if float(result.get("cost_credits") or 0):
+        fields["cost_before"] = float(result["cost_credits"])
+    return fields

@@ -18,7 +18,7 @@ from kontext_batch.coord.runs import RunInfo
 from kontext_batch.errors import Interrupted
 from kontext_batch.runtime import Runtime
 
-__all__ = ["KeyState", "Progress", "RunOutcome", "RunView", "follow", "outcome_of", "view_run"]
+__all__ = ["KeyState", "Pass", "Progress", "RunOutcome", "RunView", "follow", "outcome_of", "passes", "view_run"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,33 @@ class RunView:
     @property
     def possible_duplicates(self) -> int:
         return int(self.info.meta.get("possible_duplicates", 0) or 0)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass over a run's rows: the first (from the run's start), then one per ``retry`` of the
+    run once it had ended (from the retry). It ends when its last row became final."""
+
+    started_at: float
+    ended_at: float | None  # None: under way
+
+    def duration_s(self, now: float | None = None) -> float:
+        end = self.ended_at if self.ended_at is not None else (time.time() if now is None else now)
+        return max(0.0, end - self.started_at)
+
+
+def passes(meta: dict[str, str]) -> list[Pass]:
+    """The run's passes, first to last (none when its start is unknown). The hours between a night's
+    run and the next morning's retry belong to none, so no duration counts them."""
+    if not meta.get("created_at"):
+        return []
+    done = [Pass(float(a), float(b)) for a, b in json.loads(meta.get("passes") or "[]")]
+    start = float(meta.get("pass_started_at") or meta["created_at"])
+    end = None
+    if meta.get("finished_at"):
+        # Not finished_at: results.csv may be written late (a store down for a while, the sweep).
+        end = max(start, float(meta.get("last_final_at") or meta["finished_at"]))
+    return [*done, Pass(start, end)]
 
 
 def view_run(rt: Runtime, run_id: str) -> RunView:

@@ -32,7 +32,9 @@ __all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "fail_lost", "fail_lost_runs", 
 #: Job fields copied into the result when set (and not "0").
 _CARRIED = ("bfl_task_id", "cost_credits", "submitted_at", "key", "possible_duplicate")
 #: The job fields :func:`finish` reads: its result's columns, and the reservation it settles.
-JOB_RESULT_FIELDS = ("attempts", "polls", "reserved", *_CARRIED)
+#: A row's figures are all it cost: ``charged`` is the credits of tasks it left behind (an expired
+#: sample, a refused key), ``attempts_before`` and ``cost_before`` its earlier passes' (``retry``).
+JOB_RESULT_FIELDS = ("attempts", "polls", "reserved", "charged", "attempts_before", "cost_before", *_CARRIED)
 
 log = logging.getLogger("kontext_batch.completion")
 
@@ -44,7 +46,7 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     job = job or {}
     result: dict[str, Any] = {
         "status": status,
-        "attempts": int(job.get("attempts", 0)),
+        "attempts": int(job.get("attempts", 0)) + int(job.get("attempts_before", 0)),
         "polls": int(job.get("polls", 0)),
         "finished_at": time.time(),
     }
@@ -57,6 +59,10 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     reserved = float(job.get("reserved") or 0)
     if reserved and "cost_credits" not in result and "bfl_task_id" in result:
         result["cost_credits"] = reserved  # the API reported no cost: the price table's
+    task_cost = float(result.get("cost_credits") or 0)
+    earlier = float(job.get("charged") or 0) + float(job.get("cost_before") or 0)
+    if earlier:
+        result["cost_credits"] = round(task_cost + earlier, 4)
     # Recorded once (by whichever step gets there first), and the job forgotten: one round trip.
     pipe = rt.redis.pipeline(transaction=False)
     rt.runs.record_in(pipe, run_id, row, result)
@@ -75,7 +81,7 @@ def finish(rt: Runtime, ref: str, status: RowStatus, job: dict[str, str] | None 
     if done is None:
         return
     if reserved:  # once, by the step that recorded the row
-        rt.budget.settle(run_id, reserved, float(result.get("cost_credits") or 0))
+        rt.budget.settle(run_id, reserved, task_cost)
     if done >= int(rt.runs.recent_meta(run_id).get("total") or 0) and done >= rt.runs.total(run_id):
         finalize(rt, run_id)
 
@@ -88,7 +94,8 @@ def drain_waiting(rt: Runtime, run_id: str, status: RowStatus, reason: str) -> i
         if pid != pool_id:
             continue
         for ref in rt.slots.remove_run_from_wait(pid, endpoint, run_id):
-            finish(rt, ref, status, error=reason)
+            # A waiting row may have cost already (a retried row, a task left behind): keep it.
+            finish(rt, ref, status, rt.jobs.fields(ref, *JOB_RESULT_FIELDS), error=reason)
             n += 1
     return n
 

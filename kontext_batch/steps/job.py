@@ -13,6 +13,7 @@ reschedules the step with backoff (no thread sleeps in a retry).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kontext_batch import logs
 from kontext_batch.api.retry import RetryPolicy
@@ -65,14 +66,19 @@ def claim(rt: Runtime, ref: str, token: int, *, delivered: bool) -> tuple[dict[s
     return job, JobSpec.from_json(rt.runs.parse_row(raw_row, run_id, row))
 
 
-def charge_reserved(rt: Runtime, run_id: str, job: dict[str, str]) -> None:
+def charge_reserved(rt: Runtime, run_id: str, job: dict[str, str]) -> dict[str, Any]:
     """The job's API task was created and is being left behind (a revoked key, an expired sample):
     its reservation becomes spend, at the cost the API reported where it did (the reseller's, on
-    its completed poll). The job then holds no reservation."""
+    its completed poll), and its cost moves to the row's ``charged``, which the next task's cost
+    adds to. The job then holds no reservation. Returns these fields, for the hand-off that
+    leaves the task behind to write."""
     reserved = float(job.get("reserved") or 0)
+    cost = float(job.get("cost_credits") or reserved)
     if reserved:
-        rt.budget.settle(run_id, reserved, float(job.get("cost_credits") or reserved))
-    job["reserved"] = "0"
+        rt.budget.settle(run_id, reserved, cost)
+    fields = {"reserved": "0", "cost_credits": "", "charged": str(float(job.get("charged") or 0) + cost)}
+    job.update(fields)
+    return fields
 
 
 def not_ours(rt: Runtime, ref: str, held: str, fp: str, *, poll: bool) -> bool:
@@ -106,7 +112,9 @@ def key_refused(rt: Runtime, ref: str, job: dict[str, str], fp: str, endpoint: s
     pool = rt.pools.pool(job["pool"])
     out = rt.pools.keys_out()
     if any(f not in out for f in pool.fps):
-        rt.jobs.requeue(ref, pool.id, endpoint, job["gate"], reserved=0)
+        # What the row cost so far goes with it (a left-behind task's cost is in charged by now).
+        cost_so_far = {"cost_credits": "", "charged": job.get("charged") or 0}
+        rt.jobs.requeue(ref, pool.id, endpoint, job["gate"], reserved=0, **cost_so_far)
         dispatch(rt, pool.id, endpoint)
         return
     stopped = "out_of_credits" if isinstance(exc, OutOfCredits) else "auth"

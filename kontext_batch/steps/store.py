@@ -89,9 +89,9 @@ def _sidecar(run_id: str, spec: JobSpec, job: dict[str, str], res: PollResult, c
 
 def _resubmit_expired(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
     run_id, row = split_job_ref(ref)
-    charge_reserved(rt, run_id, job)  # the expired task was paid for; the next submit reserves anew
+    left = charge_reserved(rt, run_id, job)  # the expired task was paid for; the next submit reserves anew
     if res.seed is not None and spec.params.get("seed") is None:
         spec = JobSpec.from_json({**spec.to_json(), "params": {**spec.params, "seed": res.seed}})
         rt.runs.set_row(run_id, row, spec.to_json())
-    rt.jobs.requeue(ref, job["pool"], spec.endpoint)
+    rt.jobs.requeue(ref, job["pool"], spec.endpoint, **left)
     dispatch(rt, job["pool"], spec.endpoint)

@@ -50,8 +50,7 @@ def redrive(rt: Runtime, stale: StaleJob) -> None:
             extra["possible_duplicate"] = 1
             rt.runs.count(run_id, "possible_duplicates")
             # It may have been charged: count it spent.
-            charge_reserved(rt, run_id, rt.jobs.fields(stale.ref, "reserved"))
-            extra["reserved"] = 0
+            extra.update(charge_reserved(rt, run_id, rt.jobs.fields(stale.ref, "reserved", "cost_credits", "charged")))
         rt.jobs.requeue(stale.ref, stale.pool_id, endpoint, stale.slot_id, **extra)
         dispatch(rt, stale.pool_id, endpoint)
     why = f"was {stale.state or 'unknown'}"

@@ -173,6 +173,22 @@ class Jobs:
         self.retire_in(pipe, ref)
         pipe.execute()
 
+    def forget_orphans(self, run_id: str) -> int:
+        """Drop the run's watch entries whose job hash is gone (lost from Redis with its run):
+        nothing can re-drive them. Returns how many."""
+        prefix = f"{run_id}:"
+        refs = [decode(x) for x in self.r.zrange(self.keys.watch, 0, -1)]
+        refs = [ref for ref in refs if ref.startswith(prefix)]
+        if not refs:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for ref in refs:
+            pipe.exists(self.keys.job(ref))
+        orphans = [ref for ref, there in zip(refs, pipe.execute(), strict=True) if not there]
+        if orphans:
+            self.r.zrem(self.keys.watch, *orphans)
+        return len(orphans)
+
     def retire_in(self, pipe: Pipeline, ref: str) -> None:
         """:meth:`retire` queued on a pipeline."""
         pipe.zrem(self.keys.watch, ref)

@@ -155,7 +155,7 @@ def fail_lost(rt: Runtime, run_id: str, what: str) -> None:
     reason = f"{RunStateLost.REASON}: {what}"
     log.error("run %s failed: %s", run_id, reason)
     drain_waiting(rt, run_id, "failed", reason)
-    dropped = _drop_stuck_jobs(rt, run_id)
+    dropped = _drop_stuck_jobs(rt, run_id) + rt.jobs.forget_orphans(run_id)
     if dropped:
         log.warning("run %s: %d job(s) in flight dropped: their spec or output is gone with the run", run_id, dropped)
     _ended(rt, run_id, "failed", "")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from kontext_batch.cli import commands
@@ -235,3 +236,38 @@ def test_run_local_gives_the_same_results_from_every_format(tmp_path: Path) -> N
     assert results["csv"][0]["seed"] == results["xlsx"][0]["seed"] == "42"
     for name in ("xlsx", "parquet"):
         assert stable(results[name]) == stable(results["csv"]), json.dumps(results, indent=1)[:3000]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        (b"", (), "the manifest is empty"),
+        (b"prompt;notes, more\r\nput it on white;soft, low\r\n", (), "cannot tell the delimiter"),
+        (b"\xef\xbb\xbfid;prompt\r\na;put it on white\r\n", ("--delimiter", ","), "looks semicolon-separated"),
+    ],
+    ids=["empty", "tied-delimiters", "forced-delimiter"],
+)
+def test_run_reports_a_bad_file_as_the_files(
+    redis_url: str, tmp_path: Path, content: bytes, args: tuple[str, ...], message: str
+) -> None:
+    """`run` says what is wrong with the file in one line, not as `row 0, field <file>`, and queues nothing."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(content)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+    env.update(KONTEXT_REDIS_URL=redis_url, KONTEXT_API_KEY="formats-key", KONTEXT_API_BASE="http://127.0.0.1:9")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kontext_batch", "run", str(path), "--output", str(tmp_path / "out"), *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert message in proc.stderr, proc.stderr
+    assert "nothing was queued" in proc.stderr
+    assert "row 0" not in proc.stderr
+    assert "<file>" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not list(client.scan_iter("kb:run*", count=1000))
+    finally:
+        client.close()

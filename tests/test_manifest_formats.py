@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from kontext_batch.cli import commands
 from kontext_batch.errors import ManifestError
 from kontext_batch.manifest import ManifestRow, iter_manifest, render_report, validate_manifest
+from kontext_batch.manifest.tables import cell_text
 from tests.conftest import unavailable
 
 HEADER = ["id", "prompt", "seed", "sku"]
@@ -30,6 +31,19 @@ ROWS: list[list[Any]] = [
     ["b", None, 7, "SKU-2"],
     ["c", "make the strap brown; matte", None, "SKU-3"],
 ]
+
+
+@pytest.mark.unit
+def test_cells_read_as_a_csv_would_hold_them() -> None:
+    assert [cell_text(v) for v in (None, 42, 42.0, 2.5, float("nan"), True, "x")] == [
+        "",
+        "42",
+        "42",
+        "2.5",
+        "",
+        "true",
+        "x",
+    ]
 
 
 def _text(value: Any) -> str:

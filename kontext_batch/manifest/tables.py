@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import importlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -152,7 +153,7 @@ def _optional(module: str, package: str, what: str, extra: str) -> ModuleType:
 
 def cell_text(value: Any) -> str:
     """A spreadsheet or Parquet value as the string a CSV cell would hold."""
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' missing number
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"

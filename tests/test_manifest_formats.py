@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import os
 import subprocess
@@ -285,3 +286,36 @@ def test_run_reports_a_bad_file_as_the_files(
         assert not list(client.scan_iter("kb:run*", count=1000))
     finally:
         client.close()
+
+
+@pytest.mark.unit
+def test_stdin_and_tsv_read_the_same_rows(tmp_path: Path) -> None:
+    excel = write_delimited(tmp_path / "excel.csv", ";", excel=True)
+    expected = parsed(write_delimited(tmp_path / "comma.csv", ","))
+    from_stdin = [
+        (o.row, _plain(o.value), [str(e) for e in o.errors])
+        for o in iter_manifest(
+            "-", stdin=io.TextIOWrapper(io.BytesIO(excel.read_bytes()), encoding="utf-8", newline="")
+        )
+    ]
+    assert from_stdin == expected
+    assert parsed(write_delimited(tmp_path / "m.tsv", "\t")) == expected
+
+
+@pytest.mark.unit
+def test_xlsx_rows_keep_their_spreadsheet_numbers(tmp_path: Path) -> None:
+    """A blank spreadsheet row keeps its number; a value beyond the header's columns is that row's error."""
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    ws = book.active
+    ws.append(["prompt", "seed"])
+    ws.append(["put it on white", 1])
+    ws.append([])
+    ws.append(["put it on grey", "two"])
+    ws.append(["put it on black", 3, "stray"])
+    book.save(tmp_path / "m.xlsx")
+    report = validate_manifest(tmp_path / "m.xlsx", check_images=False)
+    assert [(e.row, e.field) for e in report.errors] == [(3, "seed"), (4, "<row>")]
+    text = render_report(report)
+    assert "row 3 (spreadsheet row 4):\n  seed: must be an integer, got 'two'" in text
+    assert "row 4 (spreadsheet row 5):\n  <row>: has a value in column 3 but the header has 2 columns" in text

@@ -52,12 +52,13 @@ FORMATS: Final = {
 #: Formats whose rows are a header's columns (their row N is spreadsheet row N+1).
 TABULAR: Final = frozenset({"csv", "xlsx", "parquet"})
 _NAMES: Final = "csv, xlsx, parquet or jsonl"
-_UNDETECTED: Final = {"|": "|"}  # separators that are never detected: a one-column header holding one
+#: Separators a one-column header may hold: ``|`` is never detected, the others only when forced.
+_LOOKS_SEPARATED: Final = {"|": "|", ",": "comma", ";": "semicolon", "\t": "tab"}
 _file_error = file_error
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
-    """``csv`` or ``jsonl`` from ``fmt`` or the file's extension. Raises ManifestError."""
+    """``csv``, ``xlsx``, ``parquet`` or ``jsonl`` from ``fmt`` or the file's extension. Raises ManifestError."""
     if fmt:
         f = fmt.strip().lower().lstrip(".")
         f = "jsonl" if f == "ndjson" else f
@@ -128,7 +129,7 @@ def _normalise_header(header: list[str]) -> list[str]:
     if dups:
         raise _file_error(f"duplicate column name(s) in the header: {', '.join(sorted(set(dups)))}")
     if len(names) == 1:
-        for delim, label in {**_UNDETECTED, ",": "comma", ";": "semicolon", "\t": "tab"}.items():
+        for delim, label in _LOOKS_SEPARATED.items():
             if delim in header[0]:
                 raise _file_error(
                     f"the header has one column {header[0].strip()!r}: the file looks {label}-separated; "

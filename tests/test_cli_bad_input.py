@@ -111,7 +111,7 @@ def test_validate_names_every_bad_row_and_field(env: dict[str, str], tmp_path: P
     assert text.returncode == 1
     no_traceback(text)
     for row in sorted({row for row, _ in CORPUS_ERRORS}):
-        assert f"row {row}:" in text.stdout
+        assert f"row {row} (spreadsheet row {row + 1}):" in text.stdout
     for _, field in CORPUS_ERRORS:
         assert f"{field}:" in text.stdout
 
@@ -137,9 +137,9 @@ def test_run_with_invalid_rows_exits_2_and_queues_nothing(env: dict[str, str], r
         ("", "empty"),
         ("id,prompt\n", "only a header"),
         ("id,prompt\r\n", "only a header"),
-        ("id;prompt\na;put it on white\n", "separated"),
+        ("id|prompt\na|put it on white\n", "separated"),
     ],
-    ids=["empty", "header-only", "header-only-crlf", "semicolons"],
+    ids=["empty", "header-only", "header-only-crlf", "pipes"],
 )
 def test_run_on_an_unusable_file_exits_2_with_a_clear_message(
     env: dict[str, str], r: redis.Redis, tmp_path: Path, content: str, message: str

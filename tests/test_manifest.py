@@ -177,7 +177,7 @@ def test_report_mixed_models_and_errors(tmp_path: Path) -> None:
     assert report.estimated_endpoints == ["flux-2-pro"]
     assert not report.ok
     text_report = render_report(report)
-    assert "row 5:\n  seed: must be an integer" in text_report
+    assert "row 5 (spreadsheet row 6):\n  seed: must be an integer" in text_report
     assert "4 valid rows: 24 credits ($0.24)" in text_report
     assert "flux-kontext-max: 2 rows x 8 = 16 credits" in text_report
     assert "estimated" in text_report
@@ -194,7 +194,7 @@ def test_report_keeps_only_the_first_errors(tmp_path: Path) -> None:
 
 def test_report_raises_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(ManifestError):
-        validate_manifest(write(tmp_path, "prompt;seed\nx;1\n"))
+        validate_manifest(write(tmp_path, "prompt|seed\nx|1\n"))
 
 
 def test_validation_checks_images_in_invalid_rows_too(tmp_path: Path) -> None:

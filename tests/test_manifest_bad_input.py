@@ -106,7 +106,7 @@ def test_jsonl_with_only_blank_lines(tmp_path: Path) -> None:
     assert "no rows" in str(file_error(write(tmp_path, "\n\n  \n", "m.jsonl")))
 
 
-@pytest.mark.parametrize(("sep", "label"), [(";", ";"), ("\t", "tab"), ("|", "|")])
+@pytest.mark.parametrize(("sep", "label"), [("|", "|")])  # , ; and tab are detected
 def test_wrong_delimiter(tmp_path: Path, sep: str, label: str) -> None:
     err = file_error(write(tmp_path, f"prompt{sep}seed\nmake it blue{sep}1\n"))
     assert f"looks {label}-separated" in str(err)

@@ -193,6 +193,6 @@ def test_inputs_root_confines_local_inputs(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text(text)
     proc = _cli("validate", "m.csv", "--inputs-root", str(tmp_path / "inside"), cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
-    assert "row 2:" in proc.stdout
+    assert "row 2 (spreadsheet row 3):" in proc.stdout
     assert "outside the inputs folder" in proc.stdout
-    assert "row 1:" not in proc.stdout
+    assert "row 1 (" not in proc.stdout

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from kontext_batch.cli.context import command_settings, need_key, need_run, runtime, say, settings_used, trusted
 from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_STOPPED, EXIT_USAGE
-from kontext_batch.cli.options import INPUTS_ROOT, MAX_FAILURES, MODEL, TIMEOUT
+from kontext_batch.cli.options import DELIMITER, INPUTS_ROOT, MAX_FAILURES, MODEL, SHEET, TIMEOUT
 from kontext_batch.cli.render import report_doc, status_lines, view_doc
 from kontext_batch.cli.serve import webhooks_command, worker
 from kontext_batch.cli.watch import follow_run, private_stack, submit_and_follow
@@ -81,10 +81,19 @@ def cli(ctx: click.Context, redis_url: str | None, api_base: str | None) -> None
 @MODEL
 @click.option("--no-images", is_flag=True, help="Skip reading and decoding the input images.")
 @INPUTS_ROOT
+@DELIMITER
+@SHEET
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def validate(
-    ctx: click.Context, manifest: str, model: str, no_images: bool, inputs_root: Path | None, as_json: bool
+    ctx: click.Context,
+    manifest: str,
+    model: str,
+    no_images: bool,
+    inputs_root: Path | None,
+    delimiter: str | None,
+    sheet: str | None,
+    as_json: bool,
 ) -> None:
     """Check every row of MANIFEST (`-`: stdin) and print the run's cost. Exit 0 only when every row is valid."""
 
@@ -95,6 +104,8 @@ def validate(
             check_images=not no_images,
             fetch=FetchPolicy.from_settings(command_settings(ctx)),
             inputs_root=inputs_root,
+            delimiter=delimiter,
+            sheet=sheet,
         )
     except ManifestError as exc:
         raise click.ClickException(str(exc)) from None
@@ -137,6 +148,8 @@ def validate(
     help="Credits the run may spend (1 credit = $0.01): refused if the estimate is over; no submit passes it.",
 )
 @INPUTS_ROOT
+@DELIMITER
+@SHEET
 @TIMEOUT
 @click.option("--local", is_flag=True, help="No Redis needed: start one privately with workers, for this run.")
 @click.option("--emulator", is_flag=True, help="With --local: run against a local Kontext emulator.")
@@ -161,6 +174,8 @@ def run(
     max_failures: float,
     budget: float | None,
     inputs_root: Path | None,
+    delimiter: str | None,
+    sheet: str | None,
     timeout_s: float | None,
     local: bool,
     emulator: bool,
@@ -170,7 +185,9 @@ def run(
     """Validate MANIFEST (`-`: stdin), register a run, and queue every row for the workers."""
     s = command_settings(ctx)
     wait = wait or local or emulator
-    req = RunRequest(manifest, output, model, skip_invalid, force, wait, max_failures, budget, inputs_root)
+    req = RunRequest(
+        manifest, output, model, skip_invalid, force, wait, max_failures, budget, inputs_root, delimiter, sheet
+    )
     if local or emulator:
         with private_stack(s, emulator=emulator, workers=n_workers) as s2:
             sys.exit(submit_and_follow(s2, req, as_json=as_json, timeout_s=timeout_s, detach=False))

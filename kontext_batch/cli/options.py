@@ -7,7 +7,7 @@ from typing import Final
 
 import click
 
-__all__ = ["INPUTS_ROOT", "MAX_FAILURES", "MODEL", "TIMEOUT", "Duration"]
+__all__ = ["DELIMITER", "INPUTS_ROOT", "MAX_FAILURES", "MODEL", "SHEET", "TIMEOUT", "Duration"]
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
@@ -62,6 +62,15 @@ MODEL = click.option(
     show_default=True,
     help="Model for rows without one: pro (4 credits an image) or max (8).",
 )
+
+DELIMITER = click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "tab"]),
+    default=None,
+    help="A CSV manifest's column separator (default: read from its header line).",
+)
+
+SHEET = click.option("--sheet", default=None, help="An .xlsx manifest's sheet to read (default: the first).")
 
 INPUTS_ROOT = click.option(
     "--inputs-root",

@@ -69,6 +69,9 @@ def submit_and_follow(  # noqa: PLR0911 - one exit code per way a run can end
         say(f"error: {exc}; nothing was queued (raise --budget, or split the manifest)")
         return EXIT_USAGE
     except ManifestError as exc:
+        if any(e.row == 0 for e in exc.errors):  # the file itself, not one of its rows
+            say(f"error: {exc.errors[0].msg}; nothing was queued.")
+            return EXIT_USAGE
         say(f"error: {len(exc.errors)} invalid row(s); nothing was queued.")
         for e in exc.errors[:50]:
             say(f"  {e}")

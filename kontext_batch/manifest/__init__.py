@@ -1,4 +1,5 @@
-"""Manifests: read records (:mod:`.reader`) and build rows from them (:mod:`.rows`), check images
+"""Manifests: read records (:mod:`.reader`; CSV, .xlsx and .parquet as tables, :mod:`.tables`) and
+build rows from them (:mod:`.rows`), check images
 (:mod:`.images`), validate and price (:mod:`.validate`), and stage input images into the output
 store (:mod:`.staging`).
 

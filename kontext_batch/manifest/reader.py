@@ -1,11 +1,17 @@
-"""Read a manifest's records, CSV or JSONL, row by row in constant memory; each becomes a
-:class:`~kontext_batch.manifest.rows.RowOutcome` (:func:`~kontext_batch.manifest.rows.build_row`).
+"""Read a manifest's records, CSV, .xlsx, .parquet or JSONL, row by row in constant memory; each
+becomes a :class:`~kontext_batch.manifest.rows.RowOutcome` (:func:`~kontext_batch.manifest.rows.build_row`).
 
-Row numbers (see manifests/README.md): CSV row N is the Nth record after the header (on line
-N+1 unless an earlier prompt holds a line break); JSONL row N is line N. Blank lines are skipped
-but keep their number. File-level problems (no rows, no prompt column, a ;-separated file,
-duplicate column names) raise :class:`~kontext_batch.errors.ManifestError` with one RowError whose
-``row`` is 0 and ``field`` is ``<file>``.
+The tabular formats (:mod:`kontext_batch.manifest.tables`) only yield a header and records; naming
+the columns and checking the cells is :func:`_iter_table`, shared, so the same rows give the same
+outcomes and messages in any of them. A CSV's delimiter (``,``, ``;`` or tab) is read from its
+header line unless ``delimiter`` is given.
+
+Row numbers (see manifests/README.md): a tabular row N is the Nth record after the header
+(spreadsheet row N+1; on CSV line N+1 unless an earlier prompt holds a line break); JSONL row N is
+line N. Blank lines are skipped but keep their number. File-level problems (no rows, no prompt
+column, an undetectable delimiter, duplicate column names, a missing optional library) raise
+:class:`~kontext_batch.errors.ManifestError` with one RowError whose ``row`` is 0 and ``field`` is
+``<file>``: reported as the file's, never as a row's.
 
 Memory: one row at a time, plus what :class:`~kontext_batch.manifest.rows.RowContext` keeps to
 report clashes (the ids seen, the output names and folders claimed).
@@ -13,10 +19,9 @@ report clashes (the ids seen, the output names and folders claimed).
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 from typing import IO, Any, Final, TextIO
@@ -24,33 +29,57 @@ from typing import IO, Any, Final, TextIO
 from kontext_batch.errors import ManifestError, RowError
 from kontext_batch.manifest.model import COLUMNS
 from kontext_batch.manifest.rows import BAD_UTF8_RE, RowContext, RowOutcome, build_row
+from kontext_batch.manifest.tables import (
+    Table,
+    csv_table,
+    file_error,
+    parquet_table,
+    parse_delimiter,
+    xlsx_table,
+)
 
-__all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "detect_format", "iter_manifest"]
+__all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "TABULAR", "detect_format", "is_tabular", "iter_manifest"]
 
 DEFAULT_OUTPUT_NAME: Final = "{id}.{ext}"
-FORMATS: Final = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_DELIMITERS: Final = {";": ";", "\t": "tab", "|": "|"}
-
-
-def _file_error(msg: str) -> ManifestError:
-    return ManifestError([RowError(0, "<file>", msg)], msg)
+FORMATS: Final = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".xlsx": "xlsx",
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+#: Formats whose rows are a header's columns (their row N is spreadsheet row N+1).
+TABULAR: Final = frozenset({"csv", "xlsx", "parquet"})
+_NAMES: Final = "csv, xlsx, parquet or jsonl"
+#: Separators a one-column header may hold: ``|`` is never detected, the others only when forced.
+_LOOKS_SEPARATED: Final = {"|": "|", ",": "comma", ";": "semicolon", "\t": "tab"}
+_file_error = file_error
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
-    """``csv`` or ``jsonl`` from ``fmt`` or the file's extension. Raises ManifestError."""
+    """``csv``, ``xlsx``, ``parquet`` or ``jsonl`` from ``fmt`` or the file's extension. Raises ManifestError."""
     if fmt:
         f = fmt.strip().lower().lstrip(".")
         f = "jsonl" if f == "ndjson" else f
-        if f not in ("csv", "jsonl"):
-            raise _file_error(f"unknown manifest format {fmt!r}: use csv or jsonl")
+        if f not in ("csv", "jsonl", "xlsx", "parquet"):
+            raise _file_error(f"unknown manifest format {fmt!r}: use {_NAMES}")
         return f
     suffix = Path(str(path)).suffix.lower()
     if suffix not in FORMATS:
         raise _file_error(
-            f"cannot tell the format of {str(path)!r} from its extension: name it .csv or .jsonl "
-            "(or .ndjson), or give the format explicitly"
+            f"cannot tell the format of {str(path)!r} from its extension: name it .csv, .tsv, .xlsx, "
+            ".parquet or .jsonl (or .ndjson), or give the format explicitly"
         )
     return FORMATS[suffix]
+
+
+def is_tabular(path: str | Path, fmt: str | None = None) -> bool:
+    """Whether the manifest is a header and columns (its rows are spreadsheet rows); False if unknown."""
+    try:
+        return detect_format(path, fmt) in TABULAR if fmt or str(path) != "-" else False
+    except ManifestError:
+        return False
 
 
 # --- lines -------------------------------------------------------------------------------------
@@ -100,52 +129,30 @@ def _normalise_header(header: list[str]) -> list[str]:
     if dups:
         raise _file_error(f"duplicate column name(s) in the header: {', '.join(sorted(set(dups)))}")
     if len(names) == 1:
-        for delim, label in _DELIMITERS.items():
+        for delim, label in _LOOKS_SEPARATED.items():
             if delim in header[0]:
                 raise _file_error(
                     f"the header has one column {header[0].strip()!r}: the file looks {label}-separated; "
-                    "save it as comma-separated CSV"
+                    "separate columns with ',', ';' or tab (or give --delimiter)"
                 )
     if "prompt" not in names:
         raise _file_error(f"no 'prompt' column in the header (columns: {', '.join(names) or 'none'})")
     return names
 
 
-def _iter_csv(lines: Iterator[str], ctx: RowContext) -> Iterator[RowOutcome]:  # noqa: C901 - the CSV dialects' edge cases, each a row error with its own message
-    reader = csv.reader(lines, strict=False)
-    try:
-        header = next(reader, None)
-        while header is not None and not header:  # blank lines before the header
-            header = next(reader, None)
-    except csv.Error as exc:
-        raise _file_error(f"the header (line {reader.line_num}) is not valid CSV: {exc}") from None
-    if header is None:
-        raise _file_error("the manifest is empty: no rows")
-    names = _normalise_header(header)
-    row = 0
-    line = reader.line_num
-    while True:
-        start = line + 1
-        row += 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            line = reader.line_num
-            yield RowOutcome(row, None, [RowError(row, "<csv>", f"line {start}: not valid CSV: {exc}")], {})
+def _iter_table(table: Table, ctx: RowContext) -> Iterator[RowOutcome]:
+    """The rows of any tabular format: one header, one row model, one set of messages."""
+    names = _normalise_header(table.header)
+    for row, cells, error in table.records:
+        if error:
+            seen = dict(zip(names, cells, strict=False)) if cells is not None else {}
+            yield RowOutcome(row, None, [RowError(row, table.error_field, error)], seen)
             continue
-        line = reader.line_num
-        if not record:
+        if not cells:
             continue  # a blank line: skipped, but it keeps its row number
-        if len(record) != len(names):
-            hint = " (an unclosed quote?)" if any("\n" in c for c in record) else ""
-            msg = f"has {len(record)} cells but the header has {len(names)} columns (line {start}){hint}"
-            yield RowOutcome(row, None, [RowError(row, "<csv>", msg)], dict(zip(names, record, strict=False)))
-            continue
         raw: dict[str, str] = {}
         unnamed: list[RowError] = []
-        for i, (name, cell) in enumerate(zip(names, record, strict=True), start=1):
+        for i, (name, cell) in enumerate(zip(names, cells, strict=True), start=1):
             if not name:
                 if cell.strip():
                     unnamed.append(RowError(row, f"column {i}", "has a value but no column name in the header"))
@@ -215,15 +222,20 @@ def iter_manifest(
     stdin: TextIO | None = None,
     default_output_name: str = DEFAULT_OUTPUT_NAME,
     inputs_root: Path | None = None,
+    delimiter: str | None = None,
+    sheet: str | None = None,
 ) -> Iterator[RowOutcome]:
     """Yield one :class:`RowOutcome` per data row of the manifest at ``path`` (``-``: ``stdin``).
 
     With ``inputs_root``, a local input image outside that folder (symlinks resolved) is a row error.
+    ``delimiter`` (``,``, ``;``, ``tab``) overrides a CSV's detected one; ``sheet`` names the .xlsx
+    sheet to read (default: the first).
 
     Streams: nothing but the ids and output names seen is kept between rows. Raises
     ManifestError for file-level problems (possibly after some rows were yielded), ConfigError for a
     bad ``default_model``, FileNotFoundError when ``path`` does not exist.
     """
+    delim = parse_delimiter(delimiter)
     if str(path) == "-":
         stream = stdin if stdin is not None else sys.stdin
         buffer = getattr(stream, "buffer", None)
@@ -232,22 +244,41 @@ def iter_manifest(
             kind = detect_format("-", fmt)
         else:
             kind, lines = _sniff(lines)
+        if kind not in ("csv", "jsonl"):
+            raise _file_error(f"a {kind} manifest cannot be read from stdin: give its path")
         ctx = RowContext(Path.cwd(), default_model, default_output_name, inputs_root)
-        yield from _iter_checked(kind, lines, ctx)
+        yield from _iter_checked(kind, lambda: _lines_table(kind, lines, delim), ctx)
         return
     p = Path(path)
     kind = detect_format(p, fmt)
+    if delim is None and p.suffix.lower() == ".tsv":
+        delim = "\t"
     ctx = RowContext(p.resolve().parent, default_model, default_output_name, inputs_root)
-    with p.open("rb") as f:
-        yield from _iter_checked(kind, _binary_lines(f), ctx)
+    if kind == "xlsx":
+        if not p.exists():
+            raise FileNotFoundError(2, "No such file or directory", str(p))
+        yield from _iter_checked(kind, lambda: xlsx_table(p, sheet), ctx)
+    elif kind == "parquet":
+        if not p.exists():
+            raise FileNotFoundError(2, "No such file or directory", str(p))
+        yield from _iter_checked(kind, lambda: parquet_table(p), ctx)
+    else:
+        with p.open("rb") as f:
+            lines = _binary_lines(f)
+            yield from _iter_checked(kind, lambda: _lines_table(kind, lines, delim), ctx)
 
 
-def _iter_checked(kind: str, lines: Iterator[str], ctx: RowContext) -> Iterator[RowOutcome]:
-    inner = _iter_csv(lines, ctx) if kind == "csv" else _iter_jsonl(lines, ctx)
+def _lines_table(kind: str, lines: Iterator[str], delimiter: str | None) -> Table | Iterator[str]:
+    return csv_table(lines, delimiter) if kind == "csv" else lines
+
+
+def _iter_checked(kind: str, open_table: Callable[[], Table | Iterator[str]], ctx: RowContext) -> Iterator[RowOutcome]:
+    source = open_table()
+    inner = _iter_table(source, ctx) if isinstance(source, Table) else _iter_jsonl(source, ctx)
     count = 0
     for outcome in inner:
         count += 1
         yield outcome
     if count == 0:
-        what = "only a header" if kind == "csv" else "no JSON lines"
+        what = "no JSON lines" if kind == "jsonl" else "only a header"
         raise _file_error(f"the manifest has {what}: no rows")

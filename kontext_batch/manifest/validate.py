@@ -26,7 +26,7 @@ from kontext_batch.manifest.images import (
     resolve_image_ref,
 )
 from kontext_batch.manifest.model import IMAGE_FIELDS, ImageRef, ManifestRow
-from kontext_batch.manifest.reader import iter_manifest
+from kontext_batch.manifest.reader import is_tabular, iter_manifest
 from kontext_batch.manifest.rows import RowOutcome
 
 __all__ = [
@@ -56,6 +56,8 @@ class ValidationReport:
     images_checked: bool = False
     #: Valid rows whose output is already there (``run`` without ``--force``): not priced, not run.
     already_done: int = 0
+    #: A tabular manifest (CSV, .xlsx, .parquet): its row N is spreadsheet row N+1, and the report says so.
+    sheet_rows: bool = False
 
     @property
     def ok(self) -> bool:
@@ -127,6 +129,8 @@ def iter_checked_rows(
     timeout_s: float = 30.0,
     fetch: FetchPolicy | None = None,
     inputs_root: Path | None = None,
+    delimiter: str | None = None,
+    sheet: str | None = None,
 ) -> Iterator[CheckedRow]:
     """Every row of the manifest at ``path`` (``-``: stdin), in order, with its field and image errors.
 
@@ -136,7 +140,8 @@ def iter_checked_rows(
 
     ``fetch`` governs input image URLs (build it with ``FetchPolicy.from_settings``; default:
     loopback/private/link-local addresses refused). ``inputs_root`` confines local input images to
-    one folder (symlinks resolved); a path outside it is a row error.
+    one folder (symlinks resolved); a path outside it is a row error. ``delimiter`` and ``sheet``: as
+    for :func:`~kontext_batch.manifest.reader.iter_manifest`.
     """
     cache = cache or ImageCache()
     base_dir = Path.cwd() if str(path) == "-" else Path(path).resolve().parent
@@ -151,7 +156,15 @@ def iter_checked_rows(
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="validate") as pool:
         pending: deque[tuple[RowOutcome, list[ImageRef], list[Future[ImageInfo]]]] = deque()
-        rows = iter_manifest(path, default_model=default_model, fmt=fmt, stdin=stdin, inputs_root=inputs_root)
+        rows = iter_manifest(
+            path,
+            default_model=default_model,
+            fmt=fmt,
+            stdin=stdin,
+            inputs_root=inputs_root,
+            delimiter=delimiter,
+            sheet=sheet,
+        )
         for outcome in rows:
             refs = _refs_of(outcome, base_dir, inputs_root) if check_images else []
             futures = [pool.submit(check_image, ref, cache, timeout_s=timeout_s, fetch=fetch) for ref in refs]
@@ -175,14 +188,16 @@ def validate_manifest(
     timeout_s: float = 30.0,
     fetch: FetchPolicy | None = None,
     inputs_root: Path | None = None,
+    delimiter: str | None = None,
+    sheet: str | None = None,
 ) -> ValidationReport:
     """Check every row of the manifest at ``path`` (``-``: stdin) and price the valid ones.
 
     Keeps only the first ``max_errors`` errors (and a count), so a 1,000,000-row manifest validates
     in bounded memory. Raises ManifestError for file-level problems (no rows, wrong delimiter, ...).
-    ``fetch`` and ``inputs_root``: as for :func:`iter_checked_rows`.
+    ``fetch``, ``inputs_root``, ``delimiter`` and ``sheet``: as for :func:`iter_checked_rows`.
     """
-    report = ValidationReport(path=str(path), images_checked=check_images)
+    report = ValidationReport(path=str(path), images_checked=check_images, sheet_rows=is_tabular(path, fmt))
     endpoints: Counter[str] = Counter()
     for checked in iter_checked_rows(
         path,
@@ -195,6 +210,8 @@ def validate_manifest(
         timeout_s=timeout_s,
         fetch=fetch,
         inputs_root=inputs_root,
+        delimiter=delimiter,
+        sheet=sheet,
     ):
         report.add(checked, max_errors=max_errors)
         if checked.row is not None:
@@ -205,6 +222,13 @@ def validate_manifest(
 
 def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _row_heading(row: int, *, sheet_rows: bool) -> str:
+    if row == 0:
+        return "file:"
+    # The number a spreadsheet shows beside the row (its header is row 1), which is where people look.
+    return f"row {row} (spreadsheet row {row + 1}):" if sheet_rows else f"row {row}:"
 
 
 def render_report(report: ValidationReport) -> str:
@@ -222,7 +246,7 @@ def render_report(report: ValidationReport) -> str:
         for err in report.errors:
             if err.row != current:
                 current = err.row
-                lines.append("file:" if err.row == 0 else f"row {err.row}:")
+                lines.append(_row_heading(err.row, sheet_rows=report.sheet_rows))
             lines.append(f"  {err.field}: {err.msg}")
         hidden = report.errors_total - len(report.errors)
         if hidden > 0:

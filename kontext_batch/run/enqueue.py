@@ -81,6 +81,8 @@ class RunRequest:
     max_failures: float = 0
     budget: float | None = None  # credits; None: the settings' KONTEXT_BUDGET (if any)
     inputs_root: Path | None = None  # local input images must lie in this folder (symlinks resolved)
+    delimiter: str | None = None  # a CSV manifest's separator; None: read from its header
+    sheet: str | None = None  # an .xlsx manifest's sheet; None: the first
 
 
 @dataclass
@@ -207,6 +209,8 @@ class _Enqueue:
             cache=self.cache,
             fetch=FetchPolicy.from_settings(self.rt.settings),
             inputs_root=self.req.inputs_root,
+            delimiter=self.req.delimiter,
+            sheet=self.req.sheet,
         )
         for read in rows:
             if stop():

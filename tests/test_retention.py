@@ -1,0 +1,148 @@
+"""Retention: a finished run's keys expire together after KONTEXT_RUN_RETENTION_S, ``retry`` keeps
+them while it runs, ``prune`` removes finished runs now, and a run gone from Redis still says
+where its results.csv is. Runs are made by the real steps, inline, against real Redis and the
+emulator; the commands run as the real ``kontext-batch`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
+from kontext_batch.run.control import prune_runs, retry_run
+from kontext_batch.runtime import Runtime
+from kontext_batch.steps.sweep import sweep
+from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
+from tests.settings_support import fast_settings
+
+KEY = "retention-test-key"
+RETENTION_S = 3600
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    cfg = EmulatorConfig(latency={"*": LatencySpec.fixed(0.05)}, time_scale=1.0, seed=3)
+    with Emulator(cfg) as e:
+        yield e
+
+
+@pytest.fixture
+def rt(redis_url: str, emu: Emulator) -> Iterator[Runtime]:
+    runtime = inline_runtime(
+        fast_settings(emu.base_url, redis_url, api_key=KEY, run_retention_s=float(RETENTION_S)), InlineScheduler()
+    )
+    yield runtime
+    runtime.close()
+
+
+def finished_run(rt: Runtime, run_id: str, out: Path, n: int = 4) -> None:
+    """A run of ``n`` rows driven to its end by the real steps (its budget set, so that key exists)."""
+    start_specs(rt, run_id, str(out), text_specs(n))
+    rt.budget.set(run_id, 1000)
+    assert isinstance(rt.scheduler, InlineScheduler)
+    rt.scheduler.run(rt)
+    assert rt.runs.info(run_id).finished
+
+
+def run_keys(r: redis.Redis, run_id: str) -> list[str]:
+    """Every key in Redis that names the run (whatever the key table says)."""
+    return sorted(k.decode() for k in r.scan_iter(match=f"*{run_id}*", count=1000))
+
+
+def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+    env.update(KONTEXT_REDIS_URL=redis_url, KONTEXT_API_KEY=KEY, KONTEXT_API_BASE="http://127.0.0.1:9")
+    return subprocess.run(
+        [sys.executable, "-m", "kontext_batch", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_every_key_of_a_finished_run_expires_within_the_retention(rt: Runtime, tmp_path: Path) -> None:
+    finished_run(rt, "ret1", tmp_path)
+    keys = rt.runs.run_keys("ret1")
+    assert all(rt.redis.exists(k) for k in keys), "the run's six keys, budget included"
+    for k in keys:
+        assert 0 < rt.redis.ttl(k) <= RETENTION_S, k
+    # Nothing else of the run is left without a TTL: the tombstone outlives the keys, and goes too.
+    for k in run_keys(rt.redis, "ret1"):
+        assert rt.redis.ttl(k) > 0, k
+    assert rt.redis.ttl(rt.keys.run_gone("ret1")) > RETENTION_S
+
+
+def test_retry_keeps_the_keys_while_it_runs_and_its_end_sets_the_ttl_again(rt: Runtime, tmp_path: Path) -> None:
+    finished_run(rt, "ret2", tmp_path)
+    assert retry_run(rt, "ret2", [], ids={"r1", "r3"}) == 2
+    for k in rt.runs.run_keys("ret2"):
+        assert rt.redis.ttl(k) == -1, f"{k} still expires while the run runs again"
+    assert not rt.runs.gone("ret2")
+    assert isinstance(rt.scheduler, InlineScheduler)
+    rt.scheduler.run(rt)
+    assert rt.runs.info("ret2").finished
+    for k in rt.runs.run_keys("ret2"):
+        assert 0 < rt.redis.ttl(k) <= RETENTION_S, k
+
+
+def test_prune_removes_a_finished_run_and_leaves_an_unfinished_one(rt: Runtime, tmp_path: Path) -> None:
+    finished_run(rt, "done", tmp_path / "a")
+    start_specs(rt, "open", str(tmp_path / "b"), text_specs(3))  # queued, no step run: unfinished
+    open_before = {k: rt.redis.type(k) for k in run_keys(rt.redis, "open")}
+    # Ended just now: an hour's age spares it, none removes it.
+    assert prune_runs(rt, 3600) == (0, 0)
+    n_runs, n_keys = prune_runs(rt, 0)
+    assert (n_runs, n_keys) == (1, 6)
+    assert run_keys(rt.redis, "done") == [rt.keys.run_gone("done")]
+    assert not rt.redis.zscore(rt.keys.runs, "done")
+    assert {k: rt.redis.type(k) for k in run_keys(rt.redis, "open")} == open_before
+    assert rt.runs.info("open").status == "running"
+
+
+def test_the_sweep_drops_an_expired_run_from_the_index(rt: Runtime, tmp_path: Path) -> None:
+    finished_run(rt, "exp", tmp_path)
+    for k in rt.runs.run_keys("exp"):  # as its TTL would, without waiting an hour
+        rt.redis.delete(k)
+    assert rt.redis.zscore(rt.keys.runs, "exp") is not None
+    sweep(rt)
+    assert rt.redis.zscore(rt.keys.runs, "exp") is not None, "not due yet: its retention has not passed"
+    rt.runs.forget_expired(now=rt.redis.zscore(rt.keys.ended_runs, "exp"))
+    assert rt.redis.zscore(rt.keys.runs, "exp") is None
+    assert run_keys(rt.redis, "exp") == [rt.keys.run_gone("exp")]
+
+
+def test_status_and_retry_of_a_pruned_run(rt: Runtime, redis_url: str, tmp_path: Path) -> None:
+    finished_run(rt, "gone1", tmp_path)
+    results_uri = rt.runs.meta("gone1")["results_uri"]
+    got = cli(redis_url, "prune", "--older-than", "0m")
+    assert got.returncode == 0, got.stderr
+    assert "pruned 1 run(s): 6 key(s) removed" in got.stdout
+
+    status = cli(redis_url, "status", "gone1")
+    assert status.returncode == 0, status.stderr
+    assert "gone from Redis (pruned)" in status.stdout
+    assert results_uri in status.stdout
+
+    listing = cli(redis_url, "status")
+    assert listing.returncode == 0, listing.stderr
+    assert "gone1" not in listing.stdout
+
+    retry = cli(redis_url, "retry", "gone1")
+    assert retry.returncode == 2
+    assert "cannot be retried" in retry.stderr
+    assert results_uri in retry.stderr
+    assert "Traceback" not in retry.stderr
+
+
+def test_prune_refuses_a_duration_it_cannot_read(redis_url: str) -> None:
+    got = cli(redis_url, "prune", "--older-than", "a week")
+    assert got.returncode == 2
+    assert "7d, 36h, 90m" in got.stderr

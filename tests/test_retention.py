@@ -6,8 +6,10 @@ emulator; the commands run as the real ``kontext-batch`` subprocess."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.control import prune_runs, retry_run
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.sweep import sweep
+from tests.e2e_support import running_system, write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime, start_specs, text_specs
 from tests.settings_support import fast_settings
 
@@ -146,3 +149,41 @@ def test_prune_refuses_a_duration_it_cannot_read(redis_url: str) -> None:
     got = cli(redis_url, "prune", "--older-than", "a week")
     assert got.returncode == 2
     assert "7d, 36h, 90m" in got.stderr
+
+
+@pytest.mark.e2e
+def test_a_finished_run_expires_from_redis_with_real_workers(redis_url: str, tmp_path: Path) -> None:
+    """The whole path: ``run --wait`` ends the run with every key on its TTL; the keys expire, the
+    workers' sweep drops the run from the index; ``status`` then says where its results.csv is."""
+    retention_s = 30  # long enough for `run --wait` to read the end, short enough to wait for
+    rows = [{"id": f"e{i}", "prompt": f"white background {i}"} for i in range(8)]
+    manifest = write_csv(tmp_path / "m.csv", ["id", "prompt"], rows)
+    out = tmp_path / "out"
+    r = redis.Redis.from_url(redis_url)
+    with running_system(redis_url, run_retention_s=float(retention_s)) as system:
+        used_before = int(r.info("memory")["used_memory"])
+        proc = system.cli("run", str(manifest), "--output", str(out), "--wait")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found = re.search(r"(\d{8}T\d{6}-[0-9a-f]{6})", proc.stdout + proc.stderr)
+        assert found is not None, proc.stderr[-3000:]
+        run_id = found.group(1)
+        results_uri = (r.hget(f"kb:run:{run_id}", "results_uri") or b"").decode()
+        assert results_uri.endswith("results.csv")
+        keys = [k for k in run_keys(r, run_id) if "run-gone" not in k]
+        assert keys, "the run's keys, before they expire"
+        for k in keys:
+            assert 0 < r.ttl(k) <= retention_s, k
+        held = sum(int(r.memory_usage(k) or 0) for k in keys)
+        print(f"retention figures: rows=8 run_keys={len(keys)} bytes_held={held} bytes_per_row={held // 8}")
+        deadline = time.monotonic() + retention_s + 180
+        while r.zscore("kb:runs", run_id) is not None:  # the sweep's, once every key has expired
+            assert time.monotonic() < deadline, f"run {run_id} still listed: {run_keys(r, run_id)}"
+            time.sleep(0.5)
+        assert run_keys(r, run_id) == [f"kb:run-gone:{run_id}"]
+        print(f"retention figures: used_memory before={used_before} after={int(r.info('memory')['used_memory'])}")
+        status = system.cli("status", run_id)
+    r.close()
+    assert status.returncode == 0, status.stderr
+    assert "gone from Redis (expired after its retention)" in status.stdout
+    assert f"results.csv: {results_uri}" in status.stdout
+    assert (out / "results.csv").exists()

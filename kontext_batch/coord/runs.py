@@ -377,7 +377,9 @@ class RunStore:
         """The tombstone of a run whose state left Redis (pruned or expired): where its results went.
         Empty for a run Redis still holds, and for one it never had (or forgot a quarter ago)."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.exists(self.keys.run(run_id))
+        # Any key left means the run is still here, if lost (its metadata evicted): not gone. Its
+        # keys expire together, so an expired run has none.
+        pipe.exists(*self.run_keys(run_id))
         pipe.hgetall(self.keys.run_gone(run_id))
         there, raw = pipe.execute()
         return {} if there else {decode(k): decode(v) for k, v in raw.items()}

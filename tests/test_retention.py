@@ -13,9 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import redis
 
+from kontext_batch.cli.commands import parse_duration
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.control import prune_runs, retry_run
 from kontext_batch.runtime import Runtime
@@ -187,3 +189,18 @@ def test_a_finished_run_expires_from_redis_with_real_workers(redis_url: str, tmp
     assert "gone from Redis (expired after its retention)" in status.stdout
     assert f"results.csv: {results_uri}" in status.stdout
     assert (out / "results.csv").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("7d", 7 * 86_400), ("36h", 36 * 3600), ("90m", 5400), ("2w", 1_209_600), ("45", 45.0)]
+)
+def test_prune_reads_durations_in_its_units(raw: str, seconds: float) -> None:
+    assert parse_duration(raw) == seconds
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("raw", ["", "d", "7 days", "-1h", "1y"])
+def test_prune_refuses_what_is_no_duration(raw: str) -> None:
+    with pytest.raises(click.BadParameter):
+        parse_duration(raw)

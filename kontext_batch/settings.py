@@ -42,6 +42,8 @@ KONTEXT_ALLOW_PRIVATE_URLS     fetch URLs on loopback/private/     0
                                image hosts, tests)
 KONTEXT_FETCH_DEADLINE_S       whole fetch of one input image URL  60
 KONTEXT_MAX_SAMPLE_BYTES       largest output image downloaded     64000000
+KONTEXT_RUN_RETENTION_S        a finished run's state stays in     1209600 (14 days)
+                               Redis this long after its end
 KONTEXT_LOG_LEVEL              logging level                       INFO
 KONTEXT_LOG_FORMAT             text | json (one object per line)   text
 KONTEXT_METRICS_HOST           address a worker's metrics bind to  127.0.0.1
@@ -201,6 +203,8 @@ class Settings:
     log_level: str = "INFO"
     allow_private_urls: bool = False
     fetch_deadline_s: float = 60.0
+    #: How long a finished run's keys stay in Redis after its end (``prune`` removes them sooner).
+    run_retention_s: float = 1_209_600.0
     max_sample_bytes: int = 64_000_000
     log_format: str = "text"
     metrics_host: str = "127.0.0.1"
@@ -269,6 +273,7 @@ class Settings:
             log_level=env.get("KONTEXT_LOG_LEVEL", d.log_level).upper(),
             allow_private_urls=env.get("KONTEXT_ALLOW_PRIVATE_URLS", "0").strip().lower() in _TRUE,
             fetch_deadline_s=num("KONTEXT_FETCH_DEADLINE_S", d.fetch_deadline_s, minimum=0.1),
+            run_retention_s=num("KONTEXT_RUN_RETENTION_S", d.run_retention_s, minimum=1.0),
             max_sample_bytes=int(num("KONTEXT_MAX_SAMPLE_BYTES", d.max_sample_bytes, minimum=1)),
             log_format=log_format,
             metrics_host=env.get("KONTEXT_METRICS_HOST", "").strip() or d.metrics_host,

@@ -27,7 +27,7 @@ from kontext_batch.coord.connection import explain
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, RunStateLost
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.manifest.validate import render_report, validate_manifest
-from kontext_batch.run.control import cancel_run, retry_run
+from kontext_batch.run.control import cancel_run, gone_line, prune_runs, refuse_gone, retry_run
 from kontext_batch.run.enqueue import RunRequest
 from kontext_batch.run.local import demo_manifest
 from kontext_batch.run.view import view_run
@@ -203,9 +203,13 @@ def run(
 def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) -> None:
     """Show one run's progress, or list recent runs."""
     rt = runtime(command_settings(ctx))
+    if run_id and (line := gone_line(rt, run_id)):
+        click.echo(line)
+        return
     if run_id and not rt.runs.known(run_id):  # a listed run whose metadata went shows as lost
         need_run(rt, run_id)
-    ids = [run_id] if run_id else rt.runs.list_runs(limit)
+    # A run whose keys just expired is listed until the next sweep: not as lost.
+    ids = [run_id] if run_id else [i for i in rt.runs.list_runs(limit) if not rt.runs.gone(i)]
     views = [view_run(rt, i) for i in ids]
     if as_json:
         click.echo(json.dumps([view_doc(v) for v in views], indent=2))
@@ -309,6 +313,7 @@ def retry(
     statuses = [n for n, on in flags if on] or (["failed", "budget"] if budget is not None else ["failed"])
     ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
     rt = trusted(runtime(command_settings(ctx)))
+    refuse_gone(rt, run_id)
     need_run(rt, run_id)
     n = retry_run(rt, run_id, statuses, ids=ids, ignore_unknown=ignore_unknown, budget=budget)
     say(f"{run_id}: {n} row(s) queued again")
@@ -365,6 +370,39 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
 
 cli.add_command(worker)
 cli.add_command(webhooks_command)
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(raw: str) -> float:
+    """``90m``, ``36h``, ``7d``, ``2w`` or plain seconds, in seconds; BadParameter for anything else."""
+    text = raw.strip().lower()
+    unit = _UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter(f"{raw!r} is no duration: give e.g. 7d, 36h, 90m or seconds") from None
+    if value < 0:
+        raise click.BadParameter(f"{raw!r}: a duration cannot be negative")
+    return value
+
+
+@cli.command()
+@click.option(
+    "--older-than",
+    default=None,
+    help="Remove runs that ended at least this long ago, e.g. 7d, 36h, 90m (default: KONTEXT_RUN_RETENTION_S).",
+)
+@click.pass_context
+def prune(ctx: click.Context, older_than: str | None) -> None:
+    """Remove finished runs' state from Redis now, leaving each a tombstone that says where its
+    results.csv is. Runs not finished are never touched."""
+    settings = command_settings(ctx)
+    age_s = parse_duration(older_than) if older_than is not None else settings.run_retention_s
+    rt = runtime(settings)
+    n_runs, n_keys = prune_runs(rt, age_s)
+    click.echo(f"pruned {n_runs} run(s): {n_keys} key(s) removed")
 
 
 @cli.command("gallery")

@@ -7,7 +7,9 @@ each process speaks (:mod:`~kontext_batch.coord.protocol`).
 Every key the system keeps is below, named by :class:`~kontext_batch.coord.keys.Keys` (all but
 ``metrics-exporter``). Each starts with the namespace ``kb``: no setting changes it (``Keys(ns)``
 takes another for tests only). Celery's broker keys, in the same Redis, are kombu's and not listed.
-TTL "-" means the key lives until its owner deletes it; scores in ms are epoch milliseconds.
+TTL "-" means the key lives until its owner deletes it; scores in ms are epoch milliseconds. TTL "R"
+is the run's retention: none while the run runs; ``KONTEXT_RUN_RETENTION_S`` from its end, set on
+all of its keys at once (``retry`` removes it until the run ends again).
 
 ===========================  ======  =====  =====================================================================
 key                          type    TTL    holds
@@ -25,19 +27,23 @@ key                          type    TTL    holds
 {ns}:holders:{fp}            zset    -      processes holding the key; score: heartbeat expiry ms
 {ns}:key-caps                hash    -      key fingerprint -> the caps its holders last announced (JSON)
 {ns}:delayed                 zset    -      task messages not due yet, JSON [kind, ref, token, fp]; score: due ms
-{ns}:budget:{run}            hash    -      budget (absent: no limit), spent, reserved (credits) of one run
+{ns}:budget:{run}            hash    R      budget (absent: no limit), spent, reserved (credits) of one run
 {ns}:runs                    zset    -      run ids; score: creation time in epoch seconds
 {ns}:runs:open               set     -      runs not finalized yet (swept for completion)
-{ns}:run:{run}               hash    -      run metadata (manifest, output, pool, keys, total, status, stop
+{ns}:runs:ended              zset    -      ended runs; score: when their keys expire (epoch s); the sweep
+                                            drops a run from ``runs`` once its keys are gone
+{ns}:run-gone:{run}          hash    R+90d  tombstone of an ended run: finished_at, status, output,
+                                            results_uri (and pruned_at once ``prune`` removed it: 90 d)
+{ns}:run:{run}               hash    R      run metadata (manifest, output, pool, keys, total, status, stop
                                             flags, webhook URL and secret), counters (task_executions,
                                             possible_duplicates), last_final_at, seen:* flags,
                                             passes (JSON [start, end] of each ended pass) and
                                             pass_started_at (set by ``retry`` of an ended run)
-{ns}:run:{run}:rows          hash    -      row -> the row's job spec (JSON)
-{ns}:run:{run}:results       hash    -      row -> the row's final result (JSON); written once, until
+{ns}:run:{run}:rows          hash    R      row -> the row's job spec (JSON)
+{ns}:run:{run}:results       hash    R      row -> the row's final result (JSON); written once, until
                                             ``retry`` forgets it
-{ns}:run:{run}:counts        hash    -      status -> number of final rows with that status
-{ns}:run:{run}:ndone         string  -      number of final rows (the completion counter)
+{ns}:run:{run}:counts        hash    R      status -> number of final rows with that status
+{ns}:run:{run}:ndone         string  R      number of final rows (the completion counter)
 {ns}:run:{run}:finalizing    string  300 s  claim of the one results.csv writer at work now
 {ns}:submit-rate:{second}    string  2 s    submits sent in that wall-clock second (one key per second)
 {ns}:demand                  list    -      one item per row of the open runs not final yet (only its length
@@ -64,7 +70,9 @@ Owners (the only modules that write each key; everyone else goes through their m
 - :mod:`~kontext_batch.coord.holders`: ``proc``, ``holders`` and ``key-caps``.
 - :mod:`~kontext_batch.coord.delays`: ``delayed``.
 - :mod:`~kontext_batch.coord.budget`: ``budget``.
-- :mod:`~kontext_batch.coord.runs`: ``runs``, ``runs:open`` and the ``run`` keys.
+- :mod:`~kontext_batch.coord.runs`: ``runs``, ``runs:open``, ``runs:ended``, ``run-gone`` and the ``run``
+  keys; and the TTL of ``budget`` (its retention, with the run's other keys) and its deletion by
+  ``prune``.
 - :mod:`~kontext_batch.coord.ratelimit`: ``submit-rate``.
 - :mod:`~kontext_batch.coord.demand`: ``demand``.
 - :mod:`kontext_batch.metrics` (outside this package, naming the key itself): ``metrics-exporter``,

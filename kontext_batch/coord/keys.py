@@ -97,6 +97,13 @@ class Keys:
     def finalizing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:finalizing"
 
+    @property
+    def ended_runs(self) -> str:
+        return f"{self.ns}:runs:ended"
+
+    def run_gone(self, run_id: str) -> str:
+        return f"{self.ns}:run-gone:{run_id}"
+
     def proc(self, proc: str) -> str:
         return f"{self.ns}:proc:{proc}"
 

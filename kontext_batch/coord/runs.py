@@ -16,6 +16,13 @@ hash without it), the rows hash has ``total`` rows once queued, and the
 results hash, the done counter and the status counts agree, as ``record.lua`` and ``reopen.lua``
 keep them. A run that fails the check is lost (:attr:`RunInfo.lost`): it reads as ``failed``, and
 :meth:`RunStore.mark_lost` records it so on what survives of the run.
+
+Retention: at a run's end every key of it gets the same TTL (:meth:`RunStore.retain`,
+``KONTEXT_RUN_RETENTION_S``), so they go together, and a tombstone (``run-gone``, where its
+results.csv went) outlives them. The runs index is a sorted set, whose members cannot expire: the
+run is listed in ``runs:ended`` by when its keys expire, and the sweep drops it from the index once
+they have (:meth:`RunStore.forget_expired`). ``retry`` makes the keys permanent again while the run
+runs (:meth:`RunStore.persist`); ``prune`` deletes a finished run's keys at once (:meth:`RunStore.prune`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from kontext_batch.coord.keys import Keys
 from kontext_batch.coord.redisio import batched, decode, eval_in, lua
 from kontext_batch.errors import ConfigError, RunStateLost
 
-__all__ = ["FINAL_STATUSES", "RowStatus", "RunInfo", "RunStore", "missing_state", "new_run_id"]
+__all__ = ["FINAL_STATUSES", "GONE_TTL_S", "RowStatus", "RunInfo", "RunStore", "missing_state", "new_run_id"]
 
 RowStatus = Literal["succeeded", "failed", "moderated", "invalid", "skipped", "cancelled", "budget"]
 FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
@@ -47,6 +54,10 @@ FINAL_STATUSES: Final[tuple[RowStatus, ...]] = (
     "cancelled",
     "budget",
 )
+
+#: How long the tombstone of a run whose state left Redis outlives it: ``status`` can still say
+#: where its results.csv went, for a quarter after the run itself is gone.
+GONE_TTL_S: Final = 90 * 86_400
 
 _RECORD: Final = lua("record.lua")
 _REOPEN: Final = lua("reopen.lua")
@@ -264,6 +275,114 @@ class RunStore:
         pipe.zrem(self.keys.runs, run_id)
         pipe.srem(self.keys.open_runs, run_id)
         pipe.execute()
+
+    def run_keys(self, run_id: str) -> list[str]:
+        """Every key that holds the run's state (the budget's too: it is the run's alone)."""
+        k = self.keys
+        return [k.run(run_id), k.rows(run_id), k.results(run_id), k.counts(run_id), k.ndone(run_id), k.budget(run_id)]
+
+    def retain(self, run_id: str, retention_s: float) -> None:
+        """Let the ended run's keys expire ``retention_s`` from now, all at once, and keep its
+        tombstone beyond them. Repeating it (a later finalize) starts the clock again."""
+        ttl = max(1, int(retention_s))
+        now = time.time()
+        output, results_uri, status = (
+            decode(v) if v is not None else ""
+            for v in self.r.hmget(self.keys.run(run_id), ["output", "results_uri", "status"])
+        )
+        gone = self.keys.run_gone(run_id)
+        pipe = self.r.pipeline(transaction=True)
+        for key in self.run_keys(run_id):
+            pipe.expire(key, ttl)
+        pipe.zadd(self.keys.ended_runs, {run_id: now + ttl})
+        pipe.delete(gone)
+        pipe.hset(
+            gone, mapping={"finished_at": _enc(now), "output": output, "results_uri": results_uri, "status": status}
+        )
+        pipe.expire(gone, ttl + GONE_TTL_S)
+        pipe.execute()
+
+    def persist(self, run_id: str) -> None:
+        """Keep the run's keys for good again (``retry`` of an ended run): it runs, and it ends again."""
+        pipe = self.r.pipeline(transaction=True)
+        for key in self.run_keys(run_id):
+            pipe.persist(key)
+        pipe.zrem(self.keys.ended_runs, run_id)
+        pipe.delete(self.keys.run_gone(run_id))
+        pipe.execute()
+
+    def forget_expired(self, now: float | None = None) -> int:
+        """Drop from the runs index the ended runs whose keys have expired (the sweep's; cheap: one
+        range read of ``runs:ended`` when none is due). Returns how many were dropped."""
+        due = [decode(x) for x in self.r.zrangebyscore(self.keys.ended_runs, "-inf", now or time.time())]
+        if not due:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in due:
+            pipe.exists(self.keys.run(run_id))
+        gone = [run_id for run_id, there in zip(due, pipe.execute(), strict=True) if not there]
+        if gone:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.zrem(self.keys.runs, *gone)
+            pipe.srem(self.keys.open_runs, *gone)
+            pipe.zrem(self.keys.ended_runs, *gone)
+            pipe.execute()
+        return len(gone)
+
+    def prune(self, run_id: str, *, finished_before: float) -> int | None:
+        """Delete a finished run's keys now, leaving its tombstone. Returns how many keys went, or
+        None (and touches nothing) when the run is not finished before ``finished_before``: one
+        that a ``retry`` reopens meanwhile is left alone (the read and the delete are one WATCH)."""
+        key = self.keys.run(run_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                meta = {decode(k): decode(v) for k, v in pipe.hgetall(key).items()}
+                finished_at = float(meta.get("finished_at") or 0)
+                if (
+                    not finished_at
+                    or finished_at > finished_before
+                    or meta.get("status") not in ("finished", "cancelled", "failed")
+                ):
+                    return None
+                gone = self.keys.run_gone(run_id)
+                pipe.multi()
+                for k in (*self.run_keys(run_id), self.keys.finalizing(run_id)):
+                    pipe.delete(k)
+                pipe.delete(gone)
+                pipe.hset(
+                    gone,
+                    mapping={
+                        "finished_at": _enc(finished_at),
+                        "output": meta.get("output", ""),
+                        "results_uri": meta.get("results_uri", ""),
+                        "status": meta.get("status", ""),
+                        "pruned_at": _enc(time.time()),
+                    },
+                )
+                pipe.expire(gone, GONE_TTL_S)
+                pipe.zrem(self.keys.runs, run_id)
+                pipe.srem(self.keys.open_runs, run_id)
+                pipe.zrem(self.keys.ended_runs, run_id)
+                got = pipe.execute()
+            except redis.WatchError:
+                return None
+        return sum(int(n) for n in got[: len(self.run_keys(run_id)) + 1])
+
+    def all_runs(self) -> list[str]:
+        """Every run in the index, oldest first."""
+        return [decode(x) for x in self.r.zrange(self.keys.runs, 0, -1)]
+
+    def gone(self, run_id: str) -> dict[str, str]:
+        """The tombstone of a run whose state left Redis (pruned or expired): where its results went.
+        Empty for a run Redis still holds, and for one it never had (or forgot a quarter ago)."""
+        pipe = self.r.pipeline(transaction=True)
+        # Any key left means the run is still here, if lost (its metadata evicted): not gone. Its
+        # keys expire together, so an expired run has none.
+        pipe.exists(*self.run_keys(run_id))
+        pipe.hgetall(self.keys.run_gone(run_id))
+        there, raw = pipe.execute()
+        return {} if there else {decode(k): decode(v) for k, v in raw.items()}
 
     def reopen(self, run_id: str, rows: Iterable[int], statuses: Iterable[str]) -> list[int]:
         """Forget the results of these rows if their status is one of ``statuses`` (for ``retry``)."""

@@ -1,4 +1,4 @@
-"""Operator actions on a run: cancel it, or run some of its rows again."""
+"""Operator actions on a run: cancel it, run some of its rows again, or prune finished runs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import JOB_RESULT_FIELDS, drain_waiting, finalize, finish
 from kontext_batch.steps.dispatch import dispatch
 
-__all__ = ["cancel_run", "retry_run"]
+__all__ = ["cancel_run", "gone_line", "prune_runs", "refuse_gone", "retry_run"]
 
 
 def cancel_run(rt: Runtime, run_id: str) -> int:
@@ -69,6 +69,7 @@ def retry_run(
     Raises ConfigError, and queues nothing, when the run does not exist, or when ``ids`` names ids
     that are no row of the run (a file from another run's gallery, a typo) unless ``ignore_unknown``.
     """
+    refuse_gone(rt, run_id)
     if not rt.runs.exists(run_id):
         raise ConfigError(f"no run {run_id} in this Redis")
     if ids is not None:
@@ -97,6 +98,7 @@ def retry_run(
     reopened = rt.runs.reopen(run_id, rows, statuses)
     if not reopened:
         return 0
+    rt.runs.persist(run_id)  # running again: its retention starts at its new end
     meta = rt.runs.meta(run_id)
     pool_id = meta["pool"]
     if meta.get("finished_at"):
@@ -131,3 +133,35 @@ def _carried(result: dict[str, Any]) -> dict[str, Any]:
     if float(result.get("cost_credits") or 0):
         fields["cost_before"] = float(result["cost_credits"])
     return fields
+
+
+def gone_line(rt: Runtime, run_id: str) -> str:
+    """What to say of a run whose state left Redis (pruned, or expired after its retention) and
+    where its results.csv is; "" for a run Redis still holds or never had."""
+    tomb = rt.runs.gone(run_id)
+    if not tomb:
+        return ""
+    ended = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(tomb.get("finished_at") or 0)))
+    how = "pruned" if tomb.get("pruned_at") else "expired after its retention"
+    where = tomb.get("results_uri") or (f"none was written (output {tomb['output']})" if tomb.get("output") else "none")
+    status = tomb.get("status") or "finished"
+    return f"run {run_id} (ended {ended}, {status}) is gone from Redis ({how}); results.csv: {where}"
+
+
+def refuse_gone(rt: Runtime, run_id: str) -> None:
+    """ConfigError (exit 2) for a run whose state left Redis: nothing of it is left to run again."""
+    if line := gone_line(rt, run_id):
+        raise ConfigError(f"{line}; a run gone from Redis cannot be retried")
+
+
+def prune_runs(rt: Runtime, older_than_s: float) -> tuple[int, int]:
+    """Delete the state of every run that finished ``older_than_s`` ago or more, leaving each a
+    tombstone; unfinished runs are never touched. Returns (runs, keys) removed."""
+    before = time.time() - older_than_s
+    n_runs = n_keys = 0
+    for run_id in rt.runs.all_runs():
+        removed = rt.runs.prune(run_id, finished_before=before)
+        if removed is not None:
+            n_runs += 1
+            n_keys += removed
+    return n_runs, n_keys

@@ -192,7 +192,9 @@ def fail_lost_runs(rt: Runtime) -> int:
 
 
 def _ended(rt: Runtime, run_id: str, status: str, uri: str) -> None:
-    """Count and log a run's end, once, by the process that recorded it."""
+    """Count and log a run's end, once, by the process that recorded it; its state is kept
+    KONTEXT_RUN_RETENTION_S from now."""
+    rt.runs.retain(run_id, rt.settings.run_retention_s)
     info = rt.runs.info(run_id)
     outcome = metrics.run_outcome(status, info.meta.get("stopped", ""), info.counts)
     metrics.run_finished(outcome)

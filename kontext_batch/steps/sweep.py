@@ -89,6 +89,7 @@ def sweep(rt: Runtime) -> int:
         finalize(rt, run_id)
         n += 1
     sync_demand(rt.redis, rt.keys, rt.runs)  # what an autoscaler reads (KEDA's redis trigger)
+    rt.runs.forget_expired()  # a sorted set's members cannot expire with the runs they list
     return n
 
 

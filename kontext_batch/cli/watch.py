@@ -36,6 +36,11 @@ def private_stack(s: Settings, *, emulator: bool, workers: int, time_scale: floa
     """The private stack of ``--local`` and ``demo``; Ctrl-C or SIGTERM stops all of it and exits 130."""
 
     options = {"time_scale": time_scale} if time_scale is not None else None
+    # Celery's import (the command's runtime needs it) takes seconds on a loaded machine; inside the
+    # window below, a Ctrl-C raised in the middle of it surfaces as a RuntimeError from a class body
+    # (CPython wraps errors of __set_name__), with a traceback and exit 1 (CI, 2026-12-04).
+    import kontext_batch.workers.app  # noqa: F401, PLC0415 - loaded before the signals are ours
+
     try:
         with (
             interrupts(),

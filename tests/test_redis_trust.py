@@ -16,6 +16,7 @@ from kontext_batch.errors import ConfigError
 from kontext_batch.run.enqueue import RunRequest, start_run
 from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
+from tests.conftest import unavailable
 from tests.e2e_support import read_results, running_system, write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime
 from tests.test_redis_policy import _cli, private_redis
@@ -116,14 +117,29 @@ def test_a_50000_row_run_too_big_for_maxmemory_is_refused_before_anything_is_wri
 
 
 @pytest.mark.integration  # a private redis-server, the CLI
-def test_a_stdin_manifest_is_refused_when_it_outgrows_maxmemory_and_cleaned_up(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["stdin", "parquet"])
+def test_a_manifest_not_sized_up_front_is_refused_when_it_outgrows_maxmemory_and_cleaned_up(
+    tmp_path: Path, source: str
+) -> None:
+    # Stdin has no size before its end, and a .parquet file is compressed: its bytes say little of
+    # its rows (a line count of it would pass this run). Both are checked at each flush.
     manifest = _manifest(tmp_path / "m.csv", 50_000)
+    args: list[str] = ["-"]
+    stdin: str | None = manifest.read_text()
+    if source == "parquet":
+        try:
+            import pyarrow.csv as pcsv  # noqa: PLC0415 - the optional extra
+            import pyarrow.parquet as pq  # noqa: PLC0415
+        except ImportError:
+            unavailable("pyarrow (the parquet extra) is not installed")
+        pq.write_table(pcsv.read_csv(manifest), tmp_path / "m.parquet")
+        args, stdin = [str(tmp_path / "m.parquet")], None
     with private_redis(tmp_path, "--maxmemory", "10mb", "--maxmemory-policy", "noeviction", "--save", "") as r:
         before = set(r.keys("*"))
-        refused = _cli(_url(r), tmp_path, "run", "-", "-o", str(tmp_path / "out"), stdin=manifest.read_text())
+        refused = _cli(_url(r), tmp_path, "run", *args, "-o", str(tmp_path / "out"), stdin=stdin)
         assert refused.returncode == 2, refused.stderr
         (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
-        assert "rows read from stdin so far" in line
+        assert f"rows read from {'stdin' if source == 'stdin' else 'm.parquet'} so far" in line
         assert "needs about" in line
         assert _run_keys(r) == []
         assert r.info("memory")["used_memory"] < 0.9 * r.info("memory")["maxmemory"]

@@ -5,7 +5,8 @@
 Nothing is queued unless every row is valid, or the caller asked to record invalid rows as
 ``invalid``: rows go to the pool's wait lists only after the pass ends. A refused run is deleted from
 Redis, and so is one that Redis has no room for: the run's footprint is estimated from the manifest
-before anything is written (a stdin manifest, of unknown size, is checked at each flush instead), and
+before anything is written (a stdin, .xlsx or .parquet manifest, whose bytes do not tell, is checked
+at each flush instead), and
 a Redis that fills up anyway is said in one line naming ``maxmemory``
 (:mod:`kontext_batch.coord.policy`). Local input images are staged (content-addressed, so a refused
 run leaves at most a cache of inputs behind, never an output). Rows whose output already exists for
@@ -57,6 +58,7 @@ from kontext_batch.io.stores import ObjectStore
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.manifest.images import ImageCache, describe_image_error
 from kontext_batch.manifest.model import ManifestRow
+from kontext_batch.manifest.reader import detect_format
 from kontext_batch.manifest.staging import StagedImage, stage_image
 from kontext_batch.manifest.validate import CheckedRow, ValidationReport, iter_checked_rows
 from kontext_batch.runtime import Runtime
@@ -127,7 +129,7 @@ def start_run(
     store = rt.store(req.output)
     if not req.force:
         _check_output_free(rt, store.url)
-    if req.manifest != "-":
+    if _sized_from_file(req):
         need = manifest_footprint(Path(req.manifest))
         check_headroom(read_memory(rt.redis), need.bytes, rt.settings.redis_display, need.what)
     run_id = new_run_id()
@@ -149,6 +151,13 @@ def start_run(
             raise out_of_memory(read_memory(rt.redis), rt.settings.redis_display, writing) from None
         raise
     return queued
+
+
+def _sized_from_file(req: RunRequest) -> bool:
+    """Whether the run's footprint is estimated from its manifest's bytes before the pass: a text
+    file's (CSV, JSONL). Stdin has no size yet, and an .xlsx or .parquet file is compressed, so its
+    bytes say little of its rows: those are checked at each flush instead."""
+    return req.manifest != "-" and detect_format(req.manifest) in ("csv", "jsonl")
 
 
 def _register(rt: Runtime, run_id: str, req: RunRequest, output: str, pool: Pool, budget: float | None) -> None:
@@ -197,7 +206,7 @@ class _Enqueue:
         self.writing = "the run's metadata"
         self.pushed = False
         #: For a stdin manifest (its size unknown until its end): used_memory before its first row.
-        self.used_at_start = read_memory(rt.redis).used if req.manifest == "-" else None
+        self.used_at_start = None if _sized_from_file(req) else read_memory(rt.redis).used
         self.rows_written = 0
 
     def run(self, stdin: TextIO | None, stop: Callable[[], bool]) -> QueuedRun:
@@ -306,7 +315,8 @@ class _Enqueue:
             self.results.clear()
 
     def _check_room(self, batch: int) -> None:
-        """For stdin: refuse before a flush that would leave Redis no room for the run to finish.
+        """For a manifest not sized up front (stdin, .xlsx, .parquet): refuse before a flush that
+        would leave Redis no room for the run to finish.
 
         The rows written so far each still take a result; the next ones are priced like the rows
         written so far (used_memory's growth since the first row)."""
@@ -317,7 +327,8 @@ class _Enqueue:
         per_row = max(grown, ROW_BYTES)
         need = int(self.rows_written * RESULT_BYTES + batch * (per_row + RESULT_BYTES))
         read = self.rows_written + batch
-        check_headroom(mem, need, self.rt.settings.redis_display, f"this run ({read:,} rows read from stdin so far)")
+        source = "stdin" if self.req.manifest == "-" else Path(self.req.manifest).name
+        check_headroom(mem, need, self.rt.settings.redis_display, f"this run ({read:,} rows read from {source} so far)")
 
     def _queue(self) -> QueuedRun:
         rt, run_id, out = self.rt, self.run_id, self.out

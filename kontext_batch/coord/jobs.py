@@ -36,7 +36,7 @@ import redis
 from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys, split_slot_id
-from kontext_batch.coord.redisio import decode, eval_in, lua, now_ms
+from kontext_batch.coord.redisio import decode, eval_in, existing, lua, now_ms
 
 __all__ = ["Grant", "Jobs", "StaleJob"]
 
@@ -181,10 +181,8 @@ class Jobs:
         refs = [ref for ref in refs if ref.startswith(prefix)]
         if not refs:
             return 0
-        pipe = self.r.pipeline(transaction=False)
-        for ref in refs:
-            pipe.exists(self.keys.job(ref))
-        orphans = [ref for ref, there in zip(refs, pipe.execute(), strict=True) if not there]
+        there = existing(self.r, [self.keys.job(ref) for ref in refs])
+        orphans = [ref for ref, kept in zip(refs, there, strict=True) if not kept]
         if orphans:
             self.r.zrem(self.keys.watch, *orphans)
         return len(orphans)

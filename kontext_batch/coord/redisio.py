@@ -10,10 +10,11 @@ from importlib import resources
 from itertools import islice
 from typing import Any, Final, TypeVar
 
+import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
-__all__ = ["BATCH", "batched", "decode", "eval_in", "lua", "now_ms"]
+__all__ = ["BATCH", "batched", "decode", "eval_in", "existing", "lua", "now_ms"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,14 @@ def batched(items: Iterable[T], n: int = BATCH) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, n)):
         yield chunk
+
+
+def existing(r: redis.Redis, keys: Sequence[str]) -> list[bool]:
+    """Whether each key exists, in one round trip (EXISTS of several keys only counts them)."""
+    pipe = r.pipeline(transaction=False)
+    for key in keys:
+        pipe.exists(key)
+    return [bool(n) for n in pipe.execute()]
 
 
 def now_ms() -> int:

@@ -39,7 +39,7 @@ import redis
 from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
-from kontext_batch.coord.redisio import batched, decode, eval_in, lua
+from kontext_batch.coord.redisio import batched, decode, eval_in, existing, lua
 from kontext_batch.errors import ConfigError, RunStateLost
 
 __all__ = ["FINAL_STATUSES", "GONE_TTL_S", "RowStatus", "RunInfo", "RunStore", "missing_state", "new_run_id"]
@@ -317,10 +317,8 @@ class RunStore:
         due = [decode(x) for x in self.r.zrangebyscore(self.keys.ended_runs, "-inf", now or time.time())]
         if not due:
             return 0
-        pipe = self.r.pipeline(transaction=False)
-        for run_id in due:
-            pipe.exists(self.keys.run(run_id))
-        gone = [run_id for run_id, there in zip(due, pipe.execute(), strict=True) if not there]
+        there = existing(self.r, [self.keys.run(run_id) for run_id in due])
+        gone = [run_id for run_id, kept in zip(due, there, strict=True) if not kept]
         if gone:
             pipe = self.r.pipeline(transaction=True)
             pipe.zrem(self.keys.runs, *gone)

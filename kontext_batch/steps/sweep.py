@@ -62,7 +62,7 @@ def redrive(rt: Runtime, stale: StaleJob) -> None:
 def _job_gone(rt: Runtime, run_id: str, row: int) -> None:
     """A job hash vanished while its row is in flight: its state is lost, and so is the run's."""
     if rt.runs.is_final(run_id, row):
-        return  # finished: its hash went with its watch entry, which a retry of that write left
+        return  # finished: its hash was retired with it, and this entry outlived it
     meta = rt.runs.meta(run_id)
     if meta.get("status") == "running" and not meta.get("stopped"):
         fail_lost(rt, run_id, f"the job of row {row}, in flight")

@@ -157,11 +157,6 @@ class Footprint:
         return f"this run of {self.rows:,} rows"
 
 
-def row_bytes(ascii_bytes: int, other_bytes: int) -> int:
-    """A finished row's bytes in Redis, from its manifest bytes: spec, wait-list ref and result."""
-    return int(ROW_BYTES + RESULT_BYTES + ascii_bytes * ASCII_BYTE_BYTES + other_bytes * OTHER_BYTE_BYTES)
-
-
 def manifest_footprint(path: Path) -> Footprint:
     """The run's footprint from the manifest file's bytes and line count (one fast read, no parsing).
 

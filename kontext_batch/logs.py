@@ -11,6 +11,7 @@ event                      level    when
 ``budget``                 WARNING  the run's budget stopped the row before its submit
 ``cancelled``              INFO     the run was cancelled before the row was submitted
 ``re-driven``              WARNING  the row's worker went quiet and the sweeper sent it again
+``held back``              WARNING  the submit waits: its record is on no replica yet (a failover)
 ``run stopped``            WARNING  the run stops submitting (out of credits, key refused)
 ``run finished``           INFO     the run ended: outcome, counts, credits, results.csv; ERROR when
                                     it ended failed or stopped

@@ -29,6 +29,7 @@ from kontext_batch.coord.jobs import Jobs
 from kontext_batch.coord.keys import Keys
 from kontext_batch.coord.pools import Pools
 from kontext_batch.coord.ratelimit import SubmitRateLimiter
+from kontext_batch.coord.replicas import ReplicaGuard
 from kontext_batch.coord.runs import RunStore
 from kontext_batch.coord.slots import Slots
 from kontext_batch.errors import KeyNotHeld
@@ -96,6 +97,7 @@ class Runtime:
         self.budget = Budget(self.redis, self.keys)
         self.submit_rate = SubmitRateLimiter(self.redis, self.keys.submit_rate, s.submits_per_s)
         self.held = {k.fingerprint: k for k in s.held_keys}
+        self.replicas = ReplicaGuard(self.redis, self.keys.replica_probe(self.proc_id))
 
     @classmethod
     def create(

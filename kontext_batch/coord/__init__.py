@@ -24,6 +24,8 @@ key                          type    TTL    holds
 {ns}:job:{run}:{row}         hash    -      one in-flight job (fields below); deleted when its row is final
 {ns}:proc:{proc}             string  5 s    a live worker process's heartbeat: JSON version, protocol, and the
                                             caps of its keys (``keys``)
+{ns}:replica-probe:{proc}    string  60 s   a process's last write before it asks ``WAIT`` whether its writes reached a
+                                            replica (:mod:`~kontext_batch.coord.replicas`; its value means nothing)
 {ns}:holders:{fp}            zset    -      processes holding the key; score: heartbeat expiry ms
 {ns}:key-caps                hash    -      key fingerprint -> the caps its holders last announced (JSON)
 {ns}:delayed                 zset    -      task messages not due yet, JSON [kind, ref, token, fp]; score: due ms
@@ -68,6 +70,7 @@ Owners (the only modules that write each key; everyone else goes through their m
   job back onto its ``wait`` list.
 - :mod:`~kontext_batch.coord.pools`: ``pools`` and ``keys-out``.
 - :mod:`~kontext_batch.coord.holders`: ``proc``, ``holders`` and ``key-caps``.
+- :mod:`~kontext_batch.coord.replicas`: ``replica-probe``.
 - :mod:`~kontext_batch.coord.delays`: ``delayed``.
 - :mod:`~kontext_batch.coord.budget`: ``budget``.
 - :mod:`~kontext_batch.coord.runs`: ``runs``, ``runs:open``, ``runs:ended``, ``run-gone`` and the ``run``

@@ -110,6 +110,9 @@ class Keys:
     def holders(self, fp: str) -> str:
         return f"{self.ns}:holders:{fp}"
 
+    def replica_probe(self, proc: str) -> str:
+        return f"{self.ns}:replica-probe:{proc}"
+
     @property
     def key_caps(self) -> str:
         return f"{self.ns}:key-caps"

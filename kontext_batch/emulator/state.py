@@ -325,6 +325,7 @@ class EmulatorState:
                 t.id: {
                     "endpoint": t.endpoint,
                     "key": t.key_fp,
+                    "prompt": t.prompt,
                     "submitted_at": t.submitted_at,
                     "ready_at": t.ready_at,
                     "status": t.status_at(now),

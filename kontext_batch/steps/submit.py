@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
+
+from redis.client import Pipeline
+from redis.exceptions import RedisError
 
 from kontext_batch import logs
 from kontext_batch.api.models import KontextRequest
@@ -27,6 +32,10 @@ from kontext_batch.steps.complete import drain_waiting, finish
 from kontext_batch.steps.job import backoff_s, claim, end_active, key_refused, not_ours, run_stop
 
 __all__ = ["build_request", "submit_job"]
+
+log = logging.getLogger("kontext_batch.submit")
+#: How long a submit held back for an unconfirmed record waits before it tries again.
+_HELD_BACK_S = 0.5
 
 
 def build_request(rt: Runtime, spec: JobSpec, *, webhook: tuple[str, str] | None = None) -> KontextRequest:
@@ -75,6 +84,11 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         rt.budget.settle(run_id, price, 0)
         return
     job.update(attempts=str(attempts), key=fp, reserved=str(price))
+    if rt.replicas.confirm() == "unconfirmed":
+        # The record of this submit may be lost with a failover (the master lost its replica a
+        # moment ago): a POST now could come back as a second, unflagged task. Try again shortly.
+        _held_back(rt, ref, held, fp, price, attempts)
+        return
     try:
         request = build_request(rt, spec, webhook=_webhook_for(meta, ref))
         rt.submit_rate.acquire()
@@ -107,35 +121,79 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         end_active(rt, ref, job)
         finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"{type(exc).__name__}: {exc}")
         return
-    # One transaction: the reservation settled (BFL reports the cost at once; the reseller only when
-    # the task ends) and the job handed on to its first poll.
-    pipe = rt.redis.pipeline(transaction=True)
-    reserved = price
-    if task.cost is not None:
-        rt.budget.settle_in(pipe, run_id, price, task.cost)
-        reserved = 0.0
     # With a webhook, the first poll is only the fallback for a delivery that never comes.
     webhook = bool(meta.get("webhook_url"))
     planned = rt.planner.webhook_fallback_s(spec.endpoint) if webhook else rt.planner.first_delay(spec.endpoint)
     delay = max(0.0, sent_at + planned - time.time())
-    rt.jobs.handoff_in(
-        pipe,
-        ref,
-        held,
-        delay,
-        state="polling",
-        bfl_task_id=task.id,
-        polling_url=task.polling_url,
-        cost_credits=task.cost if task.cost is not None else "",
-        reserved=reserved,
-        submitted_at=sent_at,
-        polls=0,
-        poll_errors=0,
-    )
-    if pipe.execute()[-1]:
+
+    def record() -> Pipeline:
+        # One transaction: the reservation settled (BFL reports the cost at once; the reseller only
+        # when the task ends) and the job handed on to its first poll.
+        pipe = rt.redis.pipeline(transaction=True)
+        if task.cost is not None:
+            rt.budget.settle_in(pipe, run_id, price, task.cost)
+        rt.jobs.handoff_in(
+            pipe,
+            ref,
+            held,
+            delay,
+            state="polling",
+            bfl_task_id=task.id,
+            polling_url=task.polling_url,
+            cost_credits=task.cost if task.cost is not None else "",
+            reserved=price if task.cost is None else 0.0,
+            submitted_at=sent_at,
+            polls=0,
+            poll_errors=0,
+        )
+        return pipe
+
+    handed_off = bool(record().execute()[-1])
+    if handed_off and rt.replicas.confirm() == "unconfirmed":
+        # The task exists; its id may be lost with a failover, and the row sent again. Write it
+        # again until a replica has it, to whichever node is master by then.
+        handed_off = _record_task_durably(rt, ref, held, task.id, record)
+    if handed_off:
         logs.row_event(ref, "submitted", f"task {task.id} at {spec.endpoint}", task=task.id, endpoint=spec.endpoint)
         outcome.note(f"{ref}: submitted as task {task.id} at {spec.endpoint}; first poll in {delay:.1f} s")
         rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
+
+
+def _held_back(rt: Runtime, ref: str, held: str, fp: str, price: float, attempts: int) -> None:
+    """Not submitted after all: the reservation and the attempt given back, the submit due again soon."""
+    run_id, _ = split_job_ref(ref)
+    rt.budget.settle(run_id, price, 0)
+    reason = "waiting for a Redis replica to confirm the submit's record (a failover under way?)"
+    logs.row_event(ref, "held back", reason, level=logging.WARNING)
+    delay = _HELD_BACK_S
+    if rt.jobs.handoff(ref, held, delay, state="granted", attempts=attempts - 1, reserved=0, last_error=reason):
+        rt.scheduler.submit(ref, int(held), fp, countdown_s=delay)
+
+
+def _record_task_durably(rt: Runtime, ref: str, held: str, task_id: str, record: Callable[[], Pipeline]) -> bool:
+    """Repeat the hand-off's writes until a replica confirms them (or the master is left without one).
+
+    Written again only while the job still shows its submit unrecorded (``submitting``, our token):
+    if the first write survived, a second would settle the reservation twice. False: the job is
+    another step's by now, or no node confirmed it within the step's deadline; its re-drive then
+    flags the row ``possible_duplicate``."""
+    give_up = time.monotonic() + min(rt.settings.step_deadline_s / 2, 60.0)
+    while time.monotonic() < give_up:
+        time.sleep(_HELD_BACK_S)
+        try:
+            now = rt.jobs.fields(ref, "step", "state", "bfl_task_id")
+            if now.get("step") != str(held):
+                return False
+            if now.get("state") == "submitting":
+                if not record().execute()[-1]:
+                    return False
+            elif now.get("bfl_task_id") != task_id:
+                return False
+            if rt.replicas.confirm() != "unconfirmed":
+                return True
+        except RedisError as exc:  # the clients are moving to the new master
+            log.info("job %s: task %s not confirmed yet: %s", ref, task_id, exc)
+    return False
 
 
 def _webhook_for(meta: dict[str, str], ref: str) -> tuple[str, str] | None:

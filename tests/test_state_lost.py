@@ -169,3 +169,6 @@ def test_a_run_whose_state_is_lost_mid_run_fails_and_writes_no_results(
     # The workers are stopped: whatever they were going to write is written. No results.csv, which
     # would show the lost rows as pending (or without their id and prompt) in a file that looks done.
     assert not (tmp_path / "out" / "results.csv").exists()
+    # The steps still in flight meet the loss as one line each, not as tracebacks.
+    worker_logs = "".join(p.read_text(errors="replace") for p in sorted((tmp_path / "logs").glob("*")) if p.is_file())
+    assert "Traceback" not in worker_logs, worker_logs[worker_logs.find("Traceback") - 500 :][:4000]

@@ -26,7 +26,7 @@ from kontext_batch.errors import (
 )
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.runtime import Runtime
-from kontext_batch.steps.complete import drain_waiting, finish
+from kontext_batch.steps.complete import drain_waiting, fail_lost, finish
 from kontext_batch.steps.dispatch import dispatch
 
 __all__ = ["backoff_s", "charge_reserved", "claim", "end_active", "key_refused", "not_ours", "run_stop"]
@@ -62,6 +62,12 @@ def claim(rt: Runtime, ref: str, token: int, *, delivered: bool) -> tuple[dict[s
     *_, raw_job, raw_row = pipe.execute()
     job = rt.jobs.claimed(raw_job)
     if job is None:
+        return None
+    if raw_row is None:
+        # Every queued row's spec is written before it waits: Redis lost the run's rows hash. The
+        # run ends failed (once, whichever step or sweep sees it first) and this step is dropped.
+        log.warning("row %s: its spec is gone from Redis; the step is dropped and the run fails", ref)
+        fail_lost(rt, run_id, f"row {row} has no spec in its rows hash")
         return None
     return job, JobSpec.from_json(rt.runs.parse_row(raw_row, run_id, row))
 

@@ -17,23 +17,28 @@ from kontext_batch.errors import (
 from kontext_batch.io.formats import conform_sample
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.runtime import Runtime
-from kontext_batch.steps.complete import finish
+from kontext_batch.steps.complete import fail_lost, finish
 from kontext_batch.steps.dispatch import dispatch
 from kontext_batch.steps.job import backoff_s, charge_reserved
 
 __all__ = ["store_sample"]
 
 
-def store_sample(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:
+def store_sample(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str, str], res: PollResult) -> None:  # noqa: PLR0911 - each way a download can end, side by side
     run_id, _ = split_job_ref(ref)
     fp, _ = split_slot_id(job.get("gate", ""))
     if not res.sample_url:
         finish(rt, ref, "failed", job, error="Ready without a sample URL")
         return
+    output = rt.runs.recent_meta(run_id).get("output")
+    if not output:
+        # The run's metadata went from Redis (evicted, flushed): nowhere known to store the sample.
+        fail_lost(rt, run_id, "the run's metadata (its output among it)")
+        return
     try:
         sample = rt.provider_for(fp).download(res.sample_url)
         data, content_type, transcoded_from = conform_sample(sample.content, spec.output_format)
-        store = rt.store(rt.runs.recent_meta(run_id)["output"])
+        store = rt.store(output)
         uri = store.put(spec.output_name, data, content_type=content_type)
         side = _sidecar(run_id, spec, job, res, content_type)
         if transcoded_from:

@@ -26,6 +26,7 @@
     │   │   └── KeyNotHeld         a job's key is not one this process holds
     │   ├── OverBudget             a run's estimate is over its budget: nothing was queued
     │   ├── OutputInUse            another unfinished run writes to the same output
+    │   ├── PresignRefused         a store that cannot sign, or a link longer-lived than it allows
     │   └── RunStateLost           a run's keys vanished from Redis (evicted or flushed): it failed
     ├── Interrupted                a stop was asked (Ctrl-C, SIGTERM) and honoured between two steps
     └── ApiError                   mixin: ``status_code`` and ``detail`` of an API answer; the
@@ -60,6 +61,7 @@ __all__ = [
     "OutputInUse",
     "OverBudget",
     "PermanentError",
+    "PresignRefused",
     "RateLimited",
     "RedisUnavailable",
     "RequestInvalid",
@@ -316,6 +318,16 @@ class OutputInUse(PermanentError):
         super().__init__(f"run {run_id} is still writing to {output}; wait for it, cancel it, or use --force")
         self.output = output
         self.run_id = run_id
+
+
+class PresignRefused(PermanentError):
+    """Raised before anything is signed or written when a presigned link cannot be made: the store
+    is not one that signs (a local folder, ``memory://``, ``gs://``), or the duration asked is not
+    above zero or is longer than the backend lets a signature last. ``url`` names the store."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class RunStateLost(PermanentError):

@@ -33,6 +33,7 @@ from kontext_batch.run.local import demo_manifest
 from kontext_batch.run.view import view_run
 from kontext_batch.settings import Settings
 from kontext_batch.steps.gallery import ids_from_file, put_gallery
+from kontext_batch.steps.presigned import put_presigned_gallery
 from kontext_batch.steps.results import render_results
 
 __all__ = ["main"]
@@ -407,13 +408,24 @@ def prune(ctx: click.Context, older_than: str | None) -> None:
 
 @cli.command("gallery")
 @click.argument("run_id")
+@click.option(
+    "--presign",
+    metavar="DURATION",
+    default=None,
+    help="For a private bucket: write gallery-presigned.html, every image link signed for DURATION "
+    "(e.g. 12h, 7d; at most 7d), and print the page's own signed link. s3:// and az:// outputs only.",
+)
 @click.pass_context
-def gallery_command(ctx: click.Context, run_id: str) -> None:
+def gallery_command(ctx: click.Context, run_id: str, presign: str | None) -> None:
     """Write the run's review page (gallery.html) beside its results in the output store; print where."""
-
+    expires_s = parse_duration(presign) if presign is not None else None
     rt = runtime(command_settings(ctx))
     need_run(rt, run_id)
-    click.echo(put_gallery(rt.runs, run_id, rt.store(rt.runs.meta(run_id)["output"])))
+    store = rt.store(rt.runs.meta(run_id)["output"])
+    if expires_s is None:
+        click.echo(put_gallery(rt.runs, run_id, store))
+    else:
+        click.echo(put_presigned_gallery(rt.runs, run_id, store, expires_s))
 
 
 def main() -> None:

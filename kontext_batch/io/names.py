@@ -7,6 +7,8 @@ name                        what it is
 ``<output_name>.json``      its sidecar (:data:`SIDECAR_SUFFIX`): what was asked, what came back
 ``results.csv``             the run's results file (:data:`RESULTS_NAME`)
 ``gallery.html``            the run's review page (:data:`GALLERY_NAME`)
+``gallery-presigned.html``  the same page for a private bucket, every link presigned
+                            (:data:`PRESIGNED_GALLERY_NAME`; only ``gallery --presign`` writes it)
 ``_inputs/<sha256>.<ext>``  a staged input image, content-addressed (:data:`INPUTS_FOLDER`)
 ==========================  ==========================================================================
 
@@ -25,6 +27,7 @@ __all__ = [
     "MAX_FILE_NAME_BYTES",
     "MAX_NAME_BYTES",
     "MAX_SEGMENT_BYTES",
+    "PRESIGNED_GALLERY_NAME",
     "RESERVED_NAMES",
     "RESULTS_NAME",
     "SIDECAR_SUFFIX",
@@ -41,8 +44,10 @@ INPUTS_FOLDER: Final = "_inputs"
 RESULTS_NAME: Final = "results.csv"
 #: The run's review page, beside the results file.
 GALLERY_NAME: Final = "gallery.html"
+#: The review page whose links are presigned, beside the plain one (kontext_batch.steps.presigned).
+PRESIGNED_GALLERY_NAME: Final = "gallery-presigned.html"
 #: Top-level names the run writes itself; no output may be one of them or inside one.
-RESERVED_NAMES: Final = (RESULTS_NAME, GALLERY_NAME, INPUTS_FOLDER)
+RESERVED_NAMES: Final = (RESULTS_NAME, GALLERY_NAME, PRESIGNED_GALLERY_NAME, INPUTS_FOLDER)
 #: Every output ``NAME`` has a sidecar ``NAME + SIDECAR_SUFFIX`` beside it (kontext_batch.jobspec).
 SIDECAR_SUFFIX: Final = ".json"
 _BAD_CHARS_RE: Final = re.compile(r"[\x00-\x1f\x7f\\#?]")

@@ -150,6 +150,11 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
 
+    @property
+    def backend(self) -> _Backend:
+        """The obstore handle, for what this class does not wrap: signing (kontext_batch.io.sign)."""
+        return self._backend
+
     def _key(self, name: str) -> str:
         check_object_name(name)
         return f"{self._key_prefix}/{name}" if self._key_prefix else name

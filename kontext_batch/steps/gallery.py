@@ -4,6 +4,8 @@ One self-contained file (inline CSS and JS, nothing fetched but the run's own im
 opened from a local folder or served from the bucket, because every image link is relative to the
 store's root: outputs at their ``output_name``, staged inputs at ``_inputs/<sha256>.<ext>``. Inputs
 given as http(s) URLs keep their absolute URL; an input elsewhere (another bucket) is named, not shown.
+A private bucket answers those relative links 403: :mod:`kontext_batch.steps.presigned` writes the
+same page through the ``link`` seam, every link presigned.
 
 The rows are embedded as JSON (a 40,000-row run stays one file) and drawn 100 per page, images
 ``loading="lazy"``. Prompts, ids and errors are data, never markup: the JSON is escaped so no
@@ -21,17 +23,19 @@ import json
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
 from kontext_batch.coord.runs import RunStore
 from kontext_batch.errors import KontextBatchError
-from kontext_batch.io.names import GALLERY_NAME  # reserved there: no output may take the name
+from kontext_batch.io.names import GALLERY_NAME, RESULTS_NAME  # reserved there: no output may take them
 from kontext_batch.io.stores import ObjectStore
 
 __all__ = [
     "GALLERY_NAME",
+    "Link",
     "gallery_rows",
     "ids_from_file",
     "put_gallery",
@@ -43,6 +47,8 @@ __all__ = [
 log = logging.getLogger("kontext_batch.gallery")
 
 PAGE_SIZE: Final = 100
+#: How the page holds a link it would give relative to the store's root (a presigned page signs it).
+Link = Callable[[str], str]
 #: The order of each row's fields in the embedded JSON (arrays, not objects: a third of the size).
 FIELDS: Final = ("row", "id", "status", "prompt", "error", "model", "seed", "inputs", "output")
 
@@ -65,8 +71,15 @@ def relative_link(store_url: str, uri: str) -> str | None:
     return None
 
 
-def gallery_rows(runs: RunStore, run_id: str, store_url: str) -> list[list[Any]]:
-    """Each row as a list in :data:`FIELDS` order; rows not final yet show status ``pending``."""
+def _as_is(href: str) -> str:
+    return href
+
+
+def gallery_rows(runs: RunStore, run_id: str, store_url: str, link: Link = _as_is) -> list[list[Any]]:
+    """Each row as a list in :data:`FIELDS` order; rows not final yet show status ``pending``.
+
+    Every image link the page would have (:func:`relative_link`) is passed through ``link``.
+    """
     total = int(runs.meta(run_id).get("total", 0))
     out: list[list[Any]] = []
     for row, spec_or_none, res_or_none in runs.iter_results(run_id, total):
@@ -76,12 +89,13 @@ def gallery_rows(runs: RunStore, run_id: str, store_url: str) -> list[list[Any]]
         seed = res.get("seed", (spec.get("params") or {}).get("seed"))
         # Each input: [link, ""], or [None, its URI without the query] to name what cannot be shown.
         links = [(relative_link(store_url, str(u)), str(u)) for u in spec.get("images") or []]
-        inputs = [[link, ""] if link else [None, uri.partition("?")[0]] for link, uri in links]
+        inputs = [[link(href), ""] if href else [None, uri.partition("?")[0]] for href, uri in links]
         output = None
         if status in ("succeeded", "skipped"):
             output = relative_link(store_url, str(res.get("output_uri") or ""))
             if output is None and spec.get("output_name"):
                 output = quote(str(spec["output_name"]), safe="/")
+            output = link(output) if output else None
         out.append(
             [
                 row,
@@ -106,9 +120,10 @@ def _json_for_script(data: object) -> str:
     return text
 
 
-def render_gallery(runs: RunStore, run_id: str, store_url: str) -> str:
-    """The page for ``run_id``, for a file at the root of the store ``store_url``."""
-    rows = gallery_rows(runs, run_id, store_url)
+def render_gallery(runs: RunStore, run_id: str, store_url: str, link: Link = _as_is) -> str:
+    """The page for ``run_id``, for a file at the root of the store ``store_url``; ``link`` turns
+    each of its relative links (images, results.csv) into the one the page holds."""
+    rows = gallery_rows(runs, run_id, store_url, link)
     counts = Counter(r[2] for r in rows)
     data = {"run": run_id, "fields": FIELDS, "pageSize": PAGE_SIZE, "counts": counts, "rows": rows}
     # Only our own script runs (its nonce): a handler that slipped into the markup would not.
@@ -118,17 +133,21 @@ def render_gallery(runs: RunStore, run_id: str, store_url: str) -> str:
         .replace("@TITLE@", html.escape(f"kontext-batch run {run_id}"))
         .replace("@STYLE@", _STYLE)
         .replace("@SCRIPT@", _SCRIPT)
+        .replace("@RESULTS@", html.escape(link(RESULTS_NAME)))
         .replace("@DATA@", _json_for_script(data))
     )
 
 
-def put_gallery(runs: RunStore, run_id: str, store: ObjectStore) -> str:
-    """Write ``gallery.html`` to the root of ``store`` (the run's output); return its URI.
+def put_gallery(
+    runs: RunStore, run_id: str, store: ObjectStore, *, name: str = GALLERY_NAME, link: Link = _as_is
+) -> str:
+    """Write the page (``gallery.html`` unless ``name`` says otherwise) to the root of ``store``
+    (the run's output); return its URI.
 
     Raises StorageError / StorageUnavailable when the store refuses the write.
     """
-    page = render_gallery(runs, run_id, store.url)
-    return store.put(GALLERY_NAME, page.encode("utf-8"), content_type="text/html; charset=utf-8")
+    page = render_gallery(runs, run_id, store.url, link)
+    return store.put(name, page.encode("utf-8"), content_type="text/html; charset=utf-8")
 
 
 def write_gallery(runs: RunStore, run_id: str, store: ObjectStore) -> str | None:
@@ -171,7 +190,7 @@ _PAGE: Final = """<!doctype html>
 <label><input type="checkbox" id="only-rejected"> rejected only</label>
 <button id="prev" type="button">&larr;</button> <span id="page"></span> <button id="next" type="button">&rarr;</button>
 <button id="download" type="button">download rejected ids</button> <span id="nrejected"></span>
-<a href="results.csv">results.csv</a>
+<a href="@RESULTS@">results.csv</a>
 </nav>
 </header>
 <main id="rows"></main>

@@ -201,3 +201,30 @@ def test_the_footprint_counts_rows_and_prompt_bytes(tmp_path: Path) -> None:
     # ~1 KB of a finished short row; a 1,000-character non-ASCII prompt escaped in the spec's JSON.
     assert 900_000 < a.bytes < 1_200_000
     assert b.bytes > 1_000 * 6_000
+
+
+@pytest.mark.integration
+def test_taking_a_run_out_of_a_wait_list_in_a_full_redis_keeps_the_other_runs_rows(tmp_path: Path) -> None:
+    """The script deletes the list and pushes back the other runs' refs: in a Redis at maxmemory,
+    a push refused after the delete would lose them. Redis lets a script that has written go on."""
+    from kontext_batch.coord.keys import Keys  # noqa: PLC0415
+    from kontext_batch.coord.slots import Slots  # noqa: PLC0415
+
+    with private_redis(tmp_path, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction", "--save", "") as r:
+        slots = Slots(r, Keys(), lease_s=30, grace_s=5)
+        refs = [f"{'a' if i % 3 else 'b'}:{i}" for i in range(3_000)]
+        slots.enqueue("pool", "flux-kontext-pro", refs)
+        full = False
+        for i in range(1_000_000):  # fill it to the brim
+            try:
+                r.set(f"other:{i}", b"x" * 100)
+            except redis.exceptions.OutOfMemoryError:
+                full = True
+                break
+        assert full
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.rpush(Keys().wait("pool", "flux-kontext-pro"), "a:new")  # what the script's push would meet
+        removed = slots.remove_run_from_wait("pool", "flux-kontext-pro", "b")
+        assert removed == [ref for ref in refs if ref.startswith("b:")]
+        kept = [x.decode() for x in r.lrange(Keys().wait("pool", "flux-kontext-pro"), 0, -1)]
+        assert kept == [ref for ref in refs if ref.startswith("a:")]

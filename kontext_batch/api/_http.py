@@ -212,7 +212,7 @@ class HttpCore:
         if not got.content:
             # A 200 with nothing in it is a cut-off transfer, not an image: worth another try.
             raise ServerError(
-                f"GET {shown_url(sample_url)} -> {got.status_code}: empty body", status_code=got.status_code
+                f"GET {shown_url(sample_url)} answered {got.status_code}: empty body", status_code=got.status_code
             )
         return Sample(content=got.content, content_type=got.headers.get("content-type", "application/octet-stream"))
 

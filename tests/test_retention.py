@@ -17,7 +17,7 @@ import click
 import pytest
 import redis
 
-from kontext_batch.cli.commands import parse_duration
+from kontext_batch.cli.options import parse_duration
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.control import prune_runs, retry_run
 from kontext_batch.runtime import Runtime

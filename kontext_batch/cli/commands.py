@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from kontext_batch.cli.context import command_settings, need_key, need_run, runtime, say, settings_used, trusted
 from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_STOPPED, EXIT_USAGE
-from kontext_batch.cli.options import DELIMITER, INPUTS_ROOT, MAX_FAILURES, MODEL, SHEET, TIMEOUT
+from kontext_batch.cli.options import DELIMITER, INPUTS_ROOT, MAX_FAILURES, MODEL, SHEET, TIMEOUT, parse_duration
 from kontext_batch.cli.render import report_doc, status_lines, view_doc
 from kontext_batch.cli.serve import webhooks_command, worker
 from kontext_batch.cli.watch import follow_run, private_stack, submit_and_follow
@@ -370,22 +370,6 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
 
 cli.add_command(worker)
 cli.add_command(webhooks_command)
-
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(raw: str) -> float:
-    """``90m``, ``36h``, ``7d``, ``2w`` or plain seconds, in seconds; BadParameter for anything else."""
-    text = raw.strip().lower()
-    unit = _UNITS.get(text[-1:], 0)
-    number = text[:-1] if unit else text
-    try:
-        value = float(number) * (unit or 1)
-    except ValueError:
-        raise click.BadParameter(f"{raw!r} is no duration: give e.g. 7d, 36h, 90m or seconds") from None
-    if value < 0:
-        raise click.BadParameter(f"{raw!r}: a duration cannot be negative")
-    return value
 
 
 @cli.command()

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from kontext_batch.cli import commands
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from tests.e2e_support import E2E_KEY, read_results, running_system, write_csv
 
@@ -200,6 +202,24 @@ def test_run_without_a_key_exits_2_naming_it(env: dict[str, str], r: redis.Redis
     no_traceback(proc)
     assert "KONTEXT_API_KEY" in proc.stderr
     nothing_queued(r)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("variable", "option"),
+    [("KONTEXT_API_BASE", "--api-base"), ("KONTEXT_REDIS_URL", "--redis-url")],
+)
+def test_an_option_overrides_a_bad_variable_it_names(tmp_path: Path, variable: str, option: str) -> None:
+    path = write_csv(tmp_path / "m.csv", ["id", "prompt"], [{"id": "a", "prompt": "white background"}])
+    env = {variable: "redis+sentinel://" if variable == "KONTEXT_REDIS_URL" else "ftp://example.org"}
+    good = "redis://127.0.0.1:9/0" if variable == "KONTEXT_REDIS_URL" else "http://127.0.0.1:9"
+    runner = CliRunner()
+    refused = runner.invoke(commands.cli, ["validate", str(path), "--no-images"], env=env)
+    assert refused.exit_code == 2, refused.output  # the variable alone is still refused, naming it
+    assert variable in refused.output
+    given = runner.invoke(commands.cli, [option, good, "validate", str(path), "--no-images"], env=env)
+    assert given.exit_code == 0, given.output
+    assert "1 row: 4 credits" in given.output
 
 
 # -- an unknown run id ------------------------------------------------------------------------------

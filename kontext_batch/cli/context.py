@@ -6,13 +6,15 @@ lines, the settings a command used.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from kontext_batch.coord.connection import check_redis
 from kontext_batch.coord.protocol import refuse_other_protocols
 from kontext_batch.errors import ConfigError
 from kontext_batch.runtime import Runtime
-from kontext_batch.settings import Settings, resolve_api_base
+from kontext_batch.settings import Settings
 
 __all__ = ["command_settings", "need_key", "need_run", "runtime", "say", "settings_used", "trusted"]
 
@@ -21,15 +23,14 @@ def command_settings(ctx: click.Context) -> Settings:
     """The environment's settings, with the group's ``--redis-url`` / ``--api-base`` over them."""
     obj = ctx.ensure_object(dict)
     if "settings" not in obj:
+        # The options go in before the environment is read: a bad KONTEXT_API_BASE that --api-base
+        # overrides must not fail the command.
+        given = {"KONTEXT_REDIS_URL": obj.get("redis_url"), "KONTEXT_API_BASE": obj.get("api_base")}
+        environ = {**os.environ, **{name: value for name, value in given.items() if value}}
         try:
-            env = Settings.from_env()
-            if obj.get("redis_url"):
-                env = env.with_(redis_url=obj["redis_url"])
-            if obj.get("api_base"):
-                env = env.with_(api_base=resolve_api_base(obj["api_base"]))
+            obj["settings"] = Settings.from_env(environ)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
-        obj["settings"] = env
     s: Settings = obj["settings"]
     return s
 

@@ -17,8 +17,17 @@ import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from kontext_batch.cli.context import command_settings, need_key, need_run, runtime, say, settings_used, trusted
-from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_STOPPED, EXIT_USAGE
+from kontext_batch.cli.context import (
+    command_settings,
+    naming,
+    need_key,
+    need_run,
+    runtime,
+    say,
+    settings_used,
+    trusted,
+)
+from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_STOPPED, EXIT_USAGE, Refused, exit_help
 from kontext_batch.cli.options import DELIMITER, INPUTS_ROOT, MAX_FAILURES, MODEL, SHEET, TIMEOUT, parse_duration
 from kontext_batch.cli.render import report_doc, status_lines, view_doc
 from kontext_batch.cli.serve import webhooks_command, worker
@@ -54,7 +63,7 @@ class _Group(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_help())
 @click.version_option(package_name="kontext-batch")
 @click.option(
     "--redis-url",
@@ -107,10 +116,10 @@ def validate(
             delimiter=delimiter,
             sheet=sheet,
         )
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ManifestError as exc:  # the file as a whole; invalid rows are in the report
+        raise Refused(naming(manifest, str(exc))) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
+        raise Refused(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(report_doc(report), indent=2))
     else:
@@ -247,6 +256,8 @@ def results(ctx: click.Context, run_id: str, out: str | None) -> None:
                 with part.open("w", newline="", encoding="utf-8") as fh:
                     render_results(rt.runs, run_id, fh)
                 part.replace(out)
+            except OSError as exc:
+                raise Refused(f"cannot write {out}: {_why(exc)}") from None
             finally:
                 part.unlink(missing_ok=True)
             say(out)
@@ -311,7 +322,10 @@ def retry(
     """Run RUN's failed (or moderated, cancelled, budget-stopped, listed) rows again, into the same run."""
     flags = (("failed", failed), ("moderated", moderated), ("cancelled", cancelled), ("budget", budget_rows))
     statuses = [n for n, on in flags if on] or (["failed", "budget"] if budget is not None else ["failed"])
-    ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
+    try:
+        ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Refused(f"cannot read --ids {ids_file}: {_why(exc)}") from None
     rt = trusted(runtime(command_settings(ctx)))
     refuse_gone(rt, run_id)
     need_run(rt, run_id)
@@ -398,6 +412,12 @@ def gallery_command(ctx: click.Context, run_id: str) -> None:
     rt = runtime(command_settings(ctx))
     need_run(rt, run_id)
     click.echo(put_gallery(rt.runs, run_id, rt.store(rt.runs.meta(run_id)["output"])))
+
+
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return exc.strerror or str(exc)
 
 
 def main() -> None:

@@ -10,13 +10,14 @@ import os
 
 import click
 
+from kontext_batch.cli.exits import Refused
 from kontext_batch.coord.connection import check_redis
 from kontext_batch.coord.protocol import refuse_other_protocols
 from kontext_batch.errors import ConfigError
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
 
-__all__ = ["command_settings", "need_key", "need_run", "runtime", "say", "settings_used", "trusted"]
+__all__ = ["command_settings", "naming", "need_key", "need_run", "runtime", "say", "settings_used", "trusted"]
 
 
 def command_settings(ctx: click.Context) -> Settings:
@@ -87,7 +88,12 @@ def need_key(s: Settings) -> None:
 
 def need_run(rt: Runtime, run_id: str) -> None:
     if not rt.runs.exists(run_id):
-        raise click.ClickException(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+        raise Refused(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+
+
+def naming(path: str, message: str) -> str:
+    """``message`` about the file ``path``, naming it unless it already does."""
+    return message if path in message else f"{path}: {message}"
 
 
 def say(msg: str) -> None:

@@ -75,7 +75,7 @@ SHEET = click.option("--sheet", default=None, help="An .xlsx manifest's sheet to
 
 INPUTS_ROOT = click.option(
     "--inputs-root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     envvar="KONTEXT_INPUTS_ROOT",
     show_envvar=True,
     default=None,

@@ -14,6 +14,7 @@ from kontext_batch.cli.exits import Refused
 from kontext_batch.coord.connection import check_redis
 from kontext_batch.coord.protocol import refuse_other_protocols
 from kontext_batch.errors import ConfigError
+from kontext_batch.run.control import gone_line
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
 
@@ -87,8 +88,13 @@ def need_key(s: Settings) -> None:
 
 
 def need_run(rt: Runtime, run_id: str) -> None:
-    if not rt.runs.exists(run_id):
-        raise Refused(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+    """Refused (exit 2) unless Redis holds the run: for one gone from it (pruned or expired), saying
+    so and where its results.csv is, as ``status`` does; else that there is no such run."""
+    if rt.runs.exists(run_id):
+        return
+    if line := gone_line(rt, run_id):
+        raise Refused(line)
+    raise Refused(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
 
 
 def naming(path: str, message: str) -> str:

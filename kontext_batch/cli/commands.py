@@ -35,9 +35,10 @@ from kontext_batch.cli.watch import follow_run, private_stack, submit_and_follow
 from kontext_batch.coord.connection import explain
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, RunStateLost
 from kontext_batch.io.netguard import FetchPolicy
+from kontext_batch.manifest.images import ImageCache
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.run.control import cancel_run, gone_line, prune_runs, refuse_gone, retry_run
-from kontext_batch.run.enqueue import RunRequest
+from kontext_batch.run.enqueue import RunRequest, done_rows
 from kontext_batch.run.local import demo_manifest
 from kontext_batch.run.view import view_run
 from kontext_batch.settings import Settings
@@ -92,6 +93,15 @@ def cli(ctx: click.Context, redis_url: str | None, api_base: str | None) -> None
 @INPUTS_ROOT
 @DELIMITER
 @SHEET
+@click.option(
+    "--output",
+    "-o",
+    envvar="KONTEXT_OUTPUT",
+    show_envvar=True,
+    default=None,
+    help="The output a run would write to: rows whose output is there already (as `run` decides) are not priced.",
+)
+@click.option("--force", is_flag=True, help="With --output: price every row, as `run --force` runs them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def validate(
@@ -102,11 +112,15 @@ def validate(
     inputs_root: Path | None,
     delimiter: str | None,
     sheet: str | None,
+    output: str | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Check every row of MANIFEST (`-`: stdin) and print the run's cost. Exit 0 only when every row is valid."""
 
+    cache = ImageCache()
     try:
+        done = done_rows(output, cache) if output and not force else None
         report = validate_manifest(
             manifest,
             default_model=model,
@@ -115,6 +129,8 @@ def validate(
             inputs_root=inputs_root,
             delimiter=delimiter,
             sheet=sheet,
+            cache=cache,
+            done=done,
         )
     except ManifestError as exc:  # the file as a whole; invalid rows are in the report
         raise Refused(naming(manifest, str(exc))) from None

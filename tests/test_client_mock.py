@@ -329,6 +329,9 @@ def test_transport_failures_are_retryable_errors(raised: Exception, mapped: type
         do(client, call)
     assert info.value.retryable  # type: ignore[attr-defined]
     assert "SIGNATURE123" not in str(info.value)
+    # A reason for a person: what went wrong in words, not httpx's class name.
+    assert type(raised).__name__ not in str(info.value), str(info.value)
+    assert any(w in str(info.value) for w in ("timed out", "connection", "connect")), str(info.value)
 
 
 # -- poll -----------------------------------------------------------------------------------------

@@ -161,13 +161,14 @@ class HttpCore:
         except httpx.TimeoutException as exc:
             where = shown_url(url)
             log.debug("%s %s timed out after %.3fs", method, where, time.perf_counter() - started)
-            raise ApiTimeout(f"{method} {where}: {type(exc).__name__}") from exc
+            raise ApiTimeout(f"{method} {where}: {_TIMEOUTS.get(type(exc), 'timed out')}") from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise ConfigError(f"{method} {shown_url(url)}: not a usable http(s) URL") from exc
         except httpx.HTTPError as exc:
             where = shown_url(url)
             log.debug("%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, _exc_name(exc))
-            raise ApiConnectionError(f"{method} {where}: {_exc_name(exc)}: {self.redact(str(exc), url)}") from exc
+            what = _BROKEN.get(type(exc), "the connection failed")
+            raise ApiConnectionError(f"{method} {where}: {what}: {self.redact(str(exc), url)}") from exc
 
     # -- answers, read with the key scrubbed (kontext_batch.api.statuses) -----------------------
 
@@ -225,6 +226,21 @@ class HttpCore:
 
 def _exc_name(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+# What each of httpx's transport failures means, for a reason a person reads (not the class name).
+_TIMEOUTS: Final[dict[type[Exception], str]] = {
+    httpx.ConnectTimeout: "connecting timed out",
+    httpx.ReadTimeout: "timed out waiting for the answer",
+    httpx.WriteTimeout: "timed out sending the request",
+    httpx.PoolTimeout: "timed out waiting for a free connection",
+}
+_BROKEN: Final[dict[type[Exception], str]] = {
+    httpx.ConnectError: "cannot connect",
+    httpx.ReadError: "the connection broke while reading the answer",
+    httpx.WriteError: "the connection broke while sending the request",
+    httpx.RemoteProtocolError: "the server closed the connection mid-answer",
+}
 
 
 class ClientBase:

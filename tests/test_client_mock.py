@@ -305,6 +305,7 @@ def test_html_error_pages_become_a_short_server_error(code: int) -> None:
     message = str(info.value)
     assert "Bad Gateway" in message
     assert len(message) < 300
+    assert "(cut; " in message  # says it is not the whole page
     assert info.value.status_code == code
 
 

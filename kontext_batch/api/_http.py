@@ -30,6 +30,7 @@ import httpx
 
 from kontext_batch.api import statuses
 from kontext_batch.api.models import Sample
+from kontext_batch.api.reasons import cut
 from kontext_batch.api.trust import UrlTrust, origin
 from kontext_batch.errors import (
     ApiConnectionError,
@@ -121,11 +122,12 @@ class HttpCore:
         return text.replace(key, _MASK) if key else text
 
     def redact(self, text: str, url: str | httpx.URL) -> str:
-        """``text`` without the key and without ``url``'s query string (a sample URL's signature)."""
+        """``text`` without the key and without ``url``'s query string (a sample URL's signature); not
+        cut, so that it can be applied again for another URL (the caller cuts)."""
         query = urlsplit(str(url)).query
         if query:
             text = text.replace(query, "…")
-        return self.scrub(text)[: statuses.SNIPPET_CHARS]
+        return self.scrub(text)
 
     def send(
         self,
@@ -168,7 +170,8 @@ class HttpCore:
             where = shown_url(url)
             log.debug("%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, _exc_name(exc))
             what = _BROKEN.get(type(exc), "the connection failed")
-            raise ApiConnectionError(f"{method} {where}: {what}: {self.redact(str(exc), url)}") from exc
+            said = cut(self.redact(str(exc), url), statuses.SNIPPET_CHARS)
+            raise ApiConnectionError(f"{method} {where}: {what}: {said}") from exc
 
     # -- answers, read with the key scrubbed (kontext_batch.api.statuses) -----------------------
 

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import httpx
 
-from kontext_batch.api.reasons import api_message
+from kontext_batch.api.reasons import api_message, cut
 from kontext_batch.errors import (
     ApiValidationError,
     AuthError,
@@ -95,11 +95,15 @@ def json_object(response: httpx.Response, method: str, scrub: Scrub) -> dict[str
 
 def snippet(response: httpx.Response, scrub: Scrub) -> str:
     """A short, single-line, key-free excerpt of a body (HTML error pages included)."""
+    return cut(_one_line(response, scrub), SNIPPET_CHARS)
+
+
+def _one_line(response: httpx.Response, scrub: Scrub) -> str:
     try:
         text = response.text
     except (UnicodeDecodeError, LookupError):
         return f"<{len(response.content)} bytes>"
-    return scrub(" ".join(text.split()))[:SNIPPET_CHARS]
+    return " ".join(scrub(text).split())
 
 
 def detail(response: httpx.Response, scrub: Scrub) -> object:
@@ -107,7 +111,8 @@ def detail(response: httpx.Response, scrub: Scrub) -> object:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return snippet(response, scrub) or None
+        # Whole (one line, the key masked): the message built from it is cut once, saying how long it was.
+        return _one_line(response, scrub) or None
     if isinstance(body, dict):
         for name in ("detail", "error", "message"):
             if body.get(name) is not None:
@@ -151,7 +156,7 @@ def sample_error(got: Fetched, sample_url: str, redact: Callable[[str, str], str
     if httpx.codes.is_redirect(code) and "location" in got.headers:  # an empty Location
         return ServerError(f"{what} without a Location")
     # An error page may echo the URL that answered: neither signature goes into the message.
-    text = redact(redact(" ".join(got.content.decode("utf-8", "replace").split()), sample_url), got.url)
+    text = cut(redact(redact(got.content.decode("utf-8", "replace"), sample_url), got.url), SNIPPET_CHARS)
     retry_after = parse_retry_after(got.headers.get("retry-after"))
     if code == 429:
         return RateLimited(what, retry_after_s=retry_after)

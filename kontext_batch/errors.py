@@ -33,7 +33,7 @@
                                    classes marked * inherit it beside their branch
 
 Terminal task outcomes (moderation, ``Error``, ``Failed``, ``Task not found``) are *not* exceptions:
-they are statuses recorded per row.
+they are statuses recorded per row. :func:`describe` words any exception as such a row's reason.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ __all__ = [
     "StorageUnavailable",
     "TransportError",
     "UrlRefused",
+    "describe",
 ]
 
 
@@ -351,3 +352,14 @@ class Interrupted(KontextBatchError):
     """Raised when a stop was asked (Ctrl-C, SIGTERM) and a pass honours it between two rows or two
     looks: nothing is half-written. Neither retryable nor permanent: the caller decides (the CLI
     exits 130, or detaches from a run that goes on in the workers)."""
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` as the plain line a row's reason records: one of ours by its own message; an OSError
+    by its words and file (``Permission denied: /in/a.png``); anything else, a bug, by its class too,
+    which is what finds it."""
+    if isinstance(exc, KontextBatchError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"

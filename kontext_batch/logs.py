@@ -18,7 +18,8 @@ event                      level    when
 =========================  =======  ==============================================================
 
 A row's final line names the manifest's ``id`` (the SKU) beside the row number, and carries it as
-the ``id`` field.
+the ``id`` field, with the API's task id as ``task``; its reason is the one results.csv records, a
+plain sentence (:mod:`kontext_batch.api.reasons`).
 
 Each record carries ``run``, ``row`` and ``event`` as attributes; with ``KONTEXT_LOG_FORMAT=json``
 they become fields next to ``ts``, ``level``, ``logger`` and ``msg``. Reasons come from results,
@@ -122,6 +123,7 @@ def row_finished(ref: str, result: dict[str, Any], *, recorded: bool = True, row
         level=logging.WARNING if status in _WARN_STATUSES else logging.INFO,
         id=row_id,
         status=status,
+        task=result.get("bfl_task_id"),  # the id the API's support asks for
         output=result.get("output_uri"),
         polls=result.get("polls"),
         attempts=result.get("attempts"),

@@ -133,7 +133,11 @@ def parse_api_keys(value: str) -> tuple[ApiKey, ...]:
     text = value
     candidate = Path(value.strip()).expanduser() if "\n" not in value and "," not in value else None
     if candidate is not None and candidate.is_file():
-        text = candidate.read_text(encoding="utf-8")
+        try:
+            text = candidate.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror or str(exc)
+            raise ConfigError(f"KONTEXT_API_KEYS names the file {value.strip()}, which cannot be read: {why}") from None
     elif candidate is not None and value.strip().startswith(("/", "./", "~")):
         # A mounted secret that is missing must not become a "key" named after its path.
         raise ConfigError(f"KONTEXT_API_KEYS names the file {value.strip()}, which does not exist or is not a file")

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from kontext_batch.cli import commands
+from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_INTERRUPTED, EXIT_MEANINGS, EXIT_STOPPED, EXIT_USAGE
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from tests.e2e_support import E2E_KEY, read_results, running_system, write_csv
 
@@ -202,6 +205,24 @@ def test_run_without_a_key_exits_2_naming_it(env: dict[str, str], r: redis.Redis
     nothing_queued(r)
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("variable", "option"),
+    [("KONTEXT_API_BASE", "--api-base"), ("KONTEXT_REDIS_URL", "--redis-url")],
+)
+def test_an_option_overrides_a_bad_variable_it_names(tmp_path: Path, variable: str, option: str) -> None:
+    path = write_csv(tmp_path / "m.csv", ["id", "prompt"], [{"id": "a", "prompt": "white background"}])
+    env = {variable: "redis+sentinel://" if variable == "KONTEXT_REDIS_URL" else "ftp://example.org"}
+    good = "redis://127.0.0.1:9/0" if variable == "KONTEXT_REDIS_URL" else "http://127.0.0.1:9"
+    runner = CliRunner()
+    refused = runner.invoke(commands.cli, ["validate", str(path), "--no-images"], env=env)
+    assert refused.exit_code == 2, refused.output  # the variable alone is still refused, naming it
+    assert variable in refused.output
+    given = runner.invoke(commands.cli, [option, good, "validate", str(path), "--no-images"], env=env)
+    assert given.exit_code == 0, given.output
+    assert "1 row: 4 credits" in given.output
+
+
 # -- an unknown run id ------------------------------------------------------------------------------
 
 
@@ -212,6 +233,8 @@ def test_run_without_a_key_exits_2_naming_it(env: dict[str, str], r: redis.Redis
         ("results", "NO-SUCH-RUN"),
         ("cancel", "NO-SUCH-RUN"),
         ("retry", "NO-SUCH-RUN"),
+        ("follow", "NO-SUCH-RUN"),
+        ("gallery", "NO-SUCH-RUN"),
     ],
     ids=lambda c: c[0],
 )
@@ -220,9 +243,79 @@ def test_an_unknown_run_id_is_an_error_message_not_a_traceback(
 ) -> None:
     proc = cli(env, tmp_path, *command)
     no_traceback(proc)
-    assert proc.returncode != 0
+    assert proc.returncode == EXIT_USAGE, proc.stderr  # bad usage, as in every command
     assert "NO-SUCH-RUN" in proc.stderr
     nothing_queued(r)
+
+
+# -- files: one exit code for a file that cannot be used, whichever command was given it ----------
+
+
+def bad_file(tmp: Path, kind: str, name: str) -> Path:
+    """A file a command cannot use: missing, a directory where a file should be, or not UTF-8 text."""
+    path = tmp / name
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not-utf8":
+        path.write_bytes(b"\xff\xfe\x80id,prompt\n\x81\x82,\xc3\x28\n")
+    return path
+
+
+#: (command line with {f} for the file, the file's name, what it is): every command that reads a file.
+FILE_CASES = [
+    *[(("validate", "{f}"), "m.csv", kind) for kind in ("missing", "directory", "not-utf8")],
+    *[(("run", "{f}", "--output", "{out}"), "m.csv", kind) for kind in ("missing", "directory", "not-utf8")],
+    *[(("retry", "NO-SUCH-RUN", "--ids", "{f}"), "ids.txt", kind) for kind in ("missing", "directory", "not-utf8")],
+    (("validate", "{good}", "--inputs-root", "{f}"), "images", "missing"),
+    (("run", "{good}", "--output", "{out}", "--inputs-root", "{f}"), "images", "missing"),
+]
+
+
+@pytest.mark.parametrize(("argv", "name", "kind"), FILE_CASES, ids=[f"{a[0]}-{n}-{k}" for a, n, k in FILE_CASES])
+def test_a_file_a_command_cannot_use_exits_2_naming_it(
+    env: dict[str, str], r: redis.Redis, tmp_path: Path, argv: tuple[str, ...], name: str, kind: str
+) -> None:
+    path = bad_file(tmp_path, kind, name)
+    good = write_csv(tmp_path / "good.csv", ["id", "prompt"], [{"id": "a", "prompt": "white background"}])
+    args = [a.format(f=path, out=tmp_path / "out", good=good) for a in argv]
+    proc = cli(env, tmp_path, *args)
+    no_traceback(proc)
+    assert proc.returncode == EXIT_USAGE, (proc.returncode, proc.stderr[-3000:])
+    assert name in proc.stderr, proc.stderr
+    nothing_queued(r)
+
+
+def test_a_keys_file_that_is_not_text_exits_2_naming_the_variable(env: dict[str, str], tmp_path: Path) -> None:
+    keys = bad_file(tmp_path, "not-utf8", "keys.txt")
+    proc = cli({**env, "KONTEXT_API_KEYS": str(keys)}, tmp_path, "status")
+    no_traceback(proc)
+    assert proc.returncode == EXIT_USAGE, (proc.returncode, proc.stderr[-3000:])
+    assert "KONTEXT_API_KEYS" in proc.stderr
+
+
+def test_results_into_a_folder_that_does_not_exist_exits_2_naming_it(env: dict[str, str], tmp_path: Path) -> None:
+    good = write_csv(tmp_path / "good.csv", ["id", "prompt"], [{"id": "a", "prompt": "white background"}])
+    queued = cli(env, tmp_path, "run", str(good), "--output", str(tmp_path / "out"), "--json")
+    assert queued.returncode == 0, queued.stderr[-3000:]
+    run_id = json.loads(queued.stdout.splitlines()[0])["run_id"]
+    target = tmp_path / "no-such-folder" / "results.csv"
+    proc = cli(env, tmp_path, "results", run_id, "-o", str(target))
+    no_traceback(proc)
+    assert proc.returncode == EXIT_USAGE, (proc.returncode, proc.stderr[-3000:])
+    assert "no-such-folder" in proc.stderr
+    assert not target.parent.exists()
+
+
+@pytest.mark.unit
+def test_the_readme_exit_code_table_is_the_one_the_cli_uses() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    documented = {int(code): meaning.strip() for code, meaning in rows[1:]}  # rows[0] is the header
+    assert documented == dict(EXIT_MEANINGS)
+    assert set(dict(EXIT_MEANINGS)) >= {0, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED}
+    shown = CliRunner().invoke(commands.cli, ["--help"], terminal_width=400).output
+    assert all(str(code) in shown for code in dict(EXIT_MEANINGS))
 
 
 # -- run --skip-invalid -----------------------------------------------------------------------------

@@ -305,6 +305,7 @@ def test_html_error_pages_become_a_short_server_error(code: int) -> None:
     message = str(info.value)
     assert "Bad Gateway" in message
     assert len(message) < 300
+    assert "(cut; " in message  # says it is not the whole page
     assert info.value.status_code == code
 
 
@@ -329,6 +330,9 @@ def test_transport_failures_are_retryable_errors(raised: Exception, mapped: type
         do(client, call)
     assert info.value.retryable  # type: ignore[attr-defined]
     assert "SIGNATURE123" not in str(info.value)
+    # A reason for a person: what went wrong in words, not httpx's class name.
+    assert type(raised).__name__ not in str(info.value), str(info.value)
+    assert any(w in str(info.value) for w in ("timed out", "connection", "connect")), str(info.value)
 
 
 # -- poll -----------------------------------------------------------------------------------------
@@ -731,6 +735,112 @@ def test_reseller_errors(code: int, error: type[Exception]) -> None:
 def test_reseller_poll_404_is_task_not_found() -> None:
     result = reseller(Server(httpx.Response(404))).poll(f"{RESELLER_BASE}/tasks/r-9")
     assert (result.status, result.id) == (Status.TASK_NOT_FOUND, "r-9")
+
+
+# -- reasons: what results.csv, status and the logs say of a task's end ----------------------------
+
+MODERATION_REASON = "Content Filter"
+
+
+def bfl_end(status: str, details: dict[str, Any] | None) -> str:
+    return bfl(Server(poll_body(status, details=details))).poll(POLL_URL).reason
+
+
+def reseller_end(error: dict[str, str]) -> str:
+    body = {"id": "r-1", "status": "failed", "error": error}
+    return reseller(Server(httpx.Response(200, json=body))).poll(f"{RESELLER_BASE}/tasks/r-1").reason
+
+
+def test_an_error_task_reads_as_a_sentence_with_the_apis_message() -> None:
+    reason = bfl_end("Error", {"message": "Internal error while generating the image"})
+    assert reason == "the API failed the task (Error): Internal error while generating the image"
+
+
+@pytest.mark.parametrize(
+    ("bfl_status", "details", "error"),
+    [
+        (
+            "Content Moderated",
+            {"Moderation Reasons": ["Content Filter"]},
+            {"code": "content_moderated", "message": "Content Filter"},
+        ),
+        (
+            "Request Moderated",
+            {"Moderation Reasons": ["Derivative Works Filter"]},
+            {"code": "request_moderated", "message": "Derivative Works Filter"},
+        ),
+        ("Failed", {"message": "GPU fell over"}, {"code": "generation_failed", "message": "GPU fell over"}),
+    ],
+    ids=["content-moderated", "request-moderated", "failed"],
+)
+def test_the_reseller_and_bfl_word_the_same_outcome_alike(
+    bfl_status: str, details: dict[str, Any], error: dict[str, str]
+) -> None:
+    assert reseller_end(error) == bfl_end(bfl_status, details)
+
+
+def test_a_reseller_moderation_names_the_kind_of_moderation_as_bfl_does() -> None:
+    reason = reseller_end({"code": "content_moderated", "message": MODERATION_REASON})
+    assert reason.startswith("Content Moderated: ")
+    assert MODERATION_REASON in reason
+    assert "failed" not in reason
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"message": {"code": 13, "message": "nested trouble"}},
+        {"message": ["first trouble", "second trouble"]},
+        {"code": 13, "hint": "nested trouble"},
+    ],
+    ids=["nested", "list", "no-message"],
+)
+def test_structured_details_read_as_words_not_a_python_repr(details: dict[str, Any]) -> None:
+    reason = bfl_end("Error", details)
+    assert reason.startswith("the API failed the task (Error): ")
+    assert not any(ch in reason for ch in "{}[]'\"")
+    assert "trouble" in reason
+
+
+def test_a_long_api_message_is_cut_and_says_so() -> None:
+    message = "the renderer said: " + "very " * 2000 + "long"
+    reason = bfl_end("Error", {"message": message + "\n\nwith a traceback"})
+    assert len(reason) < 500
+    assert "\n" not in reason
+    assert "cut" in reason
+    assert reason.startswith("the API failed the task (Error): the renderer said: very")
+
+
+@pytest.mark.parametrize("make", [bfl, reseller], ids=["bfl", "reseller"])
+def test_a_task_the_api_does_not_know_reads_as_a_sentence(make: Callable[..., Any]) -> None:
+    url = f"{RESELLER_BASE}/tasks/task-1" if make is reseller else POLL_URL
+    reason = make(Server(httpx.Response(404, json={"detail": "Task not found"}))).poll(url).reason
+    assert reason.startswith("the API does not know the task")
+    assert "404" in reason
+    assert not any(ch in reason for ch in "{}'")
+
+
+@pytest.mark.parametrize("make", [bfl, reseller], ids=["bfl", "reseller"])
+def test_a_poll_body_that_echoes_the_key_keeps_it_out_of_the_reason(make: Callable[..., Any]) -> None:
+    if make is reseller:
+        body: dict[str, Any] = {"id": "r-1", "status": "failed", "error": {"code": "x", "message": f"bad key {KEY}"}}
+        url = f"{RESELLER_BASE}/tasks/r-1"
+    else:
+        body = {"id": "task-1", "status": "Error", "details": {"message": f"bad key {KEY}"}}
+        url = POLL_URL
+    reason = make(Server(httpx.Response(200, json=body))).poll(url).reason
+    assert "bad key" in reason
+    assert KEY not in reason
+
+
+def test_an_api_error_with_a_structured_detail_reads_as_words() -> None:
+    answer = httpx.Response(400, json={"detail": {"message": "input image is not a JPEG", "code": "bad_image"}})
+    with pytest.raises(BadRequest) as info:
+        bfl(Server(answer)).submit("pro", REQ)
+    message = str(info.value)
+    assert "input image is not a JPEG" in message
+    assert "400" in message
+    assert not any(ch in message for ch in "{}\"'")
 
 
 # -- factory --------------------------------------------------------------------------------------

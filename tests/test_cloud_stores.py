@@ -158,7 +158,7 @@ def test_missing_bucket_is_a_one_line_storage_error(bucket_url: str) -> None:
         assert not isinstance(info.value, StorageUnavailable)  # waiting will not make a bucket
         message = str(info.value)
         assert "\n" not in message
-        assert message.startswith(f"{word} does not exist for {missing}/out"), message
+        assert message == f"{missing}/out: the {word} does not exist (check the {word} name and region, or create it)"
 
 
 def test_gcs_base_url_and_bearer_token(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -418,7 +418,7 @@ def test_every_fault_at_once_ends_every_row_with_the_right_status(redis_url: str
         api_status = stats["tasks"][res["bfl_task_id"]]["status"]
         assert res["status"] == EMULATOR_STATUS[api_status], (res, api_status)
         if res["status"] != "succeeded":
-            assert res["error"].startswith(api_status), res
+            assert api_status in res["error"], res  # BFL's word, in a sentence for Error
         if row in PINNED:
             assert (
                 api_status

@@ -11,7 +11,7 @@ import pytest
 
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from kontext_batch.errors import ConfigError
-from kontext_batch.logs import JsonFormatter, row_event
+from kontext_batch.logs import JsonFormatter, row_event, row_finished
 from kontext_batch.settings import Settings
 from kontext_batch.workers.app import configure
 from tests.e2e_support import E2E_KEY, read_results, running_system, write_csv
@@ -125,6 +125,16 @@ def test_row_event_carries_run_row_and_event(caplog: pytest.LogCaptureFixture) -
     (rec,) = caplog.records
     assert rec.getMessage() == "row 20261130T000000-abcdef:17 re-driven: was polling"
     assert (rec.run, rec.row, rec.event, rec.levelno) == ("20261130T000000-abcdef", 17, "re-driven", logging.WARNING)  # type: ignore[attr-defined]
+
+
+def test_a_failed_rows_line_carries_its_reason_and_the_apis_task_id(caplog: pytest.LogCaptureFixture) -> None:
+    reason = "the API failed the task (Error): Internal error"
+    result = {"status": "failed", "error": reason, "bfl_task_id": "task-77", "polls": 3}
+    with caplog.at_level(logging.INFO, logger="kontext_batch.rows"):
+        row_finished("20261130T000000-abcdef:4", result, row_id="sku-4")
+    (rec,) = caplog.records
+    assert rec.getMessage().endswith(f"(id sku-4) {reason}")
+    assert (rec.task, rec.status, rec.levelno) == ("task-77", "failed", logging.WARNING)  # type: ignore[attr-defined]
 
 
 def test_log_format_setting() -> None:

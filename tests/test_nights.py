@@ -53,6 +53,36 @@ def test_a_nightly_rerun_is_priced_and_budgeted_by_the_rows_it_runs(redis_url: s
     assert sum(r["status"] == "skipped" for r in results) == 10
 
 
+def test_validate_prices_only_the_rows_a_run_into_that_output_would_run(redis_url: str, tmp_path: Path) -> None:
+    images = Path(__file__).parent.parent / "manifests" / "examples" / "images"
+    mug, bag = sorted(images.glob("*.jpg"))[:2]
+
+    def night(path: Path, changed: set[int]) -> Path:
+        rows = [
+            {"id": f"sku-{i}", "prompt": f"item {i} on white" + (" (new)" if i in changed else ""), "input_image": img}
+            for i, img in enumerate((mug, bag, "", ""), start=1)
+        ]
+        return write_csv(path, ["id", "prompt", "input_image"], rows)
+
+    out = tmp_path / "out"
+    with running_system(redis_url) as system:
+        first = system.cli("run", str(night(tmp_path / "n1.csv", set())), "-o", str(out), "--wait")
+        assert first.returncode == 0, first.stderr
+        second = night(tmp_path / "n2.csv", {2})  # an image row's prompt changed: it runs again
+        checked = system.cli("validate", str(second), "-o", str(out))
+        assert checked.returncode == 0, checked.stderr
+        assert "4 rows: 1 to run (4 credits ($0.04)), 3 already done" in checked.stdout, checked.stdout
+        forced = system.cli("validate", str(second), "-o", str(out), "--force")
+        assert "4 rows: 16 credits ($0.16)" in forced.stdout, forced.stdout
+        elsewhere = system.cli("validate", str(second), "-o", str(tmp_path / "new-out"))
+        assert "4 rows: 16 credits ($0.16)" in elsewhere.stdout, elsewhere.stdout
+        assert not (tmp_path / "new-out").exists()  # validate writes nothing, not even a folder
+        # What validate said is what run then does.
+        again = system.cli("run", str(second), "-o", str(out), "--wait")
+        assert again.returncode == 0, again.stderr
+        assert "4 rows: 1 to run (4 credits ($0.04)), 3 already done" in again.stderr
+
+
 def test_retry_ids_with_an_unknown_id_queues_nothing_unless_told(redis_url: str, tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     ids = tmp_path / "rejected.txt"

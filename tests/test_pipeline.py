@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,27 +128,49 @@ def test_out_of_credits_stops_the_run_and_retry_completes_it(redis_url: str, tmp
         assert {r["status"] for r in rows} == {"succeeded"}
 
 
+@pytest.mark.parametrize("provider", ["bfl", "reseller"])
 @pytest.mark.parametrize(
     ("fault", "status", "reason"),
     [
-        ("request-moderated", "moderated", "Request Moderated"),
-        ("content-moderated", "moderated", "Content Moderated"),
-        ("error", "failed", "Error"),
+        ("request-moderated", "moderated", "Request Moderated: Derivative Works Filter"),
+        ("content-moderated", "moderated", "Content Moderated: Content Filter"),
+        ("error", "failed", "the API failed the task ("),
     ],
 )
 def test_terminal_outcomes_are_recorded_with_their_reason(
-    redis_url: str, tmp_path: Path, fault: str, status: str, reason: str
+    redis_url: str, tmp_path: Path, fault: str, status: str, reason: str, provider: str
 ) -> None:
     with Emulator(fast(faults={fault: 1.0})) as emu:
         sched = InlineScheduler()
-        rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
+        base = emu.base_url + ("/reseller/v1" if provider == "reseller" else "")
+        rt = inline_runtime(fast_settings(base, redis_url, api_key=KEY, provider=provider), sched)
         start_specs(rt, "t", str(tmp_path), text_specs(3))
         sched.run(rt)
         rows = results_csv(rt, "t", tmp_path)
         assert {r["status"] for r in rows} == {status}
-        assert all(r["error"].startswith(reason) for r in rows)
+        # The same words from either dialect, and a sentence, not a repr of the API's details.
+        assert all(r["error"].startswith(reason) for r in rows), rows[0]["error"]
+        assert not any(ch in r["error"] for r in rows for ch in "{}'")
+        if fault == "error":
+            assert all(r["error"].endswith("): Internal error while generating the image (emulated)") for r in rows)
         assert emu.stats()["submits"] == 3  # never retried
         assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_a_row_whose_input_is_gone_fails_with_a_sentence_naming_it(redis_url: str, tmp_path: Path) -> None:
+    gone = tmp_path / "staged" / "vanished.png"  # staged when queued, removed before the submit
+    with Emulator(fast()) as emu:
+        sched = InlineScheduler()
+        rt = inline_runtime(fast_settings(emu.base_url, redis_url, api_key=KEY), sched)
+        (spec,) = text_specs(1)
+        start_specs(rt, "g", str(tmp_path), [dataclasses.replace(spec, images=[gone.as_uri()], digests=["0" * 64])])
+        sched.run(rt)
+        (row,) = results_csv(rt, "g", tmp_path)
+        assert row["status"] == "failed"
+        assert str(gone) in row["error"]
+        assert row["error"].startswith("not submitted: ")
+        assert "Error:" not in row["error"]  # no exception class names: they say nothing to the reader
+        assert emu.stats()["submits"] == 0
 
 
 def test_transient_faults_are_retried_within_bounds(redis_url: str, tmp_path: Path) -> None:

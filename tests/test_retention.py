@@ -17,7 +17,7 @@ import click
 import pytest
 import redis
 
-from kontext_batch.cli.commands import parse_duration
+from kontext_batch.cli.options import parse_duration
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.control import prune_runs, retry_run
 from kontext_batch.runtime import Runtime
@@ -145,6 +145,21 @@ def test_status_and_retry_of_a_pruned_run(rt: Runtime, redis_url: str, tmp_path:
     assert "cannot be retried" in retry.stderr
     assert results_uri in retry.stderr
     assert "Traceback" not in retry.stderr
+
+
+@pytest.mark.parametrize("command", ["results", "gallery", "cancel", "follow"])
+def test_commands_of_a_pruned_run_say_it_is_gone_and_where_its_results_are(
+    rt: Runtime, redis_url: str, tmp_path: Path, command: str
+) -> None:
+    finished_run(rt, "gone2", tmp_path)
+    results_uri = rt.runs.meta("gone2")["results_uri"]
+    assert cli(redis_url, "prune", "--older-than", "0m").returncode == 0
+    got = cli(redis_url, command, "gone2")
+    assert got.returncode == 2, got.stderr  # as retry: nothing of the run is left to act on
+    assert "gone from Redis (pruned)" in got.stderr
+    assert results_uri in got.stderr
+    assert "no run" not in got.stderr
+    assert "Traceback" not in got.stderr
 
 
 def test_prune_refuses_a_duration_it_cannot_read(redis_url: str) -> None:

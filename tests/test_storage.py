@@ -9,13 +9,14 @@ from pathlib import Path
 
 import boto3
 import pytest
+from obstore.exceptions import GenericError, PermissionDeniedError
 
 from kontext_batch.errors import ObjectNotFound, ObjectTooLarge, StorageError, StorageUnavailable
 from kontext_batch.io.names import check_object_name
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.io.read import read_url
-from kontext_batch.io.stores import ObjectStore, open_store
-from tests.s3_server import TEST_CREDENTIALS, closed_port_url, create_bucket
+from kontext_batch.io.stores import ObjectStore, open_store, translate_error
+from tests.s3_server import TEST_CREDENTIALS, closed_port_url, create_bucket, start_moto
 
 BACKENDS = ["local", "memory", "s3"]
 
@@ -306,6 +307,143 @@ def test_s3_server_errors_are_retryable(
     with pytest.raises(StorageUnavailable) as info:
         store.get("x")
     assert info.value.retryable
+
+
+# --- storage errors: one line naming the store and what to check -----------------------------------
+
+
+def one_line(exc: BaseException) -> str:
+    """The message, held to what an operator can read at a glance: one line, no XML, no debug dump."""
+    text = str(exc)
+    assert "\n" not in text, text
+    assert "<" not in text, text
+    assert "Debug source" not in text, text
+    assert len(text) < 400, text
+    return text
+
+
+@pytest.mark.parametrize("op", ["put", "list", "get"])
+def test_a_missing_bucket_says_so_naming_the_store(s3_url: str, op: str) -> None:
+    url = f"s3://nosuch-{uuid.uuid4().hex[:8]}/out"
+    store = open_store(url)
+    with pytest.raises(StorageError) as info:
+        store.put("x", b"1") if op == "put" else list(store.list()) if op == "list" else store.get("x")
+    assert not isinstance(info.value, StorageUnavailable | ObjectNotFound)
+    assert one_line(info.value) == f"{url}: the bucket does not exist (check the bucket name and region, or create it)"
+
+
+@pytest.mark.integration
+def test_wrong_credentials_say_access_denied_and_what_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # this moto checks every request's credentials
+    proc, endpoint = start_moto()
+    try:
+        for key, value in TEST_CREDENTIALS.items():
+            monkeypatch.setenv(key, value)
+        url = f"s3://any-bucket/out?endpoint={endpoint}"
+        with pytest.raises(StorageError) as info:
+            open_store(url).put("x", b"1")
+    finally:
+        proc.kill()
+        proc.wait()
+    text = one_line(info.value)
+    assert text.startswith(f"{url}: access denied")
+    assert "InvalidAccessKeyId" in text  # the store's own word for it
+    assert "check the credentials" in text
+
+
+def test_a_refused_permission_says_access_denied_without_the_xml_body(
+    monkeypatch: pytest.MonkeyPatch, http_server: tuple[str, dict[str, tuple[int, bytes]]]
+) -> None:
+    base, routes = http_server
+    body = b'<?xml version="1.0"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message>'
+    routes["/bucket/out/x"] = (403, body + b"<HostId>" + b"h" * 500 + b"</HostId></Error>")
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://bucket/out?endpoint={base}"
+    with pytest.raises(StorageError) as info:
+        open_store(url).get("x")
+    text = one_line(info.value)
+    assert text.startswith(f"{url}: access denied (AccessDenied: Access Denied)")
+    assert "check the credentials" in text
+
+
+@pytest.mark.integration
+def test_an_unreachable_store_says_so_and_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://bucket/out?endpoint={closed_port_url('')}"
+    with pytest.raises(StorageUnavailable) as info:
+        open_store(url).get("x")
+    text = one_line(info.value)
+    assert text.startswith(f"{url}: the object store cannot be reached")
+    assert "check the endpoint" in text
+
+
+@pytest.mark.parametrize(
+    ("exc", "url", "words"),
+    [
+        (
+            GenericError(
+                "Generic GCS error: Error performing token request: Error performing GET "
+                "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token?audience=x "
+                "in 1ms - Server returned non-2xx status code: 403 Forbidden: resolve_deny\n\nDebug source: ..."
+            ),
+            "gs://nosuch/out",
+            ("no credentials", "GOOGLE_SERVICE_ACCOUNT"),
+        ),
+        (
+            GenericError("Generic MicrosoftAzure error: Account must be specified"),
+            "az://nosuch/out",
+            ("AZURE_STORAGE_ACCOUNT_NAME",),
+        ),
+        (
+            GenericError(
+                "Generic MicrosoftAzure error: ... 404 Not Found: <?xml?><Error><Code>ContainerNotFound</Code>"
+            ),
+            "az://nosuch/out",
+            ("the container does not exist (check the container name", "or create it)"),
+        ),
+        (
+            GenericError("Generic GCS error: ... status code: 404 Not Found: The specified bucket does not exist."),
+            "gs://nosuch/out",
+            ("the bucket does not exist",),
+        ),
+        (
+            GenericError(
+                "Generic S3 error: Received redirect without LOCATION, "
+                "this normally indicates an incorrectly configured region"
+            ),
+            "s3://nosuch/out",
+            ("another region", "AWS_REGION"),
+        ),
+        (PermissionError(13, "Permission denied", "/srv/out/x"), "file:///srv/out", ("access denied", "owner")),
+    ],
+    ids=[
+        "gs-no-credentials",
+        "az-no-account",
+        "az-no-container",
+        "gs-no-bucket",
+        "s3-wrong-region",
+        "local-permission",
+    ],
+)
+def test_each_kind_of_store_failure_names_the_store_and_what_to_check(
+    exc: Exception, url: str, words: tuple[str, ...]
+) -> None:
+    mapped = translate_error(exc, f"{url}/x", store=url)
+    assert isinstance(mapped, StorageError)
+    text = one_line(mapped)
+    assert text.startswith(url)
+    assert all(w in text for w in words), text
+
+
+def test_a_store_url_with_credentials_in_it_is_shown_without_them() -> None:
+    mapped = translate_error(
+        PermissionDeniedError("denied"), "az://c/x?sig=SECRET", store="az://user:pw@c/out?sig=SECRET"
+    )
+    text = one_line(mapped)
+    assert "SECRET" not in text
+    assert "pw" not in text
 
 
 @pytest.mark.parametrize("url", ["ftp://host/x", "s3://", "memory://a/../b", "  "])

@@ -30,6 +30,7 @@ import httpx
 
 from kontext_batch.api import statuses
 from kontext_batch.api.models import Sample
+from kontext_batch.api.reasons import cut
 from kontext_batch.api.trust import UrlTrust, origin
 from kontext_batch.errors import (
     ApiConnectionError,
@@ -121,11 +122,12 @@ class HttpCore:
         return text.replace(key, _MASK) if key else text
 
     def redact(self, text: str, url: str | httpx.URL) -> str:
-        """``text`` without the key and without ``url``'s query string (a sample URL's signature)."""
+        """``text`` without the key and without ``url``'s query string (a sample URL's signature); not
+        cut, so that it can be applied again for another URL (the caller cuts)."""
         query = urlsplit(str(url)).query
         if query:
             text = text.replace(query, "…")
-        return self.scrub(text)[: statuses.SNIPPET_CHARS]
+        return self.scrub(text)
 
     def send(
         self,
@@ -161,13 +163,15 @@ class HttpCore:
         except httpx.TimeoutException as exc:
             where = shown_url(url)
             log.debug("%s %s timed out after %.3fs", method, where, time.perf_counter() - started)
-            raise ApiTimeout(f"{method} {where}: {type(exc).__name__}") from exc
+            raise ApiTimeout(f"{method} {where}: {_TIMEOUTS.get(type(exc), 'timed out')}") from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise ConfigError(f"{method} {shown_url(url)}: not a usable http(s) URL") from exc
         except httpx.HTTPError as exc:
             where = shown_url(url)
             log.debug("%s %s failed after %.3fs: %s", method, where, time.perf_counter() - started, _exc_name(exc))
-            raise ApiConnectionError(f"{method} {where}: {_exc_name(exc)}: {self.redact(str(exc), url)}") from exc
+            what = _BROKEN.get(type(exc), "the connection failed")
+            said = cut(self.redact(str(exc), url), statuses.SNIPPET_CHARS)
+            raise ApiConnectionError(f"{method} {where}: {what}: {said}") from exc
 
     # -- answers, read with the key scrubbed (kontext_batch.api.statuses) -----------------------
 
@@ -212,7 +216,7 @@ class HttpCore:
         if not got.content:
             # A 200 with nothing in it is a cut-off transfer, not an image: worth another try.
             raise ServerError(
-                f"GET {shown_url(sample_url)} -> {got.status_code}: empty body", status_code=got.status_code
+                f"GET {shown_url(sample_url)} answered {got.status_code}: empty body", status_code=got.status_code
             )
         return Sample(content=got.content, content_type=got.headers.get("content-type", "application/octet-stream"))
 
@@ -225,6 +229,21 @@ class HttpCore:
 
 def _exc_name(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+# What each of httpx's transport failures means, for a reason a person reads (not the class name).
+_TIMEOUTS: Final[dict[type[Exception], str]] = {
+    httpx.ConnectTimeout: "connecting timed out",
+    httpx.ReadTimeout: "timed out waiting for the answer",
+    httpx.WriteTimeout: "timed out sending the request",
+    httpx.PoolTimeout: "timed out waiting for a free connection",
+}
+_BROKEN: Final[dict[type[Exception], str]] = {
+    httpx.ConnectError: "cannot connect",
+    httpx.ReadError: "the connection broke while reading the answer",
+    httpx.WriteError: "the connection broke while sending the request",
+    httpx.RemoteProtocolError: "the server closed the connection mid-answer",
+}
 
 
 class ClientBase:

@@ -157,7 +157,7 @@ def parse_bfl_submit(body: dict[str, Any], base_url: str, url: str) -> Task:
     if isinstance(task_id, int) and not isinstance(task_id, bool):
         task_id = str(task_id)
     if not isinstance(task_id, str) or not task_id:
-        raise ServerError(f"POST {shown_url(url)} -> 200 without a task id", status_code=200)
+        raise ServerError(f"POST {shown_url(url)} answered 200 without a task id", status_code=200)
     polling_url = opt_str(body.get("polling_url"))
     if not polling_url and opt_str(body.get("webhook_url")):
         # A webhook submit answers {id, status, webhook_url} without a polling_url. Failing here
@@ -165,7 +165,7 @@ def parse_bfl_submit(body: dict[str, Any], base_url: str, url: str) -> Task:
         # to the documented get_result route on the submit host for fallback polling.
         polling_url = f"{base_url}/v1/get_result?id={task_id}"
     if not polling_url:
-        raise ServerError(f"POST {shown_url(url)} -> 200 without a polling_url", status_code=200)
+        raise ServerError(f"POST {shown_url(url)} answered 200 without a polling_url", status_code=200)
     return Task(
         id=task_id,
         polling_url=polling_url,

@@ -31,6 +31,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from kontext_batch.api.reasons import api_message, cut
 from kontext_batch.errors import FieldError, RequestInvalid
 
 __all__ = [
@@ -234,12 +235,32 @@ class PollResult:
 
     @property
     def reason(self) -> str:
-        """A one-line account of a non-Ready terminal outcome, for the results file."""
-        if self.moderation_reasons:
-            return f"{self.raw_status}: {', '.join(self.moderation_reasons)}"
-        if self.details:
-            return f"{self.raw_status}: {self.details}"
-        return self.raw_status
+        """A one-line account of a non-Ready terminal outcome, worded alike for both dialects (the
+        table in :mod:`kontext_batch.api.reasons`)."""
+        status = self.status
+        if status.moderated:
+            # BFL's wording whichever dialect answered: the reseller says "failed" with a code.
+            words = ", ".join(r for r in self.moderation_reasons if r) or api_message(self.details)
+            return f"{status.value}: {cut(words)}" if words else status.value
+        raw = self.raw_status.strip()
+        label = status.value if not raw or raw.lower() == status.value.lower() else raw
+        details: dict[str, Any] = self.details or {}
+        if details.get("http_status") is not None:  # a poll answered 404; its body is under "detail"
+            label = f"{label}, HTTP {details['http_status']}"
+            message = api_message(details.get("detail"))
+        else:
+            message = api_message(details)
+        if message.lower() in (status.value.lower(), raw.lower()):
+            message = ""  # "Task not found" once more says nothing new
+        lead = _REASON_LEADS.get(status, "the task ended")
+        return f"{lead} ({label})" + (f": {message}" if message else "")
+
+
+_REASON_LEADS: Final = {
+    Status.ERROR: "the API failed the task",
+    Status.FAILED: "the API failed the task",
+    Status.TASK_NOT_FOUND: "the API does not know the task",
+}
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ class ResellerClient(ClientBase):
         if isinstance(task_id, int) and not isinstance(task_id, bool):
             task_id = str(task_id)
         if not isinstance(task_id, str) or not task_id:
-            raise ServerError(f"POST {shown_url(url)} -> {response.status_code} without a task id")
+            raise ServerError(f"POST {shown_url(url)} answered {response.status_code} without a task id")
         return Task(id=task_id, polling_url=f"{self.base_url}/tasks/{task_id}")
 
     def _poll_once(self, polling_url: str) -> PollResult:

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import httpx
 
+from kontext_batch.api.reasons import api_message, cut
 from kontext_batch.errors import (
     ApiValidationError,
     AuthError,
@@ -73,18 +74,19 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 def json_object(response: httpx.Response, method: str, scrub: Scrub) -> dict[str, Any]:
-    """The response body as a JSON object; anything else is a ServerError (a retry may fix it)."""
+    """The response body as a JSON object, the key masked in it (a body that echoes it must not carry
+    it into a reason); anything else is a ServerError (a retry may fix it)."""
     try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(scrub(response.text))
+    except (json.JSONDecodeError, UnicodeDecodeError, LookupError):
         raise ServerError(
-            f"{method} {shown_url(response.request.url)} -> {response.status_code}: "
+            f"{method} {shown_url(response.request.url)} answered {response.status_code}: "
             f"body is not JSON: {snippet(response, scrub)!r}",
             status_code=response.status_code,
         ) from None
     if not isinstance(body, dict):
         raise ServerError(
-            f"{method} {shown_url(response.request.url)} -> {response.status_code}: "
+            f"{method} {shown_url(response.request.url)} answered {response.status_code}: "
             f"expected a JSON object, got {type(body).__name__}",
             status_code=response.status_code,
         )
@@ -93,11 +95,15 @@ def json_object(response: httpx.Response, method: str, scrub: Scrub) -> dict[str
 
 def snippet(response: httpx.Response, scrub: Scrub) -> str:
     """A short, single-line, key-free excerpt of a body (HTML error pages included)."""
+    return cut(_one_line(response, scrub), SNIPPET_CHARS)
+
+
+def _one_line(response: httpx.Response, scrub: Scrub) -> str:
     try:
         text = response.text
     except (UnicodeDecodeError, LookupError):
         return f"<{len(response.content)} bytes>"
-    return scrub(" ".join(text.split()))[:SNIPPET_CHARS]
+    return " ".join(scrub(text).split())
 
 
 def detail(response: httpx.Response, scrub: Scrub) -> object:
@@ -105,7 +111,8 @@ def detail(response: httpx.Response, scrub: Scrub) -> object:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return snippet(response, scrub) or None
+        # Whole (one line, the key masked): the message built from it is cut once, saying how long it was.
+        return _one_line(response, scrub) or None
     if isinstance(body, dict):
         for name in ("detail", "error", "message"):
             if body.get(name) is not None:
@@ -117,7 +124,7 @@ def api_error(response: httpx.Response, method: str, scrub: Scrub) -> KontextBat
     """The exception an unsuccessful API response stands for (see the module table)."""
     code = response.status_code
     found = detail(response, scrub)
-    what = f"{method} {shown_url(response.request.url)} -> {code}"
+    what = f"{method} {shown_url(response.request.url)} answered {code}"
     text = _detail_text(found)
     message = scrub(f"{what}: {text}" if text else what)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -143,13 +150,13 @@ def sample_error(got: Fetched, sample_url: str, redact: Callable[[str, str], str
     key and ``url``'s query from ``text``.
     """
     code = got.status_code
-    what = f"GET {shown_url(sample_url)} -> {code}"
+    what = f"GET {shown_url(sample_url)} answered {code}"
     if code in (403, 404, 410):
         return SampleExpired(f"{what}: sample URL expired or unknown", status_code=code)
     if httpx.codes.is_redirect(code) and "location" in got.headers:  # an empty Location
         return ServerError(f"{what} without a Location")
     # An error page may echo the URL that answered: neither signature goes into the message.
-    text = redact(redact(" ".join(got.content.decode("utf-8", "replace").split()), sample_url), got.url)
+    text = cut(redact(redact(got.content.decode("utf-8", "replace"), sample_url), got.url), SNIPPET_CHARS)
     retry_after = parse_retry_after(got.headers.get("retry-after"))
     if code == 429:
         return RateLimited(what, retry_after_s=retry_after)
@@ -159,16 +166,7 @@ def sample_error(got: Fetched, sample_url: str, redact: Callable[[str, str], str
 
 
 def _detail_text(found: object) -> str:
-    if found is None:
-        return ""
-    if isinstance(found, str):
-        text = found
-    else:
-        try:
-            text = json.dumps(found, default=str)
-        except (TypeError, ValueError):
-            text = repr(found)
-    return " ".join(text.split())[:SNIPPET_CHARS]
+    return api_message(found, SNIPPET_CHARS)
 
 
 def _field_errors(found: object, scrub: Scrub) -> list[FieldError]:

@@ -17,18 +17,28 @@ import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from kontext_batch.cli.context import command_settings, need_key, need_run, runtime, say, settings_used, trusted
-from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_STOPPED, EXIT_USAGE
-from kontext_batch.cli.options import DELIMITER, INPUTS_ROOT, MAX_FAILURES, MODEL, SHEET, TIMEOUT
+from kontext_batch.cli.context import (
+    command_settings,
+    naming,
+    need_key,
+    need_run,
+    runtime,
+    say,
+    settings_used,
+    trusted,
+)
+from kontext_batch.cli.exits import EXIT_FAILED_ROWS, EXIT_STOPPED, EXIT_USAGE, Refused, exit_help
+from kontext_batch.cli.options import DELIMITER, INPUTS_ROOT, MAX_FAILURES, MODEL, SHEET, TIMEOUT, parse_duration
 from kontext_batch.cli.render import report_doc, status_lines, view_doc
 from kontext_batch.cli.serve import webhooks_command, worker
 from kontext_batch.cli.watch import follow_run, private_stack, submit_and_follow
 from kontext_batch.coord.connection import explain
 from kontext_batch.errors import ConfigError, KontextBatchError, ManifestError, RunStateLost
 from kontext_batch.io.netguard import FetchPolicy
+from kontext_batch.manifest.images import ImageCache
 from kontext_batch.manifest.validate import render_report, validate_manifest
 from kontext_batch.run.control import cancel_run, gone_line, prune_runs, refuse_gone, retry_run
-from kontext_batch.run.enqueue import RunRequest
+from kontext_batch.run.enqueue import RunRequest, done_rows
 from kontext_batch.run.local import demo_manifest
 from kontext_batch.run.view import view_run
 from kontext_batch.settings import Settings
@@ -55,7 +65,7 @@ class _Group(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_help())
 @click.version_option(package_name="kontext-batch")
 @click.option(
     "--redis-url",
@@ -84,6 +94,15 @@ def cli(ctx: click.Context, redis_url: str | None, api_base: str | None) -> None
 @INPUTS_ROOT
 @DELIMITER
 @SHEET
+@click.option(
+    "--output",
+    "-o",
+    envvar="KONTEXT_OUTPUT",
+    show_envvar=True,
+    default=None,
+    help="The output a run would write to: rows whose output is there already (as `run` decides) are not priced.",
+)
+@click.option("--force", is_flag=True, help="With --output: price every row, as `run --force` runs them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def validate(
@@ -94,11 +113,15 @@ def validate(
     inputs_root: Path | None,
     delimiter: str | None,
     sheet: str | None,
+    output: str | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Check every row of MANIFEST (`-`: stdin) and print the run's cost. Exit 0 only when every row is valid."""
 
+    cache = ImageCache()
     try:
+        done = done_rows(output, cache) if output and not force else None
         report = validate_manifest(
             manifest,
             default_model=model,
@@ -107,11 +130,13 @@ def validate(
             inputs_root=inputs_root,
             delimiter=delimiter,
             sheet=sheet,
+            cache=cache,
+            done=done,
         )
-    except ManifestError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ManifestError as exc:  # the file as a whole; invalid rows are in the report
+        raise Refused(naming(manifest, str(exc))) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
+        raise Refused(f"cannot read manifest {manifest}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(report_doc(report), indent=2))
     else:
@@ -248,6 +273,8 @@ def results(ctx: click.Context, run_id: str, out: str | None) -> None:
                 with part.open("w", newline="", encoding="utf-8") as fh:
                     render_results(rt.runs, run_id, fh)
                 part.replace(out)
+            except OSError as exc:
+                raise Refused(f"cannot write {out}: {_why(exc)}") from None
             finally:
                 part.unlink(missing_ok=True)
             say(out)
@@ -312,7 +339,10 @@ def retry(
     """Run RUN's failed (or moderated, cancelled, budget-stopped, listed) rows again, into the same run."""
     flags = (("failed", failed), ("moderated", moderated), ("cancelled", cancelled), ("budget", budget_rows))
     statuses = [n for n, on in flags if on] or (["failed", "budget"] if budget is not None else ["failed"])
-    ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
+    try:
+        ids = ids_from_file(Path(ids_file)) if ids_file is not None else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Refused(f"cannot read --ids {ids_file}: {_why(exc)}") from None
     rt = trusted(runtime(command_settings(ctx)))
     refuse_gone(rt, run_id)
     need_run(rt, run_id)
@@ -372,22 +402,6 @@ def demo_command(output: str, n_workers: int, time_scale: float) -> None:
 cli.add_command(worker)
 cli.add_command(webhooks_command)
 
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(raw: str) -> float:
-    """``90m``, ``36h``, ``7d``, ``2w`` or plain seconds, in seconds; BadParameter for anything else."""
-    text = raw.strip().lower()
-    unit = _UNITS.get(text[-1:], 0)
-    number = text[:-1] if unit else text
-    try:
-        value = float(number) * (unit or 1)
-    except ValueError:
-        raise click.BadParameter(f"{raw!r} is no duration: give e.g. 7d, 36h, 90m or seconds") from None
-    if value < 0:
-        raise click.BadParameter(f"{raw!r}: a duration cannot be negative")
-    return value
-
 
 @cli.command()
 @click.option(
@@ -426,6 +440,12 @@ def gallery_command(ctx: click.Context, run_id: str, presign: str | None) -> Non
         click.echo(put_gallery(rt.runs, run_id, store))
     else:
         click.echo(put_presigned_gallery(rt.runs, run_id, store, expires_s))
+
+
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return exc.strerror or str(exc)
 
 
 def main() -> None:

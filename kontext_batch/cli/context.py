@@ -6,30 +6,33 @@ lines, the settings a command used.
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from kontext_batch.cli.exits import Refused
 from kontext_batch.coord.connection import check_redis
 from kontext_batch.coord.protocol import refuse_other_protocols
 from kontext_batch.errors import ConfigError
+from kontext_batch.run.control import gone_line
 from kontext_batch.runtime import Runtime
-from kontext_batch.settings import Settings, resolve_api_base
+from kontext_batch.settings import Settings
 
-__all__ = ["command_settings", "need_key", "need_run", "runtime", "say", "settings_used", "trusted"]
+__all__ = ["command_settings", "naming", "need_key", "need_run", "runtime", "say", "settings_used", "trusted"]
 
 
 def command_settings(ctx: click.Context) -> Settings:
     """The environment's settings, with the group's ``--redis-url`` / ``--api-base`` over them."""
     obj = ctx.ensure_object(dict)
     if "settings" not in obj:
+        # The options go in before the environment is read: a bad KONTEXT_API_BASE that --api-base
+        # overrides must not fail the command.
+        given = {"KONTEXT_REDIS_URL": obj.get("redis_url"), "KONTEXT_API_BASE": obj.get("api_base")}
+        environ = {**os.environ, **{name: value for name, value in given.items() if value}}
         try:
-            env = Settings.from_env()
-            if obj.get("redis_url"):
-                env = env.with_(redis_url=obj["redis_url"])
-            if obj.get("api_base"):
-                env = env.with_(api_base=resolve_api_base(obj["api_base"]))
+            obj["settings"] = Settings.from_env(environ)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
-        obj["settings"] = env
     s: Settings = obj["settings"]
     return s
 
@@ -85,8 +88,18 @@ def need_key(s: Settings) -> None:
 
 
 def need_run(rt: Runtime, run_id: str) -> None:
-    if not rt.runs.exists(run_id):
-        raise click.ClickException(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+    """Refused (exit 2) unless Redis holds the run: for one gone from it (pruned or expired), saying
+    so and where its results.csv is, as ``status`` does; else that there is no such run."""
+    if rt.runs.exists(run_id):
+        return
+    if line := gone_line(rt, run_id):
+        raise Refused(line)
+    raise Refused(f"no run {run_id!r} in the Redis at {rt.settings.redis_display}")
+
+
+def naming(path: str, message: str) -> str:
+    """``message`` about the file ``path``, naming it unless it already does."""
+    return message if path in message else f"{path}: {message}"
 
 
 def say(msg: str) -> None:

@@ -1,4 +1,5 @@
-"""Options that more than one command takes, and the ``duration`` type of ``--timeout``."""
+"""Options that more than one command takes, the ``duration`` type of ``--timeout``, and
+:func:`parse_duration`, the days-and-weeks reading of ``prune --older-than``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Final
 
 import click
 
-__all__ = ["DELIMITER", "INPUTS_ROOT", "MAX_FAILURES", "MODEL", "SHEET", "TIMEOUT", "Duration"]
+__all__ = ["DELIMITER", "INPUTS_ROOT", "MAX_FAILURES", "MODEL", "SHEET", "TIMEOUT", "Duration", "parse_duration"]
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
@@ -74,9 +75,25 @@ SHEET = click.option("--sheet", default=None, help="An .xlsx manifest's sheet to
 
 INPUTS_ROOT = click.option(
     "--inputs-root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     envvar="KONTEXT_INPUTS_ROOT",
     show_envvar=True,
     default=None,
     help="Refuse local input images outside this folder (symlinks resolved).",
 )
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(raw: str) -> float:
+    """``90m``, ``36h``, ``7d``, ``2w`` or plain seconds, in seconds; BadParameter for anything else."""
+    text = raw.strip().lower()
+    unit = _UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter(f"{raw!r} is no duration: give e.g. 7d, 36h, 90m or seconds") from None
+    if value < 0:
+        raise click.BadParameter(f"{raw!r}: a duration cannot be negative")
+    return value

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import click
 
-from kontext_batch.cli.context import runtime, say, trusted
+from kontext_batch.cli.context import naming, runtime, say, trusted
 from kontext_batch.cli.exits import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE
 from kontext_batch.cli.progress import Look, reporter_for, summarize, take_look
 from kontext_batch.cli.render import cost_block, lost_doc, lost_lines, queued_doc
@@ -75,7 +75,7 @@ def submit_and_follow(  # noqa: PLR0911 - one exit code per way a run can end
         return EXIT_USAGE
     except ManifestError as exc:
         if any(e.row == 0 for e in exc.errors):  # the file itself, not one of its rows
-            say(f"error: {exc.errors[0].msg}; nothing was queued.")
+            say(f"error: {naming(req.manifest, exc.errors[0].msg)}; nothing was queued.")
             return EXIT_USAGE
         say(f"error: {len(exc.errors)} invalid row(s); nothing was queued.")
         for e in exc.errors[:50]:

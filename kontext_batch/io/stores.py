@@ -24,6 +24,21 @@ Errors (:func:`translate_error`): a missing object is :class:`~kontext_batch.err
 (a StorageError, and a FileNotFoundError too), which carries the URI; throttling, 5xx, timeouts and
 dropped connections are :class:`~kontext_batch.errors.StorageUnavailable`; everything else
 (permissions, a missing bucket, a malformed URL) is :class:`~kontext_batch.errors.StorageError`.
+Each is one line naming the store (:func:`shown_store`: no credentials) and what to check:
+
+======================  ===========================================================================
+kind                    message
+======================  ===========================================================================
+no bucket / container   ``s3://nosuch/out: the bucket does not exist (check the bucket name and
+                        region, or create it)``
+access denied           ``...: access denied (InvalidAccessKeyId: ...) (check the credentials and
+                        their permissions on the bucket)``; a local folder: its owner and mode
+no credentials          ``gs://...: no credentials found (set GOOGLE_SERVICE_ACCOUNT ...)``; Azure:
+                        AZURE_STORAGE_ACCOUNT_NAME and a key or SAS
+wrong region            ``...: the bucket is in another region (set AWS_REGION, or ?region= ...)``
+unreachable             ``...: the object store cannot be reached (...; check the endpoint and the
+                        network)``, retryable
+======================  ===========================================================================
 
 Handles are cheap to reuse and safe to share between threads (obstore stores are).
 """
@@ -60,7 +75,7 @@ if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config
     from obstore.store import ObjectStore as _Backend
 
-__all__ = ["CLOUD_SCHEMES", "ObjectStore", "open_store", "split_scheme", "translate_error"]
+__all__ = ["CLOUD_SCHEMES", "ObjectStore", "open_store", "shown_store", "split_scheme", "translate_error"]
 
 #: Schemes that name an object store (as opposed to a local path or an http(s) URL).
 CLOUD_SCHEMES: Final = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "adl")
@@ -95,43 +110,102 @@ def _http_status(exc: BaseException) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def translate_error(exc: Exception, uri: str) -> Exception:  # noqa: PLR0911 - one mapping per obstore error kind
-    """Map an obstore/OS error to our tree (see the module docstring), by obstore's exception types.
+def translate_error(exc: Exception, uri: str, *, store: str | None = None) -> Exception:  # noqa: PLR0911 - one mapping per kind of failure
+    """Map an obstore/OS error to our tree (see the module docstring), as one line that names the store
+    (``store``, the store's URL, for what concerns the bucket; else ``uri``) and what to check.
 
-    Where obstore has no type for a difference, its message decides: a missing bucket or container
-    (``NoSuchBucket``, Azure's ``ContainerNotFound``) against a missing object, and the HTTP status
-    or transport failure a GenericError carries only in its text.
+    obstore's types decide where they can; where obstore has none for a difference its message does:
+    a missing bucket or container (``NoSuchBucket``, Azure's ``ContainerNotFound``, raised by a list as
+    an HTTP 404, not a NotFound) against a missing object, credentials that could not be found, the
+    HTTP status or transport failure a GenericError carries only in its text. The store's own error
+    code and message are kept (an XML body is read down to them); the body and the debug dump are not.
     """
     text = str(exc).split("\n\nDebug source:", 1)[0].strip()
-    # Checked before the type: obstore has no type for a missing bucket or container, and raises one
-    # met by a list as a GenericError (an HTTP 404), not as a NotFound.
-    if "NoSuchBucket" in text:
-        return StorageError(f"bucket does not exist for {uri}")
-    if "ContainerNotFound" in text:  # Azure's word for it
-        return StorageError(f"container does not exist for {uri}")
+    where = shown_store(store or uri)
+    code, said = _xml_error(text)
+    lowered = text.lower()
+    kind = "container" if split_scheme(where) in _AZURE_SCHEMES else "bucket"
+    if code in ("NoSuchBucket", "ContainerNotFound") or "specified bucket does not exist" in lowered:
+        return StorageError(f"{where}: the {kind} does not exist (check the {kind} name and region, or create it)")
     if isinstance(exc, FileNotFoundError | NotFoundError):  # obstore raises NotFound as FileNotFoundError
         return ObjectNotFound(uri)
-    if isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
-        return StorageError(f"permission denied for {uri}: {text}")
-    if isinstance(exc, TimeoutError | ConnectionError):
-        return StorageUnavailable(f"{uri}: {text}")
-    if not isinstance(exc, GenericError):  # a bad path, an unknown option, a refused precondition...
-        return StorageError(f"{uri}: {text[:300]}")
-    code = _http_status(exc)
-    if code is not None:
-        if code == 429 or code >= 500:
-            return StorageUnavailable(f"{uri}: HTTP {code} from the object store")
-        return StorageError(f"{uri}: HTTP {code} from the object store: {text[:300]}")
-    if any(k in text.lower() for k in _TRANSIENT_MARKERS):
-        return StorageUnavailable(f"{uri}: {text[:300]}")
-    return StorageError(f"{uri}: {text[:300]}")
+    if isinstance(exc, PermissionError) and not isinstance(exc, BaseError):  # a local file or folder
+        return StorageError(f"{shown_store(uri)}: access denied (check the folder's owner and mode for this user)")
+    status = _http_status(exc)
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or status in (401, 403):
+        if "token request" in lowered or _METADATA_HOST in text:
+            return StorageError(f"{where}: {_NO_CREDENTIALS.get(split_scheme(where), 'no credentials found')}")
+        why = f" ({code}: {said})" if code and said else f" ({code})" if code else ""
+        return StorageError(f"{where}: access denied{why} (check the credentials and their permissions on the {kind})")
+    if "account must be specified" in lowered or "token request" in lowered:
+        return StorageError(f"{where}: {_NO_CREDENTIALS.get(split_scheme(where), 'no credentials found')}")
+    if "incorrectly configured region" in lowered or code == "PermanentRedirect":
+        return StorageError(
+            f"{where}: the bucket is in another region (set AWS_REGION, or ?region= in the URL, to its own)"
+        )
+    if isinstance(exc, TimeoutError | ConnectionError) or (
+        isinstance(exc, GenericError) and status is None and any(k in lowered for k in _TRANSIENT_MARKERS)
+    ):
+        return StorageUnavailable(
+            f"{where}: the object store cannot be reached ({_short(text, code, said)}; "
+            "check the endpoint and the network)"
+        )
+    if status is not None and (status == 429 or status >= 500):
+        return StorageUnavailable(f"{where}: HTTP {status} from the object store ({_short(text, code, said)})")
+    if status is not None:
+        return StorageError(f"{shown_store(uri)}: HTTP {status} from the object store: {_short(text, code, said)}")
+    return StorageError(f"{shown_store(uri)}: {_short(text, code, said)}")
 
 
-def _call(fn: Callable[[], T], uri: str) -> T:
+_AZURE_SCHEMES: Final = ("az", "abfs", "abfss", "azure", "adl")
+_METADATA_HOST: Final = "169.254.169.254"  # where the cloud SDKs look for credentials last
+_NO_CREDENTIALS: Final = {
+    "gs": "no credentials found (set GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS to a "
+    "service-account key file where this process runs)",
+    **dict.fromkeys(
+        _AZURE_SCHEMES,
+        "no storage account or credentials (set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY, "
+        "or a SAS token, where this process runs)",
+    ),
+}
+_XML_CODE: Final = re.compile(r"<Code>([^<]{1,100})</Code>")
+_XML_MESSAGE: Final = re.compile(r"<Message>([^<]{1,300})</Message>")
+_TIMING: Final = re.compile(r" in [0-9.]+\s?[µm]?s\b")
+_SHORT_CHARS: Final = 200
+
+
+def _xml_error(text: str) -> tuple[str, str]:
+    """The ``<Code>`` and ``<Message>`` of an S3/Azure XML error body in ``text``, or ("", "")."""
+    code, message = _XML_CODE.search(text), _XML_MESSAGE.search(text)
+    return (code.group(1).strip() if code else "", message.group(1).strip() if message else "")
+
+
+def _short(text: str, code: str, said: str) -> str:
+    """What the store said, on one line: its error code and message, else obstore's text without the
+    body it quotes or timings, cut (saying so)."""
+    if code:
+        return f"{code}: {said}" if said else code
+    line = " ".join(_TIMING.sub("", text.split("<?xml", 1)[0]).split()).rstrip(": ")
+    return line if len(line) <= _SHORT_CHARS else f"{line[:_SHORT_CHARS].rstrip()}… (cut)"
+
+
+def shown_store(url: str) -> str:
+    """``url`` as messages show it: no user or password, and of its query only ``endpoint`` and
+    ``region`` (a SAS token or signature is a credential)."""
+    parts = urlsplit(url)
+    if not parts.scheme or parts.scheme == "file":
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k in ("endpoint", "region")]
+    query = "&".join(f"{k}={v}" for k, v in kept)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _call(fn: Callable[[], T], uri: str, store: str | None = None) -> T:
     try:
         return fn()
     except (BaseError, OSError) as exc:
-        raise translate_error(exc, uri) from exc
+        raise translate_error(exc, uri, store=store) from exc
 
 
 class ObjectStore:
@@ -178,7 +252,7 @@ class ObjectStore:
         """Write ``data`` as ``name`` (replacing any object there, atomically); return its URI."""
         key, uri = self._key(name), self.uri(name)
         attrs = self._attrs(name, content_type)
-        _call(lambda: obstore.put(self._backend, key, data, attributes=attrs, use_multipart=False), uri)
+        _call(lambda: obstore.put(self._backend, key, data, attributes=attrs, use_multipart=False), uri, self.url)
         return uri
 
     def put_if_absent(self, name: str, data: bytes, *, content_type: str | None = None) -> bool:
@@ -199,7 +273,7 @@ class ObjectStore:
                 self._create_supported = False
             except (BaseError, OSError) as exc:
                 if _http_status(exc) != 501:  # 501 Not Implemented: a store without create-only puts
-                    raise translate_error(exc, uri) from exc
+                    raise translate_error(exc, uri, store=self.url) from exc
                 self._create_supported = False
             else:
                 return True
@@ -211,12 +285,12 @@ class ObjectStore:
     def get(self, name: str) -> bytes:
         """Read ``name``. Raises :class:`ObjectNotFound` (a FileNotFoundError) if it is absent."""
         key, uri = self._key(name), self.uri(name)
-        return _call(lambda: bytes(obstore.get(self._backend, key).bytes()), uri)
+        return _call(lambda: bytes(obstore.get(self._backend, key).bytes()), uri, self.url)
 
     def size(self, name: str) -> int:
         """Size of ``name`` in bytes, without reading it. Raises :class:`ObjectNotFound`."""
         key, uri = self._key(name), self.uri(name)
-        return int(_call(lambda: obstore.head(self._backend, key), uri)["size"])
+        return int(_call(lambda: obstore.head(self._backend, key), uri, self.url)["size"])
 
     def exists(self, name: str) -> bool:
         try:
@@ -245,7 +319,7 @@ class ObjectStore:
         """Remove ``name``; removing an absent object is not an error."""
         key, uri = self._key(name), self.uri(name)
         with contextlib.suppress(ObjectNotFound):
-            _call(lambda: obstore.delete(self._backend, key), uri)
+            _call(lambda: obstore.delete(self._backend, key), uri, self.url)
 
 
 def _s3_options(url: str) -> tuple[str, str, S3Config, ClientConfig]:

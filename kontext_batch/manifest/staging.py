@@ -46,11 +46,14 @@ class StagedImage:
     sha256: str
 
 
-def stage_image(ref: ImageRef, store: ObjectStore, cache: ImageCache, *, timeout_s: float = 30.0) -> StagedImage:
+def stage_image(
+    ref: ImageRef, store: ObjectStore, cache: ImageCache, *, timeout_s: float = 30.0, upload: bool = True
+) -> StagedImage:
     """Stage one input image (see the module table). Each local source is staged once per store.
 
-    Raises InvalidImage or ObjectNotFound for a bad local file, StorageError/StorageUnavailable
-    when the upload fails.
+    ``upload=False`` only says where it would be staged, uploading nothing (``validate`` deciding
+    which rows a run would skip). Raises InvalidImage or ObjectNotFound for a bad local file,
+    StorageError/StorageUnavailable when the upload fails.
     """
     if not ref.is_local:
         info = cache.peek(("info", *source_key(ref)))
@@ -61,7 +64,8 @@ def stage_image(ref: ImageRef, store: ObjectStore, cache: ImageCache, *, timeout
         data, ext = normalise_image(read_image(ref.ref, timeout_s=timeout_s))
         digest = hashlib.sha256(data).hexdigest()
         name = f"{INPUTS_FOLDER}/{digest}.{ext}"
-        store.put_if_absent(name, data, content_type=CONTENT_TYPES.get(ext))
+        if upload:
+            store.put_if_absent(name, data, content_type=CONTENT_TYPES.get(ext))
         return StagedImage(store.uri(name), digest)
 
-    return cache.memo(("staged", store.url, *source_key(ref)), compute)
+    return cache.memo(("staged" if upload else "planned", store.url, *source_key(ref)), compute)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,12 +190,15 @@ def validate_manifest(
     inputs_root: Path | None = None,
     delimiter: str | None = None,
     sheet: str | None = None,
+    done: Callable[[CheckedRow], bool] | None = None,
 ) -> ValidationReport:
     """Check every row of the manifest at ``path`` (``-``: stdin) and price the valid ones.
 
     Keeps only the first ``max_errors`` errors (and a count), so a 1,000,000-row manifest validates
     in bounded memory. Raises ManifestError for file-level problems (no rows, wrong delimiter, ...).
     ``fetch``, ``inputs_root``, ``delimiter`` and ``sheet``: as for :func:`iter_checked_rows`.
+    ``done``: says of a valid row that a run would skip it (its output is there already); such rows
+    are counted in ``already_done`` and not priced, as ``run`` prices them.
     """
     report = ValidationReport(path=str(path), images_checked=check_images, sheet_rows=is_tabular(path, fmt))
     endpoints: Counter[str] = Counter()
@@ -214,7 +217,11 @@ def validate_manifest(
         sheet=sheet,
     ):
         report.add(checked, max_errors=max_errors)
-        if checked.row is not None:
+        if checked.row is None:
+            continue
+        if done is not None and done(checked):
+            report.already_done += 1
+        else:
             endpoints[checked.row.endpoint] += 1
     report.set_endpoints(endpoints)
     return report

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
 
 from redis.exceptions import OutOfMemoryError
 
@@ -54,7 +55,7 @@ from kontext_batch.errors import (
     RowError,
 )
 from kontext_batch.io.netguard import FetchPolicy
-from kontext_batch.io.stores import ObjectStore
+from kontext_batch.io.stores import ObjectStore, open_store, split_scheme
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.manifest.images import ImageCache, describe_image_error
 from kontext_batch.manifest.model import ManifestRow
@@ -65,7 +66,7 @@ from kontext_batch.runtime import Runtime
 from kontext_batch.steps.complete import finalize
 from kontext_batch.steps.dispatch import dispatch
 
-__all__ = ["QueuedRun", "RunRequest", "start_run"]
+__all__ = ["QueuedRun", "RunRequest", "done_rows", "start_run"]
 
 MAX_ERRORS_KEPT = 1000
 
@@ -275,19 +276,7 @@ class _Enqueue:
         """Write the row's spec; queue it (True), or record it ``skipped`` when its output is there."""
         for col in row.extra:
             self.extra_cols.setdefault(col, None)
-        spec = JobSpec(
-            row=row.row,
-            id=row.id,
-            endpoint=row.endpoint,
-            prompt=row.prompt,
-            params=dict(row.params),
-            images=[s.uri for s in staged],
-            digests=[s.sha256 for s in staged],
-            output_name=row.output_name,
-            output_format=row.output_format,
-            extra=dict(row.extra),
-            inputs={img.field: raw.get(img.field, "").strip() for img in row.images},
-        )
+        spec = _job_spec(row, staged, raw)
         self.specs.append((row.row, spec.to_json()))
         done_uri = _already_done(self.store, self.existing, spec)
         if done_uri is not None:
@@ -372,6 +361,49 @@ def _check_output_free(rt: Runtime, url: str) -> None:
         meta = rt.runs.meta(other)
         if meta.get("output") == url and meta.get("status") in ("enqueuing", "running"):
             raise OutputInUse(url, other)
+
+
+def _job_spec(row: ManifestRow, staged: list[StagedImage], raw: dict[str, str]) -> JobSpec:
+    return JobSpec(
+        row=row.row,
+        id=row.id,
+        endpoint=row.endpoint,
+        prompt=row.prompt,
+        params=dict(row.params),
+        images=[s.uri for s in staged],
+        digests=[s.sha256 for s in staged],
+        output_name=row.output_name,
+        output_format=row.output_format,
+        extra=dict(row.extra),
+        inputs={img.field: raw.get(img.field, "").strip() for img in row.images},
+    )
+
+
+def done_rows(output: str, cache: ImageCache) -> Callable[[CheckedRow], bool] | None:
+    """What ``validate --output`` asks of each valid row: would a run into ``output`` skip it, its
+    output there already from the same inputs? The decision ``run`` makes (:func:`_already_done`),
+    made without writing anything: a local folder that does not exist means nothing is done (and it
+    is not created), and images are hashed as staging would, not uploaded. None when nothing is."""
+    if split_scheme(output) in ("", "file"):
+        folder = Path(unquote(urlsplit(output).path)) if split_scheme(output) == "file" else Path(output)
+        if not folder.expanduser().is_dir():
+            return None
+    store = open_store(output)
+    existing = _existing_outputs(store)
+    if not existing:
+        return None
+
+    def done(checked: CheckedRow) -> bool:
+        row = checked.row
+        if row is None or row.output_name not in existing:  # most rows of a new night: no hashing
+            return False
+        try:
+            staged = [stage_image(ref, store, cache, upload=False) for ref in row.images]
+        except (InvalidImage, ObjectNotFound):
+            return False  # the run finds it invalid; not done
+        return _already_done(store, existing, _job_spec(row, staged, checked.outcome.raw or {})) is not None
+
+    return done
 
 
 def _existing_outputs(store: ObjectStore) -> set[str]:

@@ -13,6 +13,7 @@ from kontext_batch.errors import (
     PermanentError,
     RetryableError,
     SampleExpired,
+    describe,
 )
 from kontext_batch.io.formats import conform_sample
 from kontext_batch.jobspec import JobSpec
@@ -61,7 +62,7 @@ def store_sample(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str,
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
         return
     except (PermanentError, OSError) as exc:
-        finish(rt, ref, "failed", job, error=f"{type(exc).__name__}: {exc}", seed=res.seed)
+        finish(rt, ref, "failed", job, error=f"not stored: {describe(exc)}", seed=res.seed)
         return
     finish(rt, ref, "succeeded", job, output_uri=uri, seed=res.seed)
 

@@ -16,12 +16,14 @@ from kontext_batch.api.models import KontextRequest
 from kontext_batch.api.prices import cost_credits_for
 from kontext_batch.coord.keys import split_job_ref, split_slot_id
 from kontext_batch.errors import (
+    ApiError,
     AuthError,
     OutOfCredits,
     PermanentError,
     RetryableError,
     ServerError,
     TransportError,
+    describe,
 )
 from kontext_batch.io.formats import request_format
 from kontext_batch.io.payload import load_image_payload
@@ -119,7 +121,8 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     except (PermanentError, OSError) as exc:
         rt.budget.settle(run_id, price, 0)
         end_active(rt, ref, job)
-        finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"{type(exc).__name__}: {exc}")
+        lead = "the API refused the submit" if isinstance(exc, ApiError) else "not submitted"
+        finish(rt, ref, "failed", {**job, "reserved": "0"}, error=f"{lead}: {describe(exc)}")
         return
     # With a webhook, the first poll is only the fallback for a delivery that never comes.
     webhook = bool(meta.get("webhook_url"))

@@ -97,3 +97,17 @@ def test_a_master_that_just_lost_its_replica_is_refused_until_the_window_passes(
     assert guard.confirm() == "unconfirmed"
     clock.now += 5  # 16 s without a replica: a master left alone for good (a kill -9's survivor)
     assert guard.confirm() == "lone"
+
+
+@pytest.mark.integration
+def test_a_user_that_may_not_run_info_goes_on_unchecked(tmp_path: Path) -> None:
+    acl = ("--user", "app", "on", ">pw", "~kb:*", "+@all", "-info", "--user", "default", "off")
+    with redis_server(tmp_path / "acl", *acl) as port:
+        r = redis.Redis(port=port, username="app", password="pw")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.info("replication")
+        guard = ReplicaGuard(r, "kb:replica-probe:t")
+        # Not "unconfirmed": that would hold every submit back for ever.
+        assert guard.confirm() == "lone"
+        assert guard.confirm() == "lone"
+        r.close()

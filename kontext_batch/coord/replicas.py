@@ -69,15 +69,18 @@ class ReplicaGuard:
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: _Seen | None = None
+        self._blind = False  # INFO refused (an ACL without it): see confirm()
         # Per master (its replication id, new at each promotion): when it last had a replica.
         self._had_replica: dict[str, float] = {}
 
     def confirm(self) -> Confirmation:
         """Whether this process's writes so far are on a replica (``replicated``), on a master that has
         none to lose them to (``lone``), or neither (``unconfirmed``: act on them later)."""
+        if self._blind:
+            return "lone"
         try:
             seen = self._view()
-            if seen.role == "master" and seen.replicas == 0 and not self._lost_replica(seen):
+            if self._alone(seen):
                 return "lone"
             if seen.role == "master" and seen.replicas > 0:
                 pipe = self._redis.pipeline(transaction=False)
@@ -86,12 +89,23 @@ class ReplicaGuard:
                 if int(pipe.execute()[-1]) >= 1:
                     return "replicated"
             seen = self._view(fresh=True)
+        except redis.exceptions.NoPermissionError:
+            # An ACL user without INFO cannot tell a lone master from one that just lost its
+            # replica: go on unchecked rather than hold every submit back for ever.
+            self._blind = True
+            log.warning(
+                "this Redis user may not run INFO: submits are not checked against a failover "
+                "(add +info to its ACL rule; docs/guarantees.md)"
+            )
+            return "lone"
         except redis.RedisError as exc:  # the node went away or turned replica: a failover, likely
             log.info("could not confirm the writes on a replica: %s", exc)
             return "unconfirmed"
-        if seen.role == "master" and seen.replicas == 0 and not self._lost_replica(seen):
-            return "lone"
-        return "unconfirmed"
+        return "lone" if self._alone(seen) else "unconfirmed"
+
+    def _alone(self, seen: _Seen) -> bool:
+        """A master without a replica, and none lost lately: nothing to confirm against."""
+        return seen.role == "master" and seen.replicas == 0 and not self._lost_replica(seen)
 
     def _lost_replica(self, seen: _Seen) -> bool:
         last = self._had_replica.get(seen.replid)

@@ -45,6 +45,8 @@ key                          type    TTL    holds
 {ns}:run:{run}:counts        hash    R      status -> number of final rows with that status
 {ns}:run:{run}:ndone         string  R      number of final rows (the completion counter)
 {ns}:run:{run}:finalizing    string  300 s  claim of the one results.csv writer at work now
+{ns}:output-lock:{url}       string  120 s  the lock of the merge into one output's results.csv (its holder's
+                                            token), while one run's finalize reads, merges and writes it
 {ns}:submit-rate:{second}    string  2 s    submits sent in that wall-clock second (one key per second)
 {ns}:demand                  list    -      one item per row of the open runs not final yet (only its length
                                             means anything: KEDA scales the workers on it); deleted at 0
@@ -75,6 +77,7 @@ Owners (the only modules that write each key; everyone else goes through their m
   ``prune``.
 - :mod:`~kontext_batch.coord.ratelimit`: ``submit-rate``.
 - :mod:`~kontext_batch.coord.demand`: ``demand``.
+- :mod:`~kontext_batch.coord.outputs`: ``output-lock``.
 - :mod:`kontext_batch.metrics` (outside this package, naming the key itself): ``metrics-exporter``,
   renewed at each scrape.
 

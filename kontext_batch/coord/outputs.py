@@ -30,9 +30,11 @@ LOCK_WAIT_S: Final = 30.0
 
 @contextmanager
 def hold_output(
-    r: redis.Redis, keys: Keys, url: str, *, ttl_s: float = LOCK_TTL_S, wait_s: float = LOCK_WAIT_S
+    r: redis.Redis, keys: Keys, url: str, *, ttl_s: float = LOCK_TTL_S, wait_s: float | None = None
 ) -> Iterator[None]:
-    """Hold the output's merge lock for the block. Raises OutputBusy when another holds it past ``wait_s``."""
+    """Hold the output's merge lock for the block. Raises OutputBusy when another holds it past
+    ``wait_s`` (default :data:`LOCK_WAIT_S`, read at each call)."""
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     lock = r.lock(keys.output_lock(url), timeout=ttl_s, sleep=0.05, blocking_timeout=wait_s)
     if not lock.acquire():
         raise OutputBusy(url, wait_s)

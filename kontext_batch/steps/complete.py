@@ -125,7 +125,9 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
             fail_lost(rt, run_id, exc.what)
             return None
         except (StorageUnavailable, OutputBusy) as exc:
-            metrics.results_write_failed()
+            # Another run's merge into the same output taking long is no failed write (no alert).
+            if not isinstance(exc, OutputBusy):
+                metrics.results_write_failed()
             log.warning("run %s: results.csv not written yet (%s); the next sweep tries again", run_id, exc)
             return None
         except (KontextBatchError, OSError) as exc:

@@ -209,6 +209,14 @@ def test_a_retry_of_last_nights_rows_never_brings_back_an_older_prompt(redis_url
     own2 = {r["id"]: r for r in read_results((out / "runs" / run2 / "results.csv").read_bytes())}
     assert (own1["sku-3"]["prompt"], own1["sku-3"]["attempts"]) == ("shoe 3 on white", "2")
     assert float(own1["sku-3"]["cost_credits"]) == 2 * PRO_CREDITS
+    # Nor does the retry bring back night 1's image: night 2's stays at the row's name (a night 3 of
+    # night 2's prompt skips it), and the retry's goes into run 1's own folder, which its file names.
+    side = json.loads((out / "shoes" / "sku-3.png.json").read_bytes())
+    assert (side["run_id"], side["prompt"]) == (run2, "shoe 3 on white (new angle)")
+    assert own1["sku-3"]["output_uri"] == (out / "runs" / run1 / "shoes" / "sku-3.png").as_uri()
+    assert json.loads((out / "runs" / run1 / "shoes" / "sku-3.png.json").read_bytes())["prompt"] == "shoe 3 on white"
+    assert own1["sku-6"]["output_uri"] == (out / "shoes" / "sku-6.png").as_uri()
+    assert prefix["sku-6"]["output_uri"] == own1["sku-6"]["output_uri"]
     assert set(own2) == {f"sku-{i}" for i in range(1, 6)}
     # What was spent is the sum over the runs' own files: 6 + 1 + 2 tasks, each charge counted once.
     own_files = sorted((out / "runs").glob("*/results.csv"))

@@ -10,6 +10,8 @@ name                             what it is
 ``gallery.html``                 the review page of those lines (:data:`GALLERY_NAME`)
 ``runs/<run_id>/results.csv``    exactly what one run did and spent (:func:`run_file`)
 ``runs/<run_id>/gallery.html``   that run's review page
+``runs/<run_id>/<output_name>``  a retried row's output when a later run has made ``<output_name>``
+                                 since (kontext_batch.steps.store), with its sidecar
 ``_inputs/<sha256>.<ext>``       a staged input image, content-addressed (:data:`INPUTS_FOLDER`)
 ===============================  =====================================================================
 

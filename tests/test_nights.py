@@ -182,6 +182,7 @@ def test_a_retry_of_last_nights_rows_never_brings_back_an_older_prompt(redis_url
         run2 = second.stdout.split()[0]
         retried = system.cli("retry", run1, "--ids", str(ids), "--wait")
         assert retried.returncode == 0, retried.stderr
+        status = system.cli("status", run1)
         spent = sum(k["credits_spent"] for k in system.emu.stats(tasks=False)["keys"].values())
     prefix = {r["id"]: r for r in read_results((out / "results.csv").read_bytes())}
     # The measured defect: the retry rewrote the output's results.csv from run 1's Redis state, so
@@ -219,6 +220,10 @@ def test_a_retry_of_last_nights_rows_never_brings_back_an_older_prompt(redis_url
     assert prefix["sku-6"]["output_uri"] == own1["sku-6"]["output_uri"]
     assert set(own2) == {f"sku-{i}" for i in range(1, 6)}
     # What was spent is the sum over the runs' own files: 6 + 1 + 2 tasks, each charge counted once.
+    # Where each is, as the end of the retry and status name them.
+    assert f"this run's own: {out / 'runs' / run1 / 'results.csv'}" in retried.stdout + retried.stderr
+    assert f"results: {(out / 'results.csv').as_uri()}" in status.stdout, status.stdout
+    assert f"this run's own: {(out / 'runs' / run1 / 'results.csv').as_uri()}" in status.stdout, status.stdout
     own_files = sorted((out / "runs").glob("*/results.csv"))
     assert len(own_files) == 2
     in_files = sum(float(r["cost_credits"] or 0) for f in own_files for r in read_results(f.read_bytes()))

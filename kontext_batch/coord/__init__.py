@@ -37,8 +37,10 @@ key                          type    TTL    holds
 {ns}:run:{run}               hash    R      run metadata (manifest, output, pool, keys, total, status, stop
                                             flags, webhook URL and secret), counters (task_executions,
                                             possible_duplicates), last_final_at, seen:* flags,
-                                            passes (JSON [start, end] of each ended pass) and
-                                            pass_started_at (set by ``retry`` of an ended run)
+                                            passes (JSON [start, end] of each ended pass),
+                                            pass_started_at (set by ``retry`` of an ended run),
+                                            results_uri (the output's results.csv) and
+                                            run_results_uri (the run's own), set at its end
 {ns}:run:{run}:rows          hash    R      row -> the row's job spec (JSON)
 {ns}:run:{run}:results       hash    R      row -> the row's final result (JSON); written once, until
                                             ``retry`` forgets it

@@ -33,7 +33,7 @@ from kontext_batch.io.names import GALLERY_NAME, RESULTS_NAME, run_file
 from kontext_batch.io.stores import ObjectStore
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps.gallery import HTML, RUN_PAGE_DEPTH, gallery_rows, render_page
-from kontext_batch.steps.results import COLUMNS, cell, result_lines, unescape, write_csv
+from kontext_batch.steps.results import COLUMNS, csv_header, csv_row, result_lines, unescape, write_csv
 
 __all__ = ["Ledger", "Written", "merge", "parse", "write_results"]
 
@@ -122,10 +122,7 @@ def write_results(rt: Runtime, run_id: str, store: ObjectStore) -> Written:
     """
     extra_cols, read = result_lines(rt.runs, run_id)
     lines = list(read)
-    own = Ledger(
-        [cell(c) for c in (*COLUMNS, *extra_cols)],
-        [[cell(line[c]) for c in COLUMNS] + [cell(extra[c]) for c in extra_cols] for line, extra in lines],
-    )
+    own = Ledger(csv_header(extra_cols), [csv_row(line, extra_cols) for line in lines])
     own_uri = store.put(run_file(run_id, RESULTS_NAME), own.csv().encode(), content_type=CSV)
     rows = gallery_rows((line for line, _ in lines), store.url, up=RUN_PAGE_DEPTH)
     _put_page(store, run_file(run_id, GALLERY_NAME), render_page(rows, key=run_id, title=f"run {run_id}"))

@@ -33,6 +33,8 @@ __all__ = [
     "RESULTS_NAME",
     "Line",
     "cell",
+    "csv_header",
+    "csv_row",
     "render_results",
     "result_lines",
     "results_rows",
@@ -161,8 +163,18 @@ def result_lines(runs: RunStore, run_id: str, *, strict: bool = True) -> tuple[l
 def results_rows(runs: RunStore, run_id: str) -> tuple[list[str], Iterator[list[str]]]:
     """Header and a generator of CSV rows, every cell escaped (:func:`cell`); see :func:`result_lines`."""
     extra_cols, lines = result_lines(runs, run_id)
-    header = [cell(c) for c in (*COLUMNS, *extra_cols)]
-    return header, ([cell(line[c]) for c in COLUMNS] + [cell(extra[c]) for c in extra_cols] for line, extra in lines)
+    return csv_header(extra_cols), (csv_row(line, extra_cols) for line in lines)
+
+
+def csv_header(extra_cols: list[str]) -> list[str]:
+    """The escaped header of a results file whose manifest had these extra columns."""
+    return [cell(c) for c in (*COLUMNS, *extra_cols)]
+
+
+def csv_row(line: Line, extra_cols: list[str]) -> list[str]:
+    """One :data:`Line` as a results file's row of escaped cells."""
+    own, extra = line
+    return [cell(own[c]) for c in COLUMNS] + [cell(extra[c]) for c in extra_cols]
 
 
 def _made_by(run_id: str, res: dict[str, Any], seed: Any) -> dict[str, Any]:

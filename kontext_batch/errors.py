@@ -8,6 +8,7 @@
     │   │   ├── ApiTimeout         connect/read/write/pool timeout
     │   │   └── ApiConnectionError refused, reset or dropped connection
     │   ├── StorageUnavailable     the object store failed in a way that may pass
+    │   ├── OutputBusy             another run is merging the same output's results.csv right now
     │   └── RedisUnavailable       Redis cannot be reached, refused our credentials, or TLS failed
     ├── PermanentError             retrying the same request cannot help
     │   ├── RequestInvalid         our own model refused the request before sending it
@@ -58,6 +59,7 @@ __all__ = [
     "ObjectNotFound",
     "ObjectTooLarge",
     "OutOfCredits",
+    "OutputBusy",
     "OutputInUse",
     "OverBudget",
     "PermanentError",
@@ -175,6 +177,15 @@ class ApiConnectionError(TransportError):
 
 class StorageUnavailable(RetryableError):
     """Raised when the object store failed in a way that may pass (timeouts, 5xx, throttling)."""
+
+
+class OutputBusy(RetryableError):
+    """Raised when another run holds the output's results.csv merge (a short Redis lock) for longer
+    than a finalize waits: the run is left open for the next sweep. ``output`` is the store's URL."""
+
+    def __init__(self, output: str, waited_s: float) -> None:
+        super().__init__(f"another run has been writing results.csv at {output} for over {waited_s:g} s")
+        self.output = output
 
 
 class RedisUnavailable(RetryableError):

@@ -268,10 +268,11 @@ def test_whole_run_writes_outputs_sidecars_results_and_gallery(
     assert m is not None
     data = json.loads(m.group(1))
     assert len(data["rows"]) == len(rows)
+    at = {f: i for i, f in enumerate(data["fields"])}
     for row in data["rows"]:
-        output, inputs = row[-1], row[-2]
+        output, inputs = row[at["output"]], row[at["inputs"]]
         assert store.exists(unquote(output)), row  # every link on the page is an object of the store
         assert all(link and store.exists(unquote(link)) for link, _ in inputs), row
-    assert sum(len(r[-2]) for r in data["rows"]) == sum(
+    assert sum(len(r[at["inputs"]]) for r in data["rows"]) == sum(
         1 for r in rows for k in ("input_image", "input_image_2") if r.get(k)
     )

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -98,11 +99,15 @@ def run(redis_url: str, tmp_path: Path) -> Iterator[Run]:
             rt.close()
 
 
-def test_the_run_writes_gallery_html_beside_results_csv(run: Run) -> None:
-    page = (run.out / GALLERY_NAME).read_text(encoding="utf-8")
-    assert (run.out / "results.csv").exists()
+@pytest.mark.parametrize("own", [False, True], ids=["output-page", "runs-own-page"])
+def test_the_run_writes_gallery_html_beside_results_csv(run: Run, own: bool) -> None:
+    """Both pages: the output's (its root) and the run's own (runs/RUN_ID/, two folders deeper);
+    every link resolves from the page's own folder."""
+    folder = run.out / "runs" / run.run_id if own else run.out
+    page = (folder / GALLERY_NAME).read_text(encoding="utf-8")
+    assert (folder / "results.csv").exists()
     data = _embedded(page)
-    assert data["run"] == run.run_id
+    assert data["run"] == (run.run_id if own else "output")
     assert len(data["rows"]) == run.total
     by_id = {r[1]: dict(zip(data["fields"], r, strict=True)) for r in data["rows"]}
     assert by_id["sku-05"]["status"] == "failed"
@@ -111,14 +116,16 @@ def test_the_run_writes_gallery_html_beside_results_csv(run: Run) -> None:
     assert by_id["sku-01"]["model"] == "flux-kontext-pro"
     assert by_id["sku-01"]["seed"] == "101"
     # Relative links: the output at its name, the staged input under _inputs/, both resolvable here.
-    assert by_id["sku-01"]["output"] == "edits/sku-01.png"
+    assert by_id["sku-01"]["run"] == run.run_id
+    up = "../../" if own else ""
+    assert by_id["sku-01"]["output"] == f"{up}edits/sku-01.png"
     assert len(by_id["sku-04"]["inputs"]) == 2
     for r in by_id.values():
         for link, _ in r["inputs"]:
-            assert re.fullmatch(r"_inputs/[0-9a-f]{64}\.(jpg|png|webp)", link)
-            assert (run.out / link).is_file()
+            assert re.fullmatch(rf"{up}_inputs/[0-9a-f]{{64}}\.(jpg|png|webp)", link)
+            assert (folder / unquote(link)).resolve().is_file()
         if r["output"]:
-            assert (run.out / r["output"]).is_file()
+            assert (folder / unquote(r["output"])).resolve().is_file()
 
 
 def test_hostile_prompt_stays_data_in_the_page_source(run: Run) -> None:
@@ -283,8 +290,10 @@ def _embedded(page: str) -> dict[str, object]:
     return data
 
 
-def test_gallery_command_rewrites_the_page(run: Run) -> None:
-    (run.out / GALLERY_NAME).unlink()
+def test_gallery_command_rewrites_the_runs_own_page(run: Run) -> None:
+    own = run.out / "runs" / run.run_id / GALLERY_NAME
+    own.unlink()
+    prefix_page = (run.out / GALLERY_NAME).read_bytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")} | run.rt.settings.to_env()
     done = subprocess.run(
         [sys.executable, "-m", "kontext_batch", "gallery", run.run_id],
@@ -295,8 +304,10 @@ def test_gallery_command_rewrites_the_page(run: Run) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (run.out / GALLERY_NAME).as_uri()
-    assert len(_embedded((run.out / GALLERY_NAME).read_text(encoding="utf-8"))["rows"]) == run.total  # type: ignore[arg-type]
+    assert done.stdout.strip() == own.as_uri()
+    assert len(_embedded(own.read_text(encoding="utf-8"))["rows"]) == run.total  # type: ignore[arg-type]
+    # The output's page (every run's newest rows) is not the one run's to replace from Redis.
+    assert (run.out / GALLERY_NAME).read_bytes() == prefix_page
     missing = subprocess.run(
         [sys.executable, "-m", "kontext_batch", "gallery", "no-such-run"],
         env=env,

@@ -119,6 +119,8 @@ def test_names_that_share_folders_or_prefixes_are_fine(tmp_path: Path, names: li
         ("Results", "{id}.CSV", RESULTS_NAME),
         ("gallery", "{id}.html", GALLERY_NAME),  # the name kontext_batch.steps.gallery writes
         ("gallery", "{id}.html/x.png", GALLERY_NAME),
+        ("runs", "{id}/20261121T224501-3f9a1c/results.csv", "runs"),  # a run's own file (steps.ledger)
+        ("Runs", "{id}/x.png", "runs"),
     ],
 )
 def test_a_template_that_renders_to_a_file_the_run_writes_is_refused(
@@ -128,7 +130,9 @@ def test_a_template_that_renders_to_a_file_the_run_writes_is_refused(
     p.write_text(json.dumps({"id": row_id, "prompt": "edit", "output_name": template}) + "\n", encoding="utf-8")
     errors = [e for outcome in iter_manifest(p) for e in outcome.errors]
     assert [(e.row, e.field) for e in errors] == [(1, "output_name")], errors
-    assert f"{written!r} is reserved for the run's own files" in errors[0].msg
+    assert f"{written!r} is reserved for " in errors[0].msg
+    if written == "runs":  # says what lives there, so the user knows why
+        assert "each run's own results.csv and gallery.html (runs/RUN_ID/)" in errors[0].msg
 
 
 @pytest.mark.parametrize(
@@ -144,6 +148,9 @@ def test_a_template_that_renders_to_a_file_the_run_writes_is_refused(
         "_inputs/x.png",
         "_Inputs/x.png",
         "_inputs/deep/x.png",
+        "runs",
+        "runs/x.png",
+        "RUNS/night-1/results.csv",
     ],
 )
 def test_reserved_names_are_refused(tmp_path: Path, name: str) -> None:
@@ -152,7 +159,9 @@ def test_reserved_names_are_refused(tmp_path: Path, name: str) -> None:
     assert "reserved" in errors[0].msg
 
 
-@pytest.mark.parametrize("name", ["x/results.csv", "results.csv.png", "my_inputs/x.png", "gallery.htm"])
+@pytest.mark.parametrize(
+    "name", ["x/results.csv", "results.csv.png", "my_inputs/x.png", "gallery.htm", "runs.png", "x/runs/a.png"]
+)
 def test_reserved_names_elsewhere_are_fine(tmp_path: Path, name: str) -> None:
     assert errors_for(tmp_path, [name]) == []
 

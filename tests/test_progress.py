@@ -161,6 +161,7 @@ def test_the_summary_names_counts_reasons_credits_duration_and_files() -> None:
         duration_s=3725.0,
         results_uri=results,
         gallery_uri=gallery_of(results),
+        run_results_uri="file:///data/out/night%201/runs/r1/results.csv",
         output="file:///data/out/night%201",
     )
     text = s.render()
@@ -172,6 +173,8 @@ def test_the_summary_names_counts_reasons_credits_duration_and_files() -> None:
     assert "credits: 36 spent" in text
     assert f"results: {Path('/data/out/night 1/results.csv')}" in text
     assert f"gallery: {Path('/data/out/night 1/gallery.html')}" in text
+    assert f"this run's own: {Path('/data/out/night 1/runs/r1/results.csv')} (and gallery.html beside it)" in text
+    assert s.doc()["run_results"] == "file:///data/out/night%201/runs/r1/results.csv"
     assert json.loads(json.dumps(s.doc()))["failures"] == [{"reason": "failed: Error: internal error", "rows": 3}]
 
 

@@ -259,7 +259,9 @@ def status(ctx: click.Context, run_id: str | None, limit: int, as_json: bool) ->
 )
 @click.pass_context
 def results(ctx: click.Context, run_id: str, out: str | None) -> None:
-    """Print a run's results CSV (rows not final yet show status `pending`); exit 3, writing nothing,
+    """Print a run's own results CSV, read from Redis: what the run's own file in the output,
+    runs/RUN_ID/results.csv, holds (rows not final yet show status `pending`). The output's
+    results.csv holds the newest line of every row, from whichever run. Exit 3, writing nothing,
     for a run whose state Redis lost."""
 
     rt = runtime(command_settings(ctx))
@@ -431,7 +433,8 @@ def prune(ctx: click.Context, older_than: str | None) -> None:
 )
 @click.pass_context
 def gallery_command(ctx: click.Context, run_id: str, presign: str | None) -> None:
-    """Write the run's review page (gallery.html) beside its results in the output store; print where."""
+    """Write the run's own review page (runs/RUN_ID/gallery.html, beside its own results.csv) in the
+    output store; print where. The output's gallery.html is rewritten at each run's end."""
     expires_s = parse_duration(presign) if presign is not None else None
     rt = runtime(command_settings(ctx))
     need_run(rt, run_id)

@@ -283,6 +283,8 @@ class Summary:
     duration_s: float | None = None
     results_uri: str | None = None
     gallery_uri: str | None = None
+    #: The run's own results.csv (runs/RUN_ID/): what this run alone did and spent.
+    run_results_uri: str | None = None
     output: str | None = None
     stopped: str | None = None
 
@@ -300,6 +302,7 @@ class Summary:
             "duration_s": None if self.duration_s is None else round(self.duration_s, 1),
             "results": self.results_uri,
             "gallery": self.gallery_uri,
+            "run_results": self.run_results_uri,
             "output": self.output,
             "stopped": self.stopped,
         }
@@ -321,6 +324,8 @@ class Summary:
         lines.append(f"results: {_display(self.results_uri) if self.results_uri else '(not written)'}")
         if self.gallery_uri:
             lines.append(f"gallery: {_display(self.gallery_uri)}")
+        if self.run_results_uri:
+            lines.append(f"this run's own: {_display(self.run_results_uri)} (and gallery.html beside it)")
         lines.append(f"outputs: {_display(self.output) if self.output else '?'}")
         return "\n".join(lines)
 
@@ -370,6 +375,7 @@ def summarize(rt: Runtime, outcome: RunOutcome) -> Summary:
         duration_s=duration,
         results_uri=results,
         gallery_uri=gallery_of(results) if results else None,
+        run_results_uri=None if info.lost else meta.get("run_results_uri") or None,
         output=meta.get("output"),
         stopped=outcome.stopped_reason,
     )

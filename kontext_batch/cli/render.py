@@ -49,6 +49,8 @@ def status_lines(v: RunView) -> list[str]:
         lines.append(f"    stopped: {i.meta['stopped_reason']}")
     if i.meta.get("results_uri"):
         lines.append(f"    results: {i.meta['results_uri']}")
+    if i.meta.get("run_results_uri"):  # what this run alone did and spent
+        lines.append(f"    this run's own: {i.meta['run_results_uri']}")
     return lines
 
 
@@ -129,6 +131,7 @@ def view_doc(v: RunView) -> dict[str, object]:
         "counts": i.counts,
         "output": i.meta.get("output"),
         "results": i.meta.get("results_uri"),
+        "run_results": i.meta.get("run_results_uri"),
         "stopped": i.meta.get("stopped_reason"),
         "credits_spent": v.spend.spent,
         "credits_in_flight": v.spend.reserved,

@@ -39,14 +39,18 @@ key                          type    TTL    holds
 {ns}:run:{run}               hash    R      run metadata (manifest, output, pool, keys, total, status, stop
                                             flags, webhook URL and secret), counters (task_executions,
                                             possible_duplicates), last_final_at, seen:* flags,
-                                            passes (JSON [start, end] of each ended pass) and
-                                            pass_started_at (set by ``retry`` of an ended run)
+                                            passes (JSON [start, end] of each ended pass),
+                                            pass_started_at (set by ``retry`` of an ended run),
+                                            results_uri (the output's results.csv) and
+                                            run_results_uri (the run's own), set at its end
 {ns}:run:{run}:rows          hash    R      row -> the row's job spec (JSON)
 {ns}:run:{run}:results       hash    R      row -> the row's final result (JSON); written once, until
                                             ``retry`` forgets it
 {ns}:run:{run}:counts        hash    R      status -> number of final rows with that status
 {ns}:run:{run}:ndone         string  R      number of final rows (the completion counter)
 {ns}:run:{run}:finalizing    string  300 s  claim of the one results.csv writer at work now
+{ns}:output-lock:{url}       string  120 s  the lock of the merge into one output's results.csv (its holder's
+                                            token), while one run's finalize reads, merges and writes it
 {ns}:submit-rate:{second}    string  2 s    submits sent in that wall-clock second (one key per second)
 {ns}:demand                  list    -      one item per row of the open runs not final yet (only its length
                                             means anything: KEDA scales the workers on it); deleted at 0
@@ -78,6 +82,7 @@ Owners (the only modules that write each key; everyone else goes through their m
   ``prune``.
 - :mod:`~kontext_batch.coord.ratelimit`: ``submit-rate``.
 - :mod:`~kontext_batch.coord.demand`: ``demand``.
+- :mod:`~kontext_batch.coord.outputs`: ``output-lock``.
 - :mod:`kontext_batch.metrics` (outside this package, naming the key itself): ``metrics-exporter``,
   renewed at each scrape.
 

@@ -97,6 +97,10 @@ class Keys:
     def finalizing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:finalizing"
 
+    def output_lock(self, url: str) -> str:
+        """The merge lock of one output store (:mod:`kontext_batch.coord.outputs`), by its URL."""
+        return f"{self.ns}:output-lock:{url}"
+
     @property
     def ended_runs(self) -> str:
         return f"{self.ns}:runs:ended"

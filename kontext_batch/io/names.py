@@ -1,6 +1,5 @@
 """Object names: which names a store accepts, and the layout a run writes into its output store.
 
-==========================  ==========================================================================
 name                        what it is
 ==========================  ==========================================================================
 ``<output_name>``           one row's output image, named by the manifest's template
@@ -11,6 +10,23 @@ name                        what it is
                             (:data:`PRESIGNED_GALLERY_NAME`; only ``gallery --presign`` writes it)
 ``_inputs/<sha256>.<ext>``  a staged input image, content-addressed (:data:`INPUTS_FOLDER`)
 ==========================  ==========================================================================
+=======
+===============================  =====================================================================
+name                             what it is
+===============================  =====================================================================
+``<output_name>``                one row's output image, named by the manifest's template
+``<output_name>.json``           its sidecar (:data:`SIDECAR_SUFFIX`): what was asked, what came back
+``results.csv``                  the newest line of every row at this output, whichever run wrote it
+                                 (:data:`RESULTS_NAME`; merged by :mod:`kontext_batch.steps.ledger`)
+``gallery.html``                 the review page of those lines (:data:`GALLERY_NAME`)
+``gallery-presigned.html``       the run's review page for a private bucket, every link presigned
+                                 (:data:`PRESIGNED_GALLERY_NAME`; only ``gallery --presign`` writes it)
+``runs/<run_id>/results.csv``    exactly what one run did and spent (:func:`run_file`)
+``runs/<run_id>/gallery.html``   that run's review page
+``runs/<run_id>/<output_name>``  a retried row's output when a later run has made ``<output_name>``
+                                 since (kontext_batch.steps.store), with its sidecar
+``_inputs/<sha256>.<ext>``       a staged input image, content-addressed (:data:`INPUTS_FOLDER`)
+===============================  =====================================================================
 
 No output may be one of :data:`RESERVED_NAMES` or lie inside one.
 """
@@ -30,8 +46,10 @@ __all__ = [
     "PRESIGNED_GALLERY_NAME",
     "RESERVED_NAMES",
     "RESULTS_NAME",
+    "RUNS_FOLDER",
     "SIDECAR_SUFFIX",
     "check_object_name",
+    "run_file",
 ]
 
 MAX_NAME_BYTES: Final = 1024  # S3's key limit; the strictest of the backends
@@ -46,13 +64,20 @@ RESULTS_NAME: Final = "results.csv"
 GALLERY_NAME: Final = "gallery.html"
 #: The review page whose links are presigned, beside the plain one (kontext_batch.steps.presigned).
 PRESIGNED_GALLERY_NAME: Final = "gallery-presigned.html"
+#: Top-level folder of each run's own results file and review page (``runs/<run_id>/``).
+RUNS_FOLDER: Final = "runs"
 #: Top-level names the run writes itself; no output may be one of them or inside one.
-RESERVED_NAMES: Final = (RESULTS_NAME, GALLERY_NAME, PRESIGNED_GALLERY_NAME, INPUTS_FOLDER)
+RESERVED_NAMES: Final = (RESULTS_NAME, GALLERY_NAME, PRESIGNED_GALLERY_NAME, INPUTS_FOLDER, RUNS_FOLDER)
 #: Every output ``NAME`` has a sidecar ``NAME + SIDECAR_SUFFIX`` beside it (kontext_batch.jobspec).
 SIDECAR_SUFFIX: Final = ".json"
 _BAD_CHARS_RE: Final = re.compile(r"[\x00-\x1f\x7f\\#?]")
 # Invisible characters that make one name look like another (U+202E shows "gnp.exe" as "exe.png").
 _BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def run_file(run_id: str, name: str) -> str:
+    """Where one run keeps its own copy of ``name`` (:data:`RESULTS_NAME`, :data:`GALLERY_NAME`)."""
+    return f"{RUNS_FOLDER}/{run_id}/{name}"
 
 
 def check_object_name(name: str) -> str:  # noqa: C901 - one check per way a name can be unsafe, in the order users read them

@@ -22,6 +22,7 @@ from kontext_batch.io.names import (
     MAX_FILE_NAME_BYTES,
     MAX_NAME_BYTES,
     RESERVED_NAMES,
+    RUNS_FOLDER,
     SIDECAR_SUFFIX,
     check_object_name,
 )
@@ -121,7 +122,10 @@ def render_output_name(template: str, cells: Mapping[str, str], **named: str | i
     top = rendered.split("/", 1)[0]
     # Folding never makes a name shorter, so only a short first segment can fold to a reserved one.
     if len(top) <= _RESERVED_MAX_CHARS and (top := fold_name(top)) in _RESERVED_FOLDED:
-        what = "staged input images" if top == INPUTS_FOLDER else "the run's own files"
+        what = {
+            INPUTS_FOLDER: "staged input images",
+            RUNS_FOLDER: "each run's own results.csv and gallery.html (runs/RUN_ID/)",
+        }.get(top, "the run's own files")
         raise ValueError(f"{rendered!r}: {_RESERVED_FOLDED[top]!r} is reserved for {what}")
     return rendered
 

@@ -106,7 +106,7 @@ def retry_run(
         ended = [[p.started_at, p.ended_at] for p in passes(meta)]
         rt.runs.update(run_id, passes=ended, pass_started_at=time.time())
     rt.pools.clear_keys_out(rt.pools.pool(pool_id).fps)
-    rt.runs.clear(run_id, "stopped", "stopped_reason", "finished_at", "results_uri")
+    rt.runs.clear(run_id, "stopped", "stopped_reason", "finished_at", "results_uri", "run_results_uri")
     rt.runs.update(run_id, status="running")
     rt.runs.reopen_run(run_id)
     by_endpoint: dict[str, list[str]] = {}

@@ -54,6 +54,7 @@ from kontext_batch.errors import (
     OverBudget,
     RowError,
 )
+from kontext_batch.io.names import INPUTS_FOLDER, RUNS_FOLDER
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.io.stores import ObjectStore, open_store, split_scheme
 from kontext_batch.jobspec import JobSpec
@@ -278,9 +279,9 @@ class _Enqueue:
             self.extra_cols.setdefault(col, None)
         spec = _job_spec(row, staged, raw)
         self.specs.append((row.row, spec.to_json()))
-        done_uri = _already_done(self.store, self.existing, spec)
-        if done_uri is not None:
-            self.results.append((row.row, {"status": "skipped", "output_uri": done_uri, "finished_at": time.time()}))
+        done = _already_done(self.store, self.existing, spec)
+        if done is not None:
+            self.results.append((row.row, {"status": "skipped", **done, "finished_at": time.time()}))
             self.out.skipped += 1
             return False
         self.waiting.setdefault(row.endpoint, array("I")).append(row.row)
@@ -407,14 +408,31 @@ def done_rows(output: str, cache: ImageCache) -> Callable[[CheckedRow], bool] | 
 
 
 def _existing_outputs(store: ObjectStore) -> set[str]:
-    return {n for n in store.list() if not n.startswith("_inputs/")}
+    # Neither folder can hold an output (RESERVED_NAMES); a nightly prefix's runs/ grows every night.
+    return {n for n in store.list() if not n.startswith((f"{INPUTS_FOLDER}/", f"{RUNS_FOLDER}/"))}
 
 
-def _already_done(store: ObjectStore, existing: set[str], spec: JobSpec) -> str | None:
+#: A skipped row's result fields -> the sidecar fields they come from: the outcome that made the
+#: output, which results.csv shows beside this run's own (empty) seed, task id and cost.
+_OUTPUT_FIELDS = {
+    "output_run_id": "run_id",
+    "output_seed": "seed",
+    "output_bfl_task_id": "bfl_task_id",
+    "output_cost_credits": "cost_credits",
+}
+
+
+def _already_done(store: ObjectStore, existing: set[str], spec: JobSpec) -> dict[str, Any] | None:
+    """The skipped result of a row whose output is there for the same job (its sidecar's
+    ``job_key``), with what made that output; None when the row must run."""
     if spec.output_name not in existing or spec.sidecar_name not in existing:
         return None
     try:
         side = json.loads(store.get(spec.sidecar_name))
     except (OSError, ValueError):
         return None
-    return store.uri(spec.output_name) if side.get("job_key") == spec.job_key else None
+    if not isinstance(side, dict) or side.get("job_key") != spec.job_key:
+        return None
+    done: dict[str, Any] = {"output_uri": store.uri(spec.output_name)}
+    done.update({k: side[f] for k, f in _OUTPUT_FIELDS.items() if side.get(f) is not None})
+    return done

@@ -21,11 +21,10 @@ from typing import Any
 from kontext_batch import logs, metrics
 from kontext_batch.coord.keys import split_job_ref
 from kontext_batch.coord.runs import RowStatus
-from kontext_batch.errors import KontextBatchError, RunStateLost, StorageUnavailable
+from kontext_batch.errors import KontextBatchError, OutputBusy, RunStateLost, StorageUnavailable
 from kontext_batch.runtime import Runtime
 from kontext_batch.steps import outcome
-from kontext_batch.steps.gallery import write_gallery
-from kontext_batch.steps.results import RESULTS_NAME, render_results
+from kontext_batch.steps.ledger import write_results
 
 __all__ = ["JOB_RESULT_FIELDS", "drain_waiting", "fail_lost", "fail_lost_runs", "finalize", "finish"]
 
@@ -101,12 +100,14 @@ def drain_waiting(rt: Runtime, run_id: str, status: RowStatus, reason: str) -> i
 
 
 def finalize(rt: Runtime, run_id: str) -> str | None:
-    """Write results.csv (and the gallery page) to the run's output store and mark the run finished
-    (``cancelled`` if it was cancelled). Safe to repeat. Returns the URI of results.csv.
+    """Write the run's results.csv and gallery page to its output store (its own, and its lines merged
+    into the output's: :func:`~kontext_batch.steps.ledger.write_results`) and mark the run finished
+    (``cancelled`` if it was cancelled). Safe to repeat. Returns the URI of the output's results.csv.
 
     One writer at a time (a short Redis claim); returns None when another is writing it now. The
     claim expires, so a writer killed mid-way leaves the run to the next sweep. Also returns None
-    when the store fails: a failure that may pass leaves the run to the next sweep; any other ends
+    when the store fails, or another run's merge into the same output holds it too long: a failure
+    that may pass leaves the run to the next sweep; any other ends
     the run ``failed``, with the reason in ``stopped_reason``.
     """
     if not rt.runs.claim_finalizing(run_id):
@@ -119,12 +120,14 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
         meta = info.meta
         try:
             store = rt.store(meta["output"])
-            uri = store.put(RESULTS_NAME, render_results(rt.runs, run_id).encode(), content_type="text/csv")
+            written = write_results(rt, run_id, store)
         except RunStateLost as exc:  # went while the file was being read out
             fail_lost(rt, run_id, exc.what)
             return None
-        except StorageUnavailable as exc:
-            metrics.results_write_failed()
+        except (StorageUnavailable, OutputBusy) as exc:
+            # Another run's merge into the same output taking long is no failed write (no alert).
+            if not isinstance(exc, OutputBusy):
+                metrics.results_write_failed()
             log.warning("run %s: results.csv not written yet (%s); the next sweep tries again", run_id, exc)
             return None
         except (KontextBatchError, OSError) as exc:
@@ -136,9 +139,11 @@ def finalize(rt: Runtime, run_id: str) -> str | None:
             log.warning("run %s failed: %s", run_id, reason)
             _ended(rt, run_id, "failed", "")
             return None
-        write_gallery(rt.runs, run_id, store)
+        uri = written.results_uri
         status = "cancelled" if meta.get("status") == "cancelled" else "finished"
-        rt.runs.update(run_id, status=status, finished_at=time.time(), results_uri=uri)
+        rt.runs.update(
+            run_id, status=status, finished_at=time.time(), results_uri=uri, run_results_uri=written.run_results_uri
+        )
         rt.runs.close_run(run_id)
     finally:
         rt.runs.release_finalizing(run_id)

@@ -20,42 +20,46 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
 from kontext_batch.coord.runs import RunStore
-from kontext_batch.errors import KontextBatchError
-from kontext_batch.io.names import GALLERY_NAME, RESULTS_NAME  # reserved there: no output may take them
+from kontext_batch.io.names import GALLERY_NAME, RESULTS_NAME, run_file  # reserved there: no output may take them
 from kontext_batch.io.stores import ObjectStore
+from kontext_batch.steps.results import result_lines
 
 __all__ = [
     "GALLERY_NAME",
+    "HTML",
+    "RUN_PAGE_DEPTH",
     "Link",
     "gallery_rows",
     "ids_from_file",
     "put_gallery",
     "relative_link",
     "render_gallery",
-    "write_gallery",
+    "render_page",
 ]
 
-log = logging.getLogger("kontext_batch.gallery")
+HTML: Final = "text/html; charset=utf-8"
 
 PAGE_SIZE: Final = 100
 #: How the page holds a link it would give relative to the store's root (a presigned page signs it).
 Link = Callable[[str], str]
 #: The order of each row's fields in the embedded JSON (arrays, not objects: a third of the size).
-FIELDS: Final = ("row", "id", "status", "prompt", "error", "model", "seed", "inputs", "output")
+FIELDS: Final = ("row", "id", "status", "prompt", "error", "model", "seed", "inputs", "output", "run")
+#: How many folders below the store's root a run's own page is (``runs/RUN_ID/gallery.html``).
+RUN_PAGE_DEPTH: Final = 2
 
 
-def relative_link(store_url: str, uri: str) -> str | None:
-    """How the page at the store's root links to ``uri``: a relative path for an object of the store,
-    the URL itself for http(s), None for anything a browser cannot fetch (another bucket)."""
+def relative_link(store_url: str, uri: str, *, up: int = 0) -> str | None:
+    """How a page ``up`` folders below the store's root links to ``uri``: a relative path for an
+    object of the store, the URL itself for http(s), None for anything a browser cannot fetch
+    (another bucket)."""
     if not uri:
         return None
     base = store_url.partition("?")[0].rstrip("/") + "/"
@@ -65,7 +69,7 @@ def relative_link(store_url: str, uri: str) -> str | None:
         # file: URIs come percent-encoded (Path.as_uri); object store names are raw.
         name = unquote(rel) if base.startswith("file:") else rel
         # ':' is encoded too, so no name can turn into a scheme (``javascript:``) in the page.
-        return quote(name, safe="/")
+        return "../" * up + quote(name, safe="/")
     if uri.startswith(("http://", "https://")):
         return uri
     return None
@@ -75,38 +79,44 @@ def _as_is(href: str) -> str:
     return href
 
 
-def gallery_rows(runs: RunStore, run_id: str, store_url: str, link: Link = _as_is) -> list[list[Any]]:
-    """Each row as a list in :data:`FIELDS` order; rows not final yet show status ``pending``.
+def gallery_rows(
+    lines: Iterable[Mapping[str, Any]], store_url: str, *, up: int = 0, link: Link = _as_is
+) -> list[list[Any]]:
+    """Each results line (raw values by column, as :func:`~kontext_batch.steps.results.result_lines`
+    gives them) as a list in :data:`FIELDS` order, for a page ``up`` folders below the store's root.
 
     Every image link the page would have (:func:`relative_link`) is passed through ``link``.
     """
-    total = int(runs.meta(run_id).get("total", 0))
     out: list[list[Any]] = []
-    for row, spec_or_none, res_or_none in runs.iter_results(run_id, total):
-        spec = spec_or_none or {}
-        res = res_or_none or {"status": "pending"}
-        status = str(res.get("status", "pending"))
-        seed = res.get("seed", (spec.get("params") or {}).get("seed"))
+    for line in lines:
+        status = str(line.get("status") or "pending")
+        try:
+            images = [str(u) for u in json.loads(str(line.get("input_uris") or "[]"))]
+        except ValueError:
+            images = []
         # Each input: [link, ""], or [None, its URI without the query] to name what cannot be shown.
-        links = [(relative_link(store_url, str(u)), str(u)) for u in spec.get("images") or []]
+        links = [(relative_link(store_url, u, up=up), u) for u in images]
         inputs = [[link(href), ""] if href else [None, uri.partition("?")[0]] for href, uri in links]
         output = None
         if status in ("succeeded", "skipped"):
-            output = relative_link(store_url, str(res.get("output_uri") or ""))
-            if output is None and spec.get("output_name"):
-                output = quote(str(spec["output_name"]), safe="/")
+            output = relative_link(store_url, str(line.get("output_uri") or ""), up=up)
+            if output is None and line.get("output_name"):
+                output = "../" * up + quote(str(line["output_name"]), safe="/")
             output = link(output) if output else None
+        # The seed of the image shown: a skipped row's is the run's that made it.
+        seed = line.get("output_seed") or line.get("seed")
         out.append(
             [
-                row,
-                str(spec.get("id", row)),
+                line.get("row", ""),
+                str(line.get("id") or line.get("row", "")),
                 status,
-                str(spec.get("prompt", "")),
-                str(res.get("error") or ""),
-                str(spec.get("endpoint", "")),
+                str(line.get("prompt") or ""),
+                str(line.get("error") or ""),
+                str(line.get("model") or ""),
                 "" if seed is None else str(seed),
                 inputs,
                 output,
+                str(line.get("run_id") or ""),
             ]
         )
     return out
@@ -120,44 +130,48 @@ def _json_for_script(data: object) -> str:
     return text
 
 
-def render_gallery(runs: RunStore, run_id: str, store_url: str, link: Link = _as_is) -> str:
-    """The page for ``run_id``, for a file at the root of the store ``store_url``; ``link`` turns
-    each of its relative links (images, results.csv) into the one the page holds."""
-    rows = gallery_rows(runs, run_id, store_url, link)
+def render_page(rows: list[list[Any]], *, key: str, title: str, results_href: str = RESULTS_NAME) -> str:
+    """The page of ``rows`` (:func:`gallery_rows`). ``key`` names the page's rejected rows in the
+    browser (and their download); ``title`` heads it; ``results_href`` is its link to its results
+    file (beside it, unless a presigned page says otherwise)."""
     counts = Counter(r[2] for r in rows)
-    data = {"run": run_id, "fields": FIELDS, "pageSize": PAGE_SIZE, "counts": counts, "rows": rows}
+    data = {"run": key, "title": title, "fields": FIELDS, "pageSize": PAGE_SIZE, "counts": counts, "rows": rows}
     # Only our own script runs (its nonce): a handler that slipped into the markup would not.
     nonce = secrets.token_urlsafe(16)
     return (
         _PAGE.replace("@NONCE@", nonce)
-        .replace("@TITLE@", html.escape(f"kontext-batch run {run_id}"))
+        .replace("@TITLE@", html.escape(f"kontext-batch {title}"))
         .replace("@STYLE@", _STYLE)
         .replace("@SCRIPT@", _SCRIPT)
-        .replace("@RESULTS@", html.escape(link(RESULTS_NAME)))
+        .replace("@RESULTS@", html.escape(results_href))
         .replace("@DATA@", _json_for_script(data))
     )
 
 
-def put_gallery(
-    runs: RunStore, run_id: str, store: ObjectStore, *, name: str = GALLERY_NAME, link: Link = _as_is
+def render_gallery(
+    runs: RunStore,
+    run_id: str,
+    store_url: str,
+    *,
+    up: int = 0,
+    link: Link = _as_is,
+    results_href: str = RESULTS_NAME,
 ) -> str:
-    """Write the page (``gallery.html`` unless ``name`` says otherwise) to the root of ``store``
-    (the run's output); return its URI.
+    """The page of ``run_id``'s own rows, from Redis (rows not final yet show ``pending``), for a
+    file ``up`` folders below the root of the store ``store_url``; ``link`` turns each image link
+    into the one the page holds (a presigned page signs them)."""
+    _, lines = result_lines(runs, run_id, strict=False)
+    rows = gallery_rows((line for line, _ in lines), store_url, up=up, link=link)
+    return render_page(rows, key=run_id, title=f"run {run_id}", results_href=results_href)
+
+
+def put_gallery(runs: RunStore, run_id: str, store: ObjectStore) -> str:
+    """Write the run's own page, ``runs/RUN_ID/gallery.html`` in ``store`` (its output); return its URI.
 
     Raises StorageError / StorageUnavailable when the store refuses the write.
     """
-    page = render_gallery(runs, run_id, store.url, link)
-    return store.put(name, page.encode("utf-8"), content_type="text/html; charset=utf-8")
-
-
-def write_gallery(runs: RunStore, run_id: str, store: ObjectStore) -> str | None:
-    """:func:`put_gallery` for the end of a run: a failure is logged, never raised (the page is a
-    convenience and must not keep a run from finishing)."""
-    try:
-        return put_gallery(runs, run_id, store)
-    except (KontextBatchError, OSError, ValueError) as exc:
-        log.warning("run %s: gallery not written: %s", run_id, exc)
-        return None
+    page = render_gallery(runs, run_id, store.url, up=RUN_PAGE_DEPTH)
+    return store.put(run_file(run_id, GALLERY_NAME), page.encode("utf-8"), content_type=HTML)
 
 
 def ids_from_file(path: str | Path) -> list[str]:
@@ -299,6 +313,7 @@ _SCRIPT: Final = r"""
     field(dl, "reason", r[F.error], "error");
     field(dl, "model", r[F.model]);
     field(dl, "seed", r[F.seed]);
+    field(dl, "run", r[F.run]);
     field(dl, "prompt", r[F.prompt]);
     var mark = el("label", null, " rejected");
     var box = el("input");
@@ -361,8 +376,8 @@ _SCRIPT: Final = r"""
     setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   }
 
-  document.getElementById("title").textContent = "Run " + data.run;
-  document.title = "kontext-batch run " + data.run;
+  document.getElementById("title").textContent = data.title;
+  document.title = "kontext-batch " + data.title;
   var summary = Object.keys(data.counts).sort().map(function (k) { return k + " " + data.counts[k]; });
   document.getElementById("summary").textContent = data.rows.length + " rows: " + summary.join(", ");
   var select = document.getElementById("status");

@@ -2,11 +2,13 @@
 budget just above each night's cost, prompts changing every night, rows added and removed on night 4,
 night 2's rejects retried on day 5, and run state kept two nights.
 
-A "night" is NIGHT_S seconds of wall time here. The retention is two nights and a fifth: night 2
+A "night" is NIGHT_S seconds of wall time here. The retention is two nights and a half: night 2
 must still be in Redis on day 5's morning, right after night 4, for its retry (its age then is two
-nights plus night 4's length less night 2's), and the retry starts its clock again. So from night 3
-on Redis holds three nights' state (the two before and tonight's), and the check of "no growth" is
-against night 3, the first full window; after night 2 it holds two, printed beside.
+nights, plus night 4's length, less night 2's), and that retry starts its clock again. So after
+night 3 Redis holds three nights' state (the two before and tonight's), and after night 7 three
+again (5, 6 and 7: nights 1-4 gone, night 2's retry with them); in between a night may hold four
+(night 2's retry among them). "No growth" is checked as night 7 against night 3, the first full window; after
+night 2 only two nights' state is there, printed beside.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tests.e2e_support import System, read_results, running_system, write_csv
 pytestmark = pytest.mark.e2e
 
 NIGHT_S = 30.0
-RETENTION_S = 2.2 * NIGHT_S
+RETENTION_S = 2.5 * NIGHT_S
 PRICE = 4  # kontext-pro, credits per image
 ROWS = 300
 #: Rows the API refuses every night (charged each time): they run again each night, and on day 5.
@@ -164,6 +166,5 @@ def test_a_week_of_nights_adds_up(redis_url: str, r: redis.Redis, tmp_path: Path
         left = _keys_of(r, runs[night])
         assert left in ([], [Keys().run_gone(runs[night])]), (night, left)
     assert _keys_of(r, runs[7]), "the last night's state is kept"
-    for night in (4, 5, 6, 7):
-        assert abs(mem_after[night] - mem_after[3]) <= 0.10 * mem_after[3], mem_after
     print(f"week: state bytes after each night {mem_after}; credits {spent_by_night}; total {total}")
+    assert abs(mem_after[7] - mem_after[3]) <= 0.10 * mem_after[3], mem_after

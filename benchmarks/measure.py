@@ -401,18 +401,24 @@ class CliRun:
 _RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$", re.MULTILINE)
 
 
-def run_cli(settings: Settings, manifest: Path, out: Path, wdir: Path, *, timeout_s: float) -> CliRun:
+def run_cli(
+    settings: Settings, manifest: Path, out: Path, wdir: Path, *, timeout_s: float, timeline: bool = False
+) -> CliRun:
     """``python -m kontext_batch run MANIFEST -o OUT --wait`` with ``settings`` as its environment.
 
     Timed from just before the process is started to just after it is reaped: the interpreter's
     start, the imports, the manifest pass, the run and the --wait loop's last look, all of it.
-    Its stdout and stderr are kept in ``wdir`` (``cli.out``, ``cli.err``).
+    Its stdout and stderr are kept in ``wdir`` (``cli.out``, ``cli.err``). With ``timeline`` the same
+    command runs through ``cli_timeline.py``, which appends its start and end steps, in ms from the
+    start, to ``cli.err``.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
     env.update(settings.to_env())
-    cmd = [sys.executable, "-m", "kontext_batch", "run", str(manifest), "-o", str(out), "--wait"]
+    args = ["run", str(manifest), "-o", str(out), "--wait"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
+    how = [str(HERE / "cli_timeline.py"), repr(started)] if timeline else ["-m", "kontext_batch"]
+    cmd = [sys.executable, *how, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout_s, check=False)
     exited = time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -433,6 +439,7 @@ def run_system(
     workers: int,
     concurrency: int,
     prof_dir: Path | None = None,
+    timeline: bool = False,
 ) -> SystemFigures:
     """Generate ``sc``'s manifest and run it through the whole system; return its figures.
 
@@ -468,7 +475,7 @@ def run_system(
             meter = CpuMeter([p.pid for p in pool.procs], [p for p in [redis_pid(redis_url)] if p])
             meter.start()
             ideal_guess = sc.n * sc.latency.median * sc.time_scale / sc.cap
-            cli = run_cli(settings, manifest, out, wdir, timeout_s=max(120.0, 20 * ideal_guess))
+            cli = run_cli(settings, manifest, out, wdir, timeout_s=max(120.0, 20 * ideal_guess), timeline=timeline)
             meter.stop()
             info = rt.runs.info(cli.run_id)
             stats = emu.stats()

@@ -375,6 +375,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"profile workers and the enqueue CLI into this folder (same as {PROFILE_ENV}=DIR); "
         "figures then include cProfile's cost",
     )
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help="run each system case's CLI through cli_timeline.py and print its start and end steps (ms)",
+    )
     p.add_argument("--json", type=Path, default=LAST_RUN, help="where to write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work folder (manifests, outputs, logs, stats)")
     a = p.parse_args(argv)
@@ -439,8 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if sc.name in only:
                     note(f"system {sc.name}: {sc.describe()}")
                     s = systems[sc.name] = run_system(
-                        sc, url, work, workers=a.workers, concurrency=a.concurrency, prof_dir=prof
+                        sc, url, work, workers=a.workers, concurrency=a.concurrency, prof_dir=prof, timeline=a.timeline
                     )
+                    if a.timeline:
+                        err = (work / sc.name / "cli.err").read_text()
+                        note(err[err.find("cli timeline") :].rstrip())
                     note(
                         f"  start -> exit {s.util_user:.3f} ({s.user_wall_s:.1f}s), API wall {s.util_api:.3f}, "
                         f"polls/job {s.polls_per_job:.2f}, "

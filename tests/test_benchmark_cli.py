@@ -68,6 +68,7 @@ def test_help_runs_as_a_script_from_the_repository_root() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout
     assert "--profile" in proc.stdout
+    assert "--timeline" in proc.stdout
 
 
 def test_quick_shrinks_every_run_and_explicit_sizes_win() -> None:

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import resource
 import subprocess
 import sys
 import time
@@ -36,10 +38,12 @@ from kontext_batch.workers.app import celery_runtime
 __all__ = [
     "BaselineFigures",
     "EnqueueFigures",
+    "Phases",
     "Scenario",
     "SystemFigures",
     "WebhookFigures",
     "pct",
+    "phases",
     "run_baseline",
     "run_enqueue",
     "run_system",
@@ -131,6 +135,56 @@ def pct(values: Sequence[float], q: float) -> float:
     return s[max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))]
 
 
+@dataclass(frozen=True)
+class Phases:
+    """Where a command's wall went, from its start to its exit, on one clock.
+
+    Every time here is ``time.time()``: the emulator stamps its tasks with it (``EmulatorState.now``),
+    and the benchmark stamps the command's start and exit with it, so the two can be subtracted.
+    """
+
+    start_to_first_submit_s: float  # the command's start -> the emulator's earliest submitted_at
+    inside_util: float  # busy slot-seconds / (cap x (last ready - first submit)): the steady state
+    last_ready_to_last_store_s: float  # the emulator's last ready_at -> the last output stored
+    last_store_to_exit_s: float  # the last output stored -> the command's exit
+    notice_lag_p50_s: float  # ready_at -> the first poll that saw it (seen_done_at)
+    notice_lag_p95_s: float
+    # kontext-batch only: the last store -> the run marked finished (results.csv written), the part of
+    # last_store_to_exit_s the workers' finalize takes; the rest is the CLI's --wait loop and exit.
+    last_store_to_finished_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def phases(
+    tasks: Sequence[dict[str, Any]],
+    cap: int,
+    *,
+    started_at: float,
+    exited_at: float,
+    last_stored_at: float,
+    finished_at: float | None = None,
+) -> Phases:
+    """The phase split of one command's run from the emulator's per-task record (``stats["tasks"]``)."""
+    if not tasks:
+        return Phases(0.0, 0.0, 0.0, exited_at - last_stored_at, 0.0, 0.0)
+    first_submit = min(t["submitted_at"] for t in tasks)
+    last_ready = max(t["ready_at"] for t in tasks)
+    busy = sum(t["ready_at"] - t["submitted_at"] for t in tasks)
+    span = last_ready - first_submit
+    lags = [t["seen_done_at"] - t["ready_at"] for t in tasks if t.get("seen_done_at") is not None]
+    return Phases(
+        start_to_first_submit_s=first_submit - started_at,
+        inside_util=busy / (cap * span) if span > 0 and cap > 0 else 0.0,
+        last_ready_to_last_store_s=last_stored_at - last_ready,
+        last_store_to_exit_s=exited_at - last_stored_at,
+        notice_lag_p50_s=pct(lags, 0.50),
+        notice_lag_p95_s=pct(lags, 0.95),
+        last_store_to_finished_s=None if finished_at is None else finished_at - last_stored_at,
+    )
+
+
 # -- CPU accounting (Linux /proc; zeros elsewhere) ----------------------------------------------------
 
 
@@ -211,9 +265,9 @@ class SystemFigures:
     succeeded: int
     mean_latency_s: float  # the emulator's drawn task latencies
     ideal_s: float  # sum of latencies / cap: no client can finish sooner
-    system_wall_s: float  # start_run called -> run marked finished (results.csv written)
+    system_wall_s: float  # the run registered (meta created_at) -> run marked finished (results.csv written)
     api_wall_s: float  # first submit at the emulator -> last output stored (sidecar stored_at)
-    enqueue_s: float
+    enqueue_s: float  # the command's start -> the run registered (its import, Redis checks, the manifest pass)
     polls_per_job: float
     polls_max: int
     executions_per_job: float
@@ -229,6 +283,14 @@ class SystemFigures:
     keys: int = 1
     render: str = "fast"
     per_key_peak: list[int] = field(default_factory=list)
+    # What a user times: `kontext-batch run MANIFEST -o OUT --wait` from its start to its exit.
+    user_wall_s: float = 0.0
+    phases: Phases | None = None
+
+    @property
+    def util_user(self) -> float:
+        """The headline: ideal / (the command's start -> its exit)."""
+        return self.ideal_s / self.user_wall_s if self.user_wall_s > 0 else 0.0
 
     @property
     def worker_cpu_ms_per_job(self) -> float:
@@ -259,6 +321,8 @@ class SystemFigures:
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.update(
+            phases=self.phases.to_json() if self.phases is not None else None,
+            util_user=round(self.util_user, 4),
             util_api=round(self.util_api, 4),
             util_system=round(self.util_system, 4),
             cpu_ours=round(self.cpu_ours, 3),
@@ -324,6 +388,49 @@ def _wait_finished(rt: Runtime, run_id: str, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class CliRun:
+    """One ``kontext-batch run ... --wait`` as a user starts it; times are ``time.time()``."""
+
+    run_id: str
+    started_at: float
+    exited_at: float
+    cpu_s: float  # the command's own user + system CPU
+
+
+_RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$", re.MULTILINE)
+
+
+def run_cli(
+    settings: Settings, manifest: Path, out: Path, wdir: Path, *, timeout_s: float, timeline: bool = False
+) -> CliRun:
+    """``python -m kontext_batch run MANIFEST -o OUT --wait`` with ``settings`` as its environment.
+
+    Timed from just before the process is started to just after it is reaped: the interpreter's
+    start, the imports, the manifest pass, the run and the --wait loop's last look, all of it.
+    Its stdout and stderr are kept in ``wdir`` (``cli.out``, ``cli.err``). With ``timeline`` the same
+    command runs through ``cli_timeline.py``, which appends its start and end steps, in ms from the
+    start, to ``cli.err``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KONTEXT_")}
+    env.update(settings.to_env())
+    args = ["run", str(manifest), "-o", str(out), "--wait"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    how = [str(HERE / "cli_timeline.py"), repr(started)] if timeline else ["-m", "kontext_batch"]
+    cmd = [sys.executable, *how, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout_s, check=False)
+    exited = time.time()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    (wdir / "cli.out").write_text(proc.stdout)
+    (wdir / "cli.err").write_text(proc.stderr)
+    found = _RUN_ID.search(proc.stdout)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"kontext-batch run exited {proc.returncode}: {proc.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return CliRun(found.group(0), started, exited, cpu)
+
+
 def run_system(
     sc: Scenario,
     redis_url: str,
@@ -332,9 +439,13 @@ def run_system(
     workers: int,
     concurrency: int,
     prof_dir: Path | None = None,
+    timeline: bool = False,
 ) -> SystemFigures:
     """Generate ``sc``'s manifest and run it through the whole system; return its figures.
 
+    Workers are started and answer a ping first; then the user's command, ``kontext-batch run
+    MANIFEST -o OUT --wait``, runs as a subprocess (:func:`run_cli`) and is timed from its start to
+    its exit: the headline. The internal figures (API wall, system wall) come from the same run.
     With ``prof_dir`` every worker runs under cProfile and leaves ``worker-{scenario}-{i}.prof`` there.
     """
     wdir = work / sc.name
@@ -363,13 +474,10 @@ def run_system(
                 time.sleep(0.5)
             meter = CpuMeter([p.pid for p in pool.procs], [p for p in [redis_pid(redis_url)] if p])
             meter.start()
-            t0 = time.time()
-            rep = start_run(rt, RunRequest(str(manifest), str(out), model=sc.model))
-            t_enq = time.time()
             ideal_guess = sc.n * sc.latency.median * sc.time_scale / sc.cap
-            _wait_finished(rt, rep.run_id, max(120.0, 20 * ideal_guess))
+            cli = run_cli(settings, manifest, out, wdir, timeout_s=max(120.0, 20 * ideal_guess), timeline=timeline)
             meter.stop()
-            info = rt.runs.info(rep.run_id)
+            info = rt.runs.info(cli.run_id)
             stats = emu.stats()
         finally:
             pool.stop()
@@ -383,8 +491,10 @@ def run_system(
     latencies = [t["ready_at"] - t["submitted_at"] for t in tasks.values()]
     fps = [k.fingerprint for k in settings.run_keys]
     per_key_peak = [int(stats["peak_active"].get(fp, {}).get("total", 0)) for fp in fps]
+    t0 = cli.started_at
     first_submit = min((t["submitted_at"] for t in tasks.values()), default=t0)
     last_stored = max((s["timings"]["stored_at"] for s in sidecars), default=t0)
+    created, finished = float(info.meta["created_at"]), float(info.meta["finished_at"])
     return SystemFigures(
         scenario=sc.name,
         describe=sc.describe(),
@@ -393,9 +503,9 @@ def run_system(
         succeeded=info.counts.get("succeeded", 0),
         mean_latency_s=sum(latencies) / len(latencies) if latencies else 0.0,
         ideal_s=sum(latencies) / sc.cap,
-        system_wall_s=float(info.meta["finished_at"]) - t0,
+        system_wall_s=finished - created,
         api_wall_s=last_stored - first_submit,
-        enqueue_s=t_enq - t0,
+        enqueue_s=created - t0,
         polls_per_job=float(stats["polls_per_task_mean"]),
         polls_max=int(stats["polls_per_task_max"]),
         executions_per_job=int(info.meta.get("task_executions", 0)) / sc.n,
@@ -410,11 +520,21 @@ def run_system(
             "workers": round(meter.workers_s / sc.n * 1000, 2),
             "emulator": round(meter.emulator_s / sc.n * 1000, 2),
             "redis": round(meter.redis_s / sc.n * 1000, 2),
+            "cli": round(cli.cpu_s / sc.n * 1000, 2),
         },
         settings_changed=changed,
         keys=sc.keys,
         render=sc.render,
         per_key_peak=per_key_peak,
+        user_wall_s=cli.exited_at - cli.started_at,
+        phases=phases(
+            list(tasks.values()),
+            sc.cap,
+            started_at=cli.started_at,
+            exited_at=cli.exited_at,
+            last_stored_at=last_stored,
+            finished_at=finished,
+        ),
     )
 
 
@@ -429,19 +549,32 @@ class BaselineFigures:
     scenario: str
     rows: int
     stored: int
-    wall_s: float  # first submit -> last file written
+    wall_s: float  # first submit -> last file written (the internal figure)
     ideal_s: float
     polls_per_job: float
     poll_interval_s: float
     extrapolated_to: int | None = None
     cpu_ms_per_job: float = 0.0  # the script's own CPU (user + system) over its run, per row it ran
+    user_wall_s: float = 0.0  # the script's process from its start to its exit, as kontext-batch's CLI is timed
+    phases: Phases | None = None
 
     @property
     def ratio(self) -> float:
+        """The headline, as kontext-batch's: ideal / (the script's start -> its exit)."""
+        return self.ideal_s / self.user_wall_s if self.user_wall_s > 0 else 0.0
+
+    @property
+    def ratio_internal(self) -> float:
+        """ideal / (first submit -> last file written): the figure earlier tables printed."""
         return self.ideal_s / self.wall_s if self.wall_s > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "ratio": round(self.ratio, 4)}
+        return {
+            **self.__dict__,
+            "phases": self.phases.to_json() if self.phases is not None else None,
+            "ratio": round(self.ratio, 4),
+            "ratio_internal": round(self.ratio_internal, 4),
+        }
 
 
 def run_baseline(
@@ -455,6 +588,7 @@ def run_baseline(
     manifest = write_manifest(wdir / "manifest.csv", rows, model=sc.model)
     interval = 0.5 * sc.time_scale
     with Emulator(sc.emulator_config()) as emu:
+        started = time.time()
         proc = subprocess.run(
             [
                 sys.executable,
@@ -477,13 +611,19 @@ def run_baseline(
             check=True,
             cwd=ROOT,
         )
+        exited = time.time()
         stats = emu.stats()
     res = json.loads(proc.stdout)
-    latencies = [t["ready_at"] - t["submitted_at"] for t in stats["tasks"].values()]
+    tasks = list(stats["tasks"].values())
+    latencies = [t["ready_at"] - t["submitted_at"] for t in tasks]
     wall, ideal = float(res["wall_s"]), sum(latencies) / sc.cap
+    split = phases(tasks, sc.cap, started_at=started, exited_at=exited, last_stored_at=float(res["last_stored_at"]))
+    user_wall = exited - started
     if extrapolate_to:
-        # One job at a time: the wall grows linearly with N, and so does the ideal N*L/C.
+        # One job at a time: the wall grows linearly with N, and so does the ideal N*L/C; the
+        # script's start and exit do not, so they are added once.
         wall, ideal = wall / rows * extrapolate_to, ideal / rows * extrapolate_to
+        user_wall = wall + split.start_to_first_submit_s + split.last_store_to_exit_s
     return BaselineFigures(
         name=kind,
         scenario=sc.describe().rsplit(" N=", 1)[0] + f" N={extrapolate_to or rows}",
@@ -495,6 +635,8 @@ def run_baseline(
         poll_interval_s=interval,
         extrapolated_to=extrapolate_to,
         cpu_ms_per_job=round(float(res.get("cpu_s", 0.0)) / rows * 1000, 2),
+        user_wall_s=user_wall,
+        phases=split,
     )
 
 

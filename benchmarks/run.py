@@ -33,6 +33,7 @@ from benchmarks.measure import (
     PROFILE_ENV,
     BaselineFigures,
     EnqueueFigures,
+    Phases,
     Scenario,
     SystemFigures,
     WebhookFigures,
@@ -70,7 +71,12 @@ WEBHOOK_DROP_RATE = 0.1
 class Targets:
     """Every target the table checks, in one place."""
 
-    util_pro = 0.97  # C=24, L=1 s, and at least the asyncio script's ratio in the same run
+    # Timed as a user times it: the command's start -> its exit (issue 22).
+    user_pro = 0.975  # C=24, L=1 s, 1,200 rows, and at least the asyncio script's ratio in the same run
+    user_pool = 0.93  # a pool of 4 x 24, 1,920 rows
+    first_submit_s = 0.3  # the command's start -> the first submit
+    exit_after_store_s = 0.3  # the last output stored -> the command's exit
+    # On the internal API wall (first submit -> last store), for the runs issue 22 sets no target for.
     util_max = 0.95
     util_scale = 0.90  # C=96 on one key
     util_pool = 0.90  # a pool of keys, against the pool's ideal
@@ -151,6 +157,7 @@ class Row:
     measured: str
     target: str
     met: bool | None  # None: a figure without a target, or one not run
+    internal: str = "-"  # the same figure as earlier tables measured it, when the headline changed
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -168,8 +175,10 @@ def build_rows(
     rows: list[Row] = []
     t = Targets
 
-    def add(figure: str, scenario: str, value: str, target: str = "-", met: bool | None = None) -> None:
-        rows.append(Row(figure, scenario, value, target, met))
+    def add(
+        figure: str, scenario: str, value: str, target: str = "-", met: bool | None = None, internal: str = "-"
+    ) -> None:
+        rows.append(Row(figure, scenario, value, target, met, internal))
 
     if machine_info:
         m = machine_info
@@ -178,28 +187,58 @@ def build_rows(
             load_avg = m.get(f"loadavg_at_{when}") or []
             add(f"load average at {when}", "1 / 5 / 15 min", " / ".join(f"{x:.2f}" for x in load_avg) or "-")
 
-    def util(figure: str, s: SystemFigures, target: float | None) -> None:
+    def internal(s: SystemFigures) -> str:
+        api, system = f"{s.util_api:.3f} ({s.api_wall_s:.1f}s)", f"{s.util_system:.3f} ({s.system_wall_s:.1f}s)"
+        return f"API wall {api}; system wall {system}"
+
+    def split(describe: str, ph: Phases | None, *, targets: bool) -> None:
+        """The phase split beside a headline; ``targets``: check the start and end targets."""
+        if ph is None:
+            return
+        first, end = ph.start_to_first_submit_s, ph.last_store_to_exit_s
+        tf, te = (f"<= {t.first_submit_s}s", f"<= {t.exit_after_store_s}s") if targets else ("-", "-")
+        add("  start -> first submit", describe, f"{first:.3f}s", tf, first <= t.first_submit_s if targets else None)
+        add("  slot utilisation inside", describe, f"{ph.inside_util:.3f} (first submit -> last ready)")
+        add("  last ready -> last store", describe, f"{ph.last_ready_to_last_store_s:.3f}s")
+        fin = "" if ph.last_store_to_finished_s is None else f" (run finished at +{ph.last_store_to_finished_s:.3f}s)"
+        add("  last store -> exit", describe, f"{end:.3f}s{fin}", te, end <= t.exit_after_store_s if targets else None)
+        lag = f"{ph.notice_lag_p50_s * 1000:.0f} / {ph.notice_lag_p95_s * 1000:.0f} ms"
+        add("  notice lag p50 / p95", describe, lag)
+
+    def util(figure: str, s: SystemFigures, target: float | None, *, user: bool = False) -> None:
+        """The headline, the command's start -> its exit. ``user``: ``target`` is on it; else on the
+        API wall (the internal figure), as before issue 22."""
         ceiling = f"; CPU ceiling {s.cpu_ceiling:.2f}" if s.cpu_ceiling < 1 else ""
-        api = f"{s.util_api:.3f} ({s.api_wall_s:.1f}s / ideal {s.ideal_s:.1f}s{ceiling})"
-        tgt = f">= {target:.2f}" if target is not None else "-"
-        add(f"{figure}, API wall", s.describe, api, tgt, None if target is None else s.util_api >= target)
-        system = f"{s.util_system:.3f} ({s.system_wall_s:.1f}s)"
-        add(f"{figure}, system wall", s.describe, system, tgt, None if target is None else s.util_system >= target)
+        value = f"{s.util_user:.3f} ({s.user_wall_s:.1f}s / ideal {s.ideal_s:.1f}s{ceiling})"
+        if target is None:
+            tgt, met = "-", None
+        elif user:
+            tgt, met = f">= {target:.3g}", s.util_user >= target
+        else:
+            tgt, met = f">= {target:.2f} (API wall)", s.util_api >= target
+        add(f"{figure}, start -> exit", s.describe, value, tgt, met, internal(s))
+        split(s.describe, s.phases, targets=True)
 
     if (s := systems.get("pro")) is not None:
-        util("1 cap utilisation", s, t.util_pro)
+        util("1 cap utilisation", s, t.user_pro, user=True)
+    if (s := systems.get("pro")) is not None and (b := baselines.get("asyncio")) is not None:
+        versus = f"{s.util_user:.3f} vs {b.ratio:.3f}"
+        inside = f"API wall {s.util_api:.3f} vs {b.ratio_internal:.3f}"
+        add("1 kontext-batch vs asyncio", s.describe, versus, ">= asyncio", s.util_user >= b.ratio, inside)
+    if (b := baselines.get("asyncio")) is not None:
+        split(f"{b.name}: {b.scenario}", b.phases, targets=False)
     if (s := systems.get("pro-full")) is not None:
         util("1 cap utilisation (full render)", s, None)
-    if (s := systems.get("pro")) is not None and (b := baselines.get("asyncio")) is not None:
-        versus = f"{s.util_api:.3f} vs {b.ratio:.3f}"
-        add("1 kontext-batch vs asyncio", s.describe, versus, ">= asyncio", s.util_api >= b.ratio)
     if (s := systems.get("max")) is not None:
         util("1 cap utilisation", s, t.util_max)
     if (s := systems.get("scale")) is not None:
         util("6 scale utilisation (1 key, cap 96)", s, t.util_scale)
     for name in ("pool", "pool-3"):
         if (s := systems.get(name)) is not None:
-            util("7 pool utilisation", s, t.util_pool)
+            if name == "pool":
+                util("7 pool utilisation", s, t.user_pool, user=True)
+            else:
+                util("7 pool utilisation", s, t.util_pool)
             need = t.busy_pool * s.cap
             busy = f"{s.mean_busy_slots:.1f} of {s.cap} (peak {s.peak_active}: {'+'.join(map(str, s.per_key_peak))})"
             add("7 pool mean busy slots", s.describe, busy, f">= {need:.0f} (~{s.cap})", s.mean_busy_slots >= need)
@@ -252,9 +291,11 @@ def build_rows(
         if (b := baselines.get(name)) is not None:
             what = f"{b.name}: {b.scenario}" + (f" (ran {b.rows}, extrapolated)" if b.extrapolated_to else "")
             value = (
-                f"{b.ratio:.3f} ({b.wall_s:.1f}s, {b.polls_per_job:.2f} polls/job, {b.cpu_ms_per_job:.1f} ms CPU/job)"
+                f"{b.ratio:.3f} ({b.user_wall_s:.1f}s, {b.polls_per_job:.2f} polls/job, "
+                f"{b.cpu_ms_per_job:.1f} ms CPU/job)"
             )
-            add("baseline ratio to ideal", what, value)
+            inside = f"first submit -> last file {b.ratio_internal:.3f} ({b.wall_s:.1f}s)"
+            add("baseline ratio to ideal, start -> exit", what, value, internal=inside)
     return rows
 
 
@@ -263,8 +304,8 @@ def mark(met: bool | None) -> str:
 
 
 def render_table(rows: Sequence[Row]) -> str:
-    head = ("figure", "scenario", "measured", "target", "met?")
-    cells = [(r.figure, r.scenario, r.measured, r.target, mark(r.met)) for r in rows]
+    head = ("figure", "scenario", "measured", "internal (as before issue 22)", "target", "met?")
+    cells = [(r.figure, r.scenario, r.measured, r.internal, r.target, mark(r.met)) for r in rows]
     widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
 
     def line(c: Sequence[str]) -> str:
@@ -305,7 +346,7 @@ def machine() -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark kontext-batch against the emulator and print one table.")
     p.add_argument("--quick", action="store_true", help="smaller N everywhere: a smoke run of a few minutes")
-    p.add_argument("--n", type=int, help="rows of the kontext-pro cap-24 runs and the asyncio baseline (600)")
+    p.add_argument("--n", type=int, help="rows of the kontext-pro cap-24 runs and the asyncio baseline (1200)")
     p.add_argument("--n-max", type=int, help="rows of the kontext-max cap-6 run (120)")
     p.add_argument("--n-lognormal", type=int, help="rows of the lognormal runs (600)")
     p.add_argument("--lognormal-time-scale", type=float, default=0.1, help="emulator time_scale of the lognormal run")
@@ -314,7 +355,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--n-pool",
         type=int,
-        help="rows of the pool run (2400 = 25 waves of 4 x 24, as the cap-96 run: the same slots on four keys)",
+        help="rows of the pool run (1920 = 20 waves of 4 x 24: issue 22's size)",
     )
     p.add_argument("--pool-keys", type=int, default=4, help="keys of the pool run, each with cap 24")
     p.add_argument("--n-pool3", type=int, help="rows of the 3-key pool run (720)")
@@ -334,6 +375,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"profile workers and the enqueue CLI into this folder (same as {PROFILE_ENV}=DIR); "
         "figures then include cProfile's cost",
     )
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help="run each system case's CLI through cli_timeline.py and print its start and end steps (ms)",
+    )
     p.add_argument("--json", type=Path, default=LAST_RUN, help="where to write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work folder (manifests, outputs, logs, stats)")
     a = p.parse_args(argv)
@@ -341,11 +387,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
     defaults = {
-        "n": (600, 120),
+        "n": (1200, 120),
         "n_max": (120, 30),
         "n_lognormal": (600, 240),
         "n_scale": (2400, 480),
-        "n_pool": (2400, 480),
+        "n_pool": (1920, 384),
         "n_pool3": (720, 144),
         "n_webhook": (240, 48),
         "bfl_rows": (20, 5),
@@ -398,10 +444,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if sc.name in only:
                     note(f"system {sc.name}: {sc.describe()}")
                     s = systems[sc.name] = run_system(
-                        sc, url, work, workers=a.workers, concurrency=a.concurrency, prof_dir=prof
+                        sc, url, work, workers=a.workers, concurrency=a.concurrency, prof_dir=prof, timeline=a.timeline
                     )
+                    if a.timeline:
+                        err = (work / sc.name / "cli.err").read_text()
+                        note(err[err.find("cli timeline") :].rstrip())
                     note(
-                        f"  utilisation {s.util_api:.3f}, polls/job {s.polls_per_job:.2f}, "
+                        f"  start -> exit {s.util_user:.3f} ({s.user_wall_s:.1f}s), API wall {s.util_api:.3f}, "
+                        f"polls/job {s.polls_per_job:.2f}, "
                         f"ready->stored p95 {s.ready_to_stored_p95_s:.3f}s, CPU busy {s.cpu_busy:.0%}, "
                         f"workers {s.worker_cpu_ms_per_job:.1f} ms/job"
                     )

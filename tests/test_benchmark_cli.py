@@ -8,14 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.measure import BaselineFigures, EnqueueFigures, Scenario, SystemFigures, pct
+from benchmarks.measure import BaselineFigures, EnqueueFigures, Phases, Scenario, SystemFigures, pct, phases
 from benchmarks.run import build_rows, make_plan, parse_args, render_table
 from kontext_batch.emulator import LatencySpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _system(name: str, *, cap: int = 24, keys: int = 1, util: float = 1.0, worker_ms: float = 8.0) -> SystemFigures:
+def _system(
+    name: str,
+    *,
+    cap: int = 24,
+    keys: int = 1,
+    util: float = 1.0,
+    worker_ms: float = 8.0,
+    user_util: float | None = None,
+    split: Phases | None = None,
+) -> SystemFigures:
     sc = Scenario(name, 240, "pro", 24 if keys > 1 else cap, LatencySpec.fixed(1.0), keys=keys)
     ideal = 240 / sc.cap
     return SystemFigures(
@@ -42,6 +51,8 @@ def _system(name: str, *, cap: int = 24, keys: int = 1, util: float = 1.0, worke
         cpu_ms_per_job={"workers": worker_ms, "emulator": 1.0, "redis": 1.0},
         keys=keys,
         per_key_peak=[24] * keys,
+        user_wall_s=ideal / (util if user_util is None else user_util),
+        phases=split,
     )
 
 
@@ -57,12 +68,14 @@ def test_help_runs_as_a_script_from_the_repository_root() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout
     assert "--profile" in proc.stdout
+    assert "--timeline" in proc.stdout
 
 
 def test_quick_shrinks_every_run_and_explicit_sizes_win() -> None:
     full, quick = parse_args([]), parse_args(["--quick", "--n", "48"])
-    assert (full.n, full.enqueue_rows, full.enqueue_images_rows) == (600, 1_000_000, 100_000)
-    assert (full.n_pool, full.n_pool3) == (2400, 720)
+    # Issue 22's sizes: 1,200 rows at C=24, 1,920 on a pool of 4 x 24.
+    assert (full.n, full.enqueue_rows, full.enqueue_images_rows) == (1200, 1_000_000, 100_000)
+    assert (full.n_pool, full.n_pool3) == (1920, 720)
     assert quick.n == 48
     assert quick.enqueue_rows < full.enqueue_rows
 
@@ -92,11 +105,21 @@ def test_a_missed_target_reads_missed_and_a_met_one_met() -> None:
     assert "1,000,000 rows" in _line(table, "4 enqueue wall")
 
 
-def test_pro_must_reach_097_and_beat_the_asyncio_script() -> None:
-    asyncio = BaselineFigures("asyncio", "pro C=24 L=1s N=240", 240, 240, 10.5, 10.0, 2.0, 0.5, cpu_ms_per_job=4.0)
-    table = render_table(build_rows({"pro": _system("pro", util=0.96)}, {"asyncio": asyncio}, [])).splitlines()
-    assert _line(table, "1 cap utilisation, API wall").endswith("MISSED")  # 0.96 < 0.97
-    assert _line(table, "1 kontext-batch vs asyncio").endswith("| met")  # 0.96 >= 0.952
+def test_pro_must_reach_0975_from_start_to_exit_and_beat_the_asyncio_script() -> None:
+    asyncio = BaselineFigures(
+        "asyncio", "pro C=24 L=1s N=240", 240, 240, 10.2, 10.0, 2.0, 0.5, cpu_ms_per_job=4.0, user_wall_s=10.5
+    )
+    # The internal API wall meets the old 0.97; the command's start -> exit (0.96) is the headline.
+    pro = _system("pro", util=0.98, user_util=0.96)
+    table = render_table(build_rows({"pro": pro}, {"asyncio": asyncio}, [])).splitlines()
+    head = _line(table, "1 cap utilisation, start -> exit")
+    assert head.endswith("MISSED")  # 0.96 < 0.975
+    assert "0.960 (10.4s / ideal 10.0s)" in head
+    assert "API wall 0.980" in head  # the internal figure, kept as a second column
+    versus = _line(table, "1 kontext-batch vs asyncio")
+    assert versus.endswith("| met")  # 0.96 >= 10 / 10.5 = 0.952, both from start to exit
+    assert "API wall 0.980 vs 0.980" in versus  # 10 / 10.2 for the script's first submit -> last file
+    assert "0.952 (10.5s" in _line(table, "baseline ratio to ideal, start -> exit")
     cpu = _line(table, "8 worker CPU per job")
     assert "asyncio script 4.0" in cpu
     assert cpu.endswith("| met")
@@ -110,7 +133,9 @@ def test_pool_and_scale_lines_use_090_and_busy_slots_of_the_pool() -> None:
     table = render_table(build_rows(systems, {}, [])).splitlines()
     assert _line(table, "6 scale utilisation", "C=96").endswith("| met")
     assert _line(table, "8 worker CPU per job", "C=96").endswith("MISSED")
-    assert _line(table, "7 pool utilisation, API wall", "3 keys x C=24").endswith("MISSED")
+    pool3 = _line(table, "7 pool utilisation, start -> exit", "3 keys x C=24")
+    assert pool3.endswith("MISSED")
+    assert ">= 0.90 (API wall)" in pool3  # issue 22 sets no start -> exit target for pool-3
     busy = _line(table, "7 pool mean busy slots")
     assert "64.1 of 72" in busy
     assert "24+24+24" in busy
@@ -148,3 +173,43 @@ def test_slot_idle_time_is_split_into_start_gaps_and_end() -> None:
     assert round(idle["gaps"], 3) == 0.05
     assert round(idle["end"], 3) == 0.05  # (2.2 - 2.1 + 0) / 2
     assert {w: [round(x, 3) for x in v] for w, v in notice_lags(tasks).items()} == {0: [0.05, 0.01], 1: [0.0, 0.0]}
+
+
+def test_the_phase_split_comes_from_one_clock_and_its_targets_are_checked() -> None:
+    # Given two 1 s tasks on cap 2, the command started at 100.0 and the first submit at 100.5,
+    tasks = [
+        {"submitted_at": 100.5, "ready_at": 101.5, "seen_done_at": 101.52},
+        {"submitted_at": 100.7, "ready_at": 101.7, "seen_done_at": 101.8},
+    ]
+    split = phases(tasks, 2, started_at=100.0, exited_at=102.4, last_stored_at=101.9, finished_at=101.95)
+    # then the split is the emulator's stamps against the command's.
+    assert round(split.start_to_first_submit_s, 3) == 0.5
+    assert round(split.inside_util, 3) == round(2.0 / (2 * 1.2), 3)
+    assert round(split.last_ready_to_last_store_s, 3) == 0.2
+    assert round(split.last_store_to_exit_s, 3) == 0.5
+    assert split.last_store_to_finished_s is not None
+    assert round(split.last_store_to_finished_s, 3) == 0.05
+    assert round(split.notice_lag_p95_s, 3) == 0.1
+    # When it is in the table, the start and the end read against 0.3 s each; the rest have no target.
+    table = render_table(build_rows({"pro": _system("pro", split=split)}, {}, [])).splitlines()
+    first = _line(table, "  start -> first submit")
+    assert "0.500s" in first
+    assert first.endswith("MISSED")
+    end = _line(table, "  last store -> exit")
+    assert "run finished at +0.050s" in end
+    assert end.endswith("MISSED")
+    assert _line(table, "  slot utilisation inside").endswith("| -")
+    assert "20 / 100 ms" in _line(table, "  notice lag p50 / p95")
+    assert "internal (as before issue 22)" in table[0]
+
+
+def test_a_quick_start_and_exit_meet_their_targets() -> None:
+    tasks = [{"submitted_at": 10.1, "ready_at": 11.1, "seen_done_at": 11.1}]
+    split = phases(tasks, 1, started_at=10.0, exited_at=11.3, last_stored_at=11.15)
+    table = render_table(build_rows({"pool": _system("pool", keys=4, user_util=0.94, split=split)}, {}, []))
+    lines = table.splitlines()
+    assert _line(lines, "  start -> first submit").endswith("| met")
+    assert _line(lines, "  last store -> exit").endswith("| met")
+    pool = _line(lines, "7 pool utilisation, start -> exit", "4 keys x C=24")
+    assert ">= 0.93" in pool
+    assert pool.endswith("| met")

@@ -140,9 +140,16 @@ def account(out: Path, info: RunInfo, n_rows: int) -> tuple[list[dict[str, str]]
 
 
 def check_outputs(out: Path, results: list[dict[str, str]]) -> None:
-    """Each succeeded row: exactly one output object that decodes, and its sidecar naming the same task."""
+    """Each succeeded row: exactly one output object that decodes, and its sidecar naming the same task.
+
+    Besides those, the store holds only the inputs, the prefix's ledger and each run's own ledger.
+    """
     store = open_store(str(out))
-    names = [n for n in store.list() if not n.startswith("_inputs/") and n not in ("results.csv", "gallery.html")]
+    listed = set(store.list())
+    ledgers = {f"runs/{r['run_id']}/{f}" for r in results for f in ("results.csv", "gallery.html")}
+    assert ledgers <= listed, f"a run's own ledger is missing: {sorted(ledgers - listed)}"
+    ledgers |= {"results.csv", "gallery.html"}
+    names = [n for n in listed if not n.startswith("_inputs/") and n not in ledgers]
     by_uri = {store.uri(n): n for n in names}
     expected: set[str] = set()
     for r in results:

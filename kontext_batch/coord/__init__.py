@@ -86,6 +86,9 @@ Owners (the only modules that write each key; everyone else goes through their m
 - :mod:`kontext_batch.metrics` (outside this package, naming the key itself): ``metrics-exporter``,
   renewed at each scrape.
 
+One pub/sub channel, no key: ``{ns}:run:{run}:ended`` carries the announcement of a run's end
+(:mod:`~kontext_batch.coord.ends`), so that its followers need not wait for their next look.
+
 A job ref is ``"{run}:{row}"``. No key or value ever holds the API key: accounts are told apart by
 its fingerprint (:attr:`kontext_batch.secret.Secret.fingerprint`). The Lua scripts these modules
 run are in ``coord/lua/``, one file each, loaded at import by their owner.

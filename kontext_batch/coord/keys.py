@@ -94,6 +94,10 @@ class Keys:
     def ndone(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:ndone"
 
+    def run_ended(self, run_id: str) -> str:
+        """The pub/sub channel on which a run's end is announced (:mod:`kontext_batch.coord.ends`); no key."""
+        return f"{self.ns}:run:{run_id}:ended"
+
     def finalizing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:finalizing"
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kontext_batch.coord.budget import Spend
+from kontext_batch.coord.ends import EndWatch
 from kontext_batch.coord.runs import RunInfo
 from kontext_batch.errors import Interrupted
 from kontext_batch.runtime import Runtime
@@ -154,7 +155,8 @@ def follow(
     timeout_s: float | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> RunOutcome:
-    """Look at the run every ``interval_s`` until it is final (or ``timeout_s`` passed).
+    """Look at the run every ``interval_s`` until it is final (or ``timeout_s`` passed), and at once
+    when its end is announced (:mod:`~kontext_batch.coord.ends`).
 
     Calls ``on_progress`` with each look, the last one included (not a look at a lost run: it
     returns its ``lost`` outcome at once); prints nothing. Raises
@@ -164,22 +166,24 @@ def follow(
     start = last_change = time.monotonic()
     first_done: int | None = None
     last_done = -1
-    while True:
-        info = rt.runs.info(run_id)
-        if info.lost:
-            return outcome_of(info)
-        now = time.monotonic()
-        first_done = info.ndone if first_done is None else first_done
-        if info.ndone != last_done:
-            last_done, last_change = info.ndone, now
-        elapsed = now - start
-        rate = (info.ndone - first_done) / elapsed if elapsed > 0 else 0.0
-        if on_progress is not None:
-            on_progress(Progress(info, elapsed, rate, now - last_change))
-        if info.finished:
-            return outcome_of(info, max_failures=max_failures)
-        if timeout_s is not None and elapsed >= timeout_s:
-            return RunOutcome(info, "timed_out", 0)
-        time.sleep(interval_s)
-        if stop is not None and stop():
-            raise Interrupted
+    # Subscribed before the first look: an end announced after it wakes the wait below.
+    with EndWatch(rt.redis, rt.keys, run_id) as ends:
+        while True:
+            info = rt.runs.info(run_id)
+            if info.lost:
+                return outcome_of(info)
+            now = time.monotonic()
+            first_done = info.ndone if first_done is None else first_done
+            if info.ndone != last_done:
+                last_done, last_change = info.ndone, now
+            elapsed = now - start
+            rate = (info.ndone - first_done) / elapsed if elapsed > 0 else 0.0
+            if on_progress is not None:
+                on_progress(Progress(info, elapsed, rate, now - last_change))
+            if info.finished:
+                return outcome_of(info, max_failures=max_failures)
+            if timeout_s is not None and elapsed >= timeout_s:
+                return RunOutcome(info, "timed_out", 0)
+            ends.wait(interval_s)
+            if stop is not None and stop():
+                raise Interrupted

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from kontext_batch import logs, metrics
+from kontext_batch.coord.ends import announce_end
 from kontext_batch.coord.keys import split_job_ref
 from kontext_batch.coord.runs import RowStatus
 from kontext_batch.errors import KontextBatchError, OutputBusy, RunStateLost, StorageUnavailable
@@ -198,7 +199,8 @@ def fail_lost_runs(rt: Runtime) -> int:
 
 def _ended(rt: Runtime, run_id: str, status: str, uri: str) -> None:
     """Count and log a run's end, once, by the process that recorded it; its state is kept
-    KONTEXT_RUN_RETENTION_S from now."""
+    KONTEXT_RUN_RETENTION_S from now. Its followers are woken first: the rest is bookkeeping."""
+    announce_end(rt.redis, rt.keys, run_id)
     rt.runs.retain(run_id, rt.settings.run_retention_s)
     info = rt.runs.info(run_id)
     outcome = metrics.run_outcome(status, info.meta.get("stopped", ""), info.counts)

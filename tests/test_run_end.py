@@ -3,11 +3,14 @@ and the command's exit then waits for nothing but its own output (issue 22, "End
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from kontext_batch.cli import main
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.run.enqueue import RunRequest, start_run
 from kontext_batch.run.view import RunOutcome, follow
@@ -46,3 +49,21 @@ def test_a_follower_wakes_when_the_run_ends_not_at_its_next_look(redis_url: str,
     assert [o.kind for o in outcomes] == ["succeeded"]
     assert outcomes[0].info.finished
     assert (tmp_path / "out" / "results.csv").is_file()
+
+
+@pytest.mark.unit
+def test_the_console_script_leaves_its_heap_frozen_for_the_interpreters_exit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The exit's collection of the whole heap is what a user waited for after the summary; frozen,
+    # it is skipped. Output and exit code are the command's own.
+    monkeypatch.setattr(sys, "argv", ["kontext-batch", "--help"])
+    gc.unfreeze()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert ended.value.code == 0
+    assert "Usage:" in capsys.readouterr().out

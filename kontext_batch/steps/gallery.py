@@ -35,6 +35,7 @@ from kontext_batch.steps.results import result_lines
 __all__ = [
     "GALLERY_NAME",
     "HTML",
+    "READS",
     "RUN_PAGE_DEPTH",
     "Link",
     "gallery_rows",
@@ -77,6 +78,24 @@ def relative_link(store_url: str, uri: str, *, up: int = 0) -> str | None:
 
 def _as_is(href: str) -> str:
     return href
+
+
+#: The columns of a results line that :func:`gallery_rows` reads: a page built from a results file
+#: needs no others unescaped (:meth:`~kontext_batch.steps.ledger.Ledger.lines`).
+READS: Final = (
+    "row",
+    "id",
+    "status",
+    "prompt",
+    "error",
+    "model",
+    "seed",
+    "output_seed",
+    "input_uris",
+    "output_uri",
+    "output_name",
+    "run_id",
+)
 
 
 def gallery_rows(

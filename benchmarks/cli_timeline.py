@@ -61,6 +61,7 @@ def instrument() -> None:
     """Wrap the steps of the start and of the end that issue 22 asks about."""
     import kontext_batch.cli.context as context  # noqa: PLC0415 - timed as an import of its own
     import kontext_batch.cli.watch as watch  # noqa: PLC0415
+    import kontext_batch.coord.ends as ends  # noqa: PLC0415
     import kontext_batch.run.enqueue as enqueue  # noqa: PLC0415
     import kontext_batch.run.view as view  # noqa: PLC0415
     import kontext_batch.workers.process as process  # noqa: PLC0415
@@ -85,7 +86,8 @@ def instrument() -> None:
         (schedule.CelerySchedule, "send", "      CelerySchedule.send (one Celery publish)"),
         (watch, "follow_run", "follow_run (--wait)"),
         (watch, "take_look", "  take_look (one look's reads)"),
-        (view.time, "sleep", "  time.sleep, any caller (mostly the --wait look interval)"),
+        (ends.EndWatch, "wait", "  EndWatch.wait (the --wait look interval; cut short by the run's end)"),
+        (view.time, "sleep", "  time.sleep, any caller (the look interval when not subscribed)"),
         (watch, "summarize", "  summarize (the final reads)"),
     ):
         wrap(owner, name, label)

@@ -130,6 +130,7 @@ def follow_run(
         with interrupts(stop) if detach else contextlib.nullcontext():
             try:
                 # Twice a second: the live display moves smoothly; plain lines keep their own cadence.
+                # The run's end cuts the wait short (coord.ends): the summary follows the last row at once.
                 outcome = follow(
                     rt,
                     run_id,

@@ -124,7 +124,8 @@ def write_results(rt: Runtime, run_id: str, store: ObjectStore) -> Written:
     extra_cols, read = result_lines(rt.runs, run_id)
     lines = list(read)
     own = Ledger(csv_header(extra_cols), [csv_row(line, extra_cols) for line in lines])
-    own_uri = store.put(run_file(run_id, RESULTS_NAME), own.csv().encode(), content_type=CSV)
+    own_csv = own.csv().encode()
+    own_uri = store.put(run_file(run_id, RESULTS_NAME), own_csv, content_type=CSV)
     rows = gallery_rows((line for line, _ in lines), store.url, up=RUN_PAGE_DEPTH)
     _put_page(store, run_file(run_id, GALLERY_NAME), render_page(rows, key=run_id, title=f"run {run_id}"))
     with hold_output(rt.redis, rt.keys, store.url):
@@ -137,7 +138,9 @@ def write_results(rt: Runtime, run_id: str, store: ObjectStore) -> Written:
             # output's rows from other runs would be lost by overwriting it, so say so and stop.
             raise StorageError(f"{store.uri(RESULTS_NAME)} is not a results file that can be merged: {exc}") from exc
         merged = merge(old, own)
-        uri = store.put(RESULTS_NAME, merged.csv().encode(), content_type=CSV)
+        # A first run into the output (or one replacing a file of the old layout) is the whole file:
+        # the bytes just written, not written out again.
+        uri = store.put(RESULTS_NAME, own_csv if merged is own else merged.csv().encode(), content_type=CSV)
         # One pass, of the columns the page shows: the whole output's lines, unescaped twice and
         # whole, were half the time from the run's last row to its end (1,200 rows: ~30 ms of ~65).
         shown = list(merged.lines(READS))

@@ -35,6 +35,7 @@ from celery import Celery, current_app, signals
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
+from kontext_batch.api.models import MODEL_ENDPOINTS
 from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.coord.holders import BEAT_S
 from kontext_batch.coord.policy import check_policy, read_memory
@@ -278,6 +279,10 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     rt = get_runtime()
     for loop in ("heartbeat", "sweeper", "delays"):
         health.round(loop)
+    try:  # before the first beat, which lets this process take rows: its first polls are timed warm
+        rt.planner.warm(rt.latencies.load(MODEL_ENDPOINTS.values()))
+    except _REDIS_DOWN:  # cold, then: the first shares read the windows
+        log.debug("latency windows: Redis unavailable", exc_info=True)
     try:
         rt.beat()
         health.beat_ok()

@@ -106,7 +106,10 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:  # noqa: C901, PLR0911,
     rt.runs.is_final_in(pipe, run_id, row)
     if ready:  # written in the same round trip; harmless when the row turns out final
         rt.jobs.update_in(pipe, ref, held, polls=polls, state="storing", ready_seen_at=time.time())
-    if pipe.execute()[0]:
+    shared = rt.planner.share_in(pipe, rt.latencies, spec.endpoint)
+    replies = pipe.execute()
+    shared(replies)
+    if replies[0]:
         rt.jobs.retire(ref)  # recorded meanwhile (the run was cancelled): nothing to store
         return
     if ready:

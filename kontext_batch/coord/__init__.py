@@ -63,7 +63,8 @@ key                          type    TTL    holds
 A job hash holds ``step`` (the fencing token), ``state`` (queued, granted, submitting, polling,
 storing), ``busy`` and ``holder`` (the process working on it), ``pool``, ``gate`` (its slot id
 ``"{fp}|{endpoint}"``; the field keeps its first name), ``attempts``, ``key``, ``reserved``,
-``bfl_task_id``, ``polling_url``, ``cost_credits``, ``submitted_at``, ``polls``, ``poll_errors``,
+``bfl_task_id``, ``polling_url``, ``cost_credits``, ``submitted_at`` (before the POST), ``accepted_at``
+(its answer), ``polls``, ``poll_errors``,
 ``ready_seen_at``, ``last_error``, ``possible_duplicate`` and ``webhook_result``; and what the
 row cost before its current task: ``charged`` (credits of tasks it left behind: an expired sample,
 a refused key), ``attempts_before`` and ``cost_before`` (its earlier passes, set by ``retry``).

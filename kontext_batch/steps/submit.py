@@ -94,14 +94,13 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     try:
         request = build_request(rt, spec, webhook=_webhook_for(meta, ref))
         rt.submit_rate.acquire()
-        # The API's clock for the task starts when the POST arrives, moments after this: everything
-        # timed from the submit (first poll, progress, learnt latency) counts from here, not from
-        # after our own handling of the answer, which waits on a busy process's GIL and Redis.
+        # The row's submitted_at (its results' duration, its deadline): from before the POST.
         sent_at = time.time()
         task = rt.provider_for(fp).submit(spec.endpoint, request)
-        # The task has begun by the time the API answers. A POST may wait long before the API takes
-        # it (a cold connection, a busy API: 0.9 s in the first wave of a 4-key run, 4 ms later on):
-        # the task's age, which progress is read against, counts from here.
+        # The task has begun by the time the API answers, and a POST may wait long before the API
+        # takes it (0.9 s p50 in the first wave of a 4-key run, 4 ms later on): the first poll and
+        # the task's age, which progress is read against, count from here, taken before our own
+        # handling of the answer (which waits on Redis and a busy process's GIL).
         accepted_at = time.time()
     except (OutOfCredits, AuthError) as exc:
         rt.budget.settle(run_id, price, 0)

@@ -1,9 +1,10 @@
 """Run one piece of the benchmark and return its figures: a system scenario, a baseline, the enqueue CLI.
 
 Every run gets a fresh in-process emulator (port 0), so its ``/_emulator/stats`` cover that run only.
-System runs also get fresh worker processes (``local.WorkerPool``: each process learns latencies
-from scratch, as after a deploy) and their own API key on the shared embedded Redis, so their slot
-gates, wait lists and counters are their own.
+System runs also get fresh worker processes (``local.WorkerPool``, as after a deploy) and their own
+API key on the shared embedded Redis, so their slot gates, wait lists and counters are their own.
+The workers' learnt latencies (``kb:latency:*``) are kept from the case before when it ran the same
+latency law, as a second night's run finds them, and cleared otherwise (:func:`_latencies_kept`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import redis
 
 from benchmarks.manifest_gen import write_manifest
+from kontext_batch.api.models import MODEL_ENDPOINTS
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
 from kontext_batch.emulator.config import WEBHOOK_FAULTS
 from kontext_batch.run.enqueue import RunRequest, start_run
@@ -286,6 +288,8 @@ class SystemFigures:
     # What a user times: `kontext-batch run MANIFEST -o OUT --wait` from its start to its exit.
     user_wall_s: float = 0.0
     phases: Phases | None = None
+    #: Whether the workers started with the latencies a case before learnt ("warm") or none ("cold").
+    latency_start: str = "cold"
 
     @property
     def util_user(self) -> float:
@@ -431,6 +435,16 @@ def run_cli(
     return CliRun(found.group(0), started, exited, cpu)
 
 
+def _latencies_kept(rt: Runtime, sc: Scenario) -> bool:
+    """Keep the shared latency windows when the case before ran the same latency law (True), else
+    delete them, so that no case starts from another law's latencies."""
+    law = f"{sc.latency!r} x {sc.time_scale}"
+    if rt.redis.getset("bench:latency-law", law) == law.encode():
+        return rt.latencies.load(MODEL_ENDPOINTS.values()) != {}
+    rt.redis.delete(*(rt.keys.latency(ep) for ep in MODEL_ENDPOINTS.values()))
+    return False
+
+
 def run_system(
     sc: Scenario,
     redis_url: str,
@@ -465,6 +479,7 @@ def run_system(
         pool = BenchWorkerPool(
             settings, prof_dir=prof_dir, tag=sc.name, n=workers, concurrency=concurrency, log_dir=wdir / "logs"
         )
+        warm = _latencies_kept(rt, sc)
         try:
             pool.start()
             _wait_for_workers(rt.scheduler.celery, workers)  # type: ignore[attr-defined]
@@ -496,6 +511,7 @@ def run_system(
     last_stored = max((s["timings"]["stored_at"] for s in sidecars), default=t0)
     created, finished = float(info.meta["created_at"]), float(info.meta["finished_at"])
     return SystemFigures(
+        latency_start="warm" if warm else "cold",
         scenario=sc.name,
         describe=sc.describe(),
         n=sc.n,

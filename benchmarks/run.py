@@ -453,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  start -> exit {s.util_user:.3f} ({s.user_wall_s:.1f}s), API wall {s.util_api:.3f}, "
                         f"polls/job {s.polls_per_job:.2f}, "
                         f"ready->stored p95 {s.ready_to_stored_p95_s:.3f}s, CPU busy {s.cpu_busy:.0%}, "
-                        f"workers {s.worker_cpu_ms_per_job:.1f} ms/job"
+                        f"workers {s.worker_cpu_ms_per_job:.1f} ms/job, latencies {s.latency_start}"
                     )
             if "webhook" in only:
                 for key, rate in (("webhook", 0.0), ("webhook-drop", WEBHOOK_DROP_RATE)):

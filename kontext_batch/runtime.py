@@ -27,6 +27,7 @@ from kontext_batch.coord.connection import tls_options
 from kontext_batch.coord.holders import Holders, KeyCaps, new_process_id
 from kontext_batch.coord.jobs import Jobs
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.latencies import LatencyLog
 from kontext_batch.coord.pools import Pools
 from kontext_batch.coord.ratelimit import SubmitRateLimiter
 from kontext_batch.coord.replicas import ReplicaGuard
@@ -98,6 +99,7 @@ class Runtime:
         self.submit_rate = SubmitRateLimiter(self.redis, self.keys.submit_rate, s.submits_per_s)
         self.held = {k.fingerprint: k for k in s.held_keys}
         self.replicas = ReplicaGuard(self.redis, self.keys.replica_probe(self.proc_id))
+        self.latencies = LatencyLog(self.redis, self.keys, window=self.planner.window)
 
     @classmethod
     def create(

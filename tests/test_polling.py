@@ -67,3 +67,9 @@ def test_first_polls_converge_from_a_late_prior() -> None:
         seen = first if first >= 1.0 else 1.0 + 0.05  # Ready at the first poll, or one poll later
         p.observe("ep", _latency_seen(_ready(None), {"submitted_at": "0"}, seen, 1 if first >= 1.0 else 2))
     assert 0.8 <= p.first_delay("ep") <= 1.1
+
+
+def test_the_apis_own_start_and_end_give_the_latency_however_late_the_post_reached_it() -> None:
+    # Our clock started 0.9 s before the API took the POST: the API's duration, not ours, is learnt.
+    res = PollResult(id="t", status=Status.READY, raw_status="Ready", start_time=50.0, end_time=51.0)
+    assert _latency_seen(res, {"submitted_at": "99.1", "accepted_at": "100.0"}, elapsed=1.2, polls=1) == 1.0

@@ -35,6 +35,7 @@ from celery import Celery, current_app, signals
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
+from kontext_batch.api.models import MODEL_ENDPOINTS
 from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.coord.holders import BEAT_S
 from kontext_batch.coord.policy import check_policy, read_memory
@@ -278,6 +279,14 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     rt = get_runtime()
     for loop in ("heartbeat", "sweeper", "delays"):
         health.round(loop)
+    # Each held key's API client made now, before this process takes rows: made by the first wave's
+    # submits, one at a time under the runtime's lock, they cost 60-95 ms each inside a timed POST.
+    for fp in rt.held:
+        rt.provider_for(fp)
+    try:  # before the first beat, which lets this process take rows: its first polls are timed warm
+        rt.planner.warm(rt.latencies.load(MODEL_ENDPOINTS.values()))
+    except _REDIS_DOWN:  # cold, then: the first shares read the windows
+        log.debug("latency windows: Redis unavailable", exc_info=True)
     try:
         rt.beat()
         health.beat_ok()

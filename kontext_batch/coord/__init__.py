@@ -1,8 +1,9 @@
 """Coordination in Redis: slot leases and wait lists, fenced job records, key pools, worker
 heartbeats, delayed messages, run records, budgets, the submit rate limit and the autoscaler's
-demand signal; how we connect (:mod:`~kontext_batch.coord.connection`) and whether a Redis can be
-trusted with all of it (:mod:`~kontext_batch.coord.policy`, which writes no key), and which protocol
-each process speaks (:mod:`~kontext_batch.coord.protocol`).
+demand signal, the poll planners' shared latencies; how we connect
+(:mod:`~kontext_batch.coord.connection`) and whether a Redis can be trusted with all of it
+(:mod:`~kontext_batch.coord.policy`, which writes no key), and which protocol each process
+speaks (:mod:`~kontext_batch.coord.protocol`).
 
 Every key the system keeps is below, named by :class:`~kontext_batch.coord.keys.Keys` (all but
 ``metrics-exporter``). Each starts with the namespace ``kb``: no setting changes it (``Keys(ns)``
@@ -52,6 +53,8 @@ key                          type    TTL    holds
 {ns}:output-lock:{url}       string  120 s  the lock of the merge into one output's results.csv (its holder's
                                             token), while one run's finalize reads, merges and writes it
 {ns}:submit-rate:{second}    string  2 s    submits sent in that wall-clock second (one key per second)
+{ns}:latency:{endpoint}      list    8 d    task latencies (s) the poll planners saw end on the endpoint, newest first,
+                                            at most 256; every write renews the TTL
 {ns}:demand                  list    -      one item per row of the open runs not final yet (only its length
                                             means anything: KEDA scales the workers on it); deleted at 0
 {ns}:metrics-exporter        string  45 s   process id of the one worker exporting the cluster-wide gauges
@@ -60,7 +63,8 @@ key                          type    TTL    holds
 A job hash holds ``step`` (the fencing token), ``state`` (queued, granted, submitting, polling,
 storing), ``busy`` and ``holder`` (the process working on it), ``pool``, ``gate`` (its slot id
 ``"{fp}|{endpoint}"``; the field keeps its first name), ``attempts``, ``key``, ``reserved``,
-``bfl_task_id``, ``polling_url``, ``cost_credits``, ``submitted_at``, ``polls``, ``poll_errors``,
+``bfl_task_id``, ``polling_url``, ``cost_credits``, ``submitted_at`` (before the POST), ``accepted_at``
+(its answer), ``polls``, ``poll_errors``,
 ``ready_seen_at``, ``last_error``, ``possible_duplicate`` and ``webhook_result``; and what the
 row cost before its current task: ``charged`` (credits of tasks it left behind: an expired sample,
 a refused key), ``attempts_before`` and ``cost_before`` (its earlier passes, set by ``retry``).
@@ -82,6 +86,7 @@ Owners (the only modules that write each key; everyone else goes through their m
   ``prune``.
 - :mod:`~kontext_batch.coord.ratelimit`: ``submit-rate``.
 - :mod:`~kontext_batch.coord.demand`: ``demand``.
+- :mod:`~kontext_batch.coord.latencies`: ``latency``.
 - :mod:`~kontext_batch.coord.outputs`: ``output-lock``.
 - :mod:`kontext_batch.metrics` (outside this package, naming the key itself): ``metrics-exporter``,
   renewed at each scrape.

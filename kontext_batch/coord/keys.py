@@ -140,6 +140,10 @@ class Keys:
     def budget(self, run_id: str) -> str:
         return f"{self.ns}:budget:{run_id}"
 
+    def latency(self, endpoint: str) -> str:
+        """The poll planners' shared task latencies on one endpoint (:mod:`~kontext_batch.coord.latencies`)."""
+        return f"{self.ns}:latency:{endpoint}"
+
     @property
     def demand(self) -> str:
         return f"{self.ns}:demand"

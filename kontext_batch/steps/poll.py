@@ -68,6 +68,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:  # noqa: C901, PLR0911,
     job["polls"] = str(polls)
     metrics.poll_answered(spec.endpoint)
     elapsed = answered_at - float(job.get("submitted_at") or answered_at)
+    age = answered_at - float(job.get("accepted_at") or job.get("submitted_at") or answered_at)
     if not res.status.terminal:
         if res.status is Status.UNKNOWN and rt.runs.first_time(run_id, f"status:{res.raw_status}"):
             log.warning(
@@ -87,7 +88,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:  # noqa: C901, PLR0911,
                 f"last status seen: {res.raw_status}",
             )
             return
-        planned = rt.planner.next_delay(spec.endpoint, elapsed, res.progress, polls=polls)
+        planned = rt.planner.next_delay(spec.endpoint, age, res.progress, polls=polls)
         delay = max(0.0, planned - (time.time() - answered_at))
         if rt.jobs.handoff(ref, held, delay, polls=polls, poll_errors=0):
             rt.scheduler.poll(ref, int(held), fp, countdown_s=delay)
@@ -98,7 +99,7 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:  # noqa: C901, PLR0911,
     successor = end_active(rt, ref, job, keep_one=True)
     if successor is not None:
         submit_job(rt, successor.ref, successor.token, delivered=False)
-    rt.planner.observe(spec.endpoint, _latency_seen(res, job, elapsed, polls))
+    rt.planner.observe(spec.endpoint, _latency_seen(res, job, age, polls))
     if res.cost is not None:
         job["cost_credits"] = str(res.cost)  # the reseller's usage.cost, on the completed poll
     ready = res.status is Status.READY
@@ -106,7 +107,10 @@ def poll_job(rt: Runtime, ref: str, token: int) -> None:  # noqa: C901, PLR0911,
     rt.runs.is_final_in(pipe, run_id, row)
     if ready:  # written in the same round trip; harmless when the row turns out final
         rt.jobs.update_in(pipe, ref, held, polls=polls, state="storing", ready_seen_at=time.time())
-    if pipe.execute()[0]:
+    shared = rt.planner.share_in(pipe, rt.latencies, spec.endpoint)
+    replies = pipe.execute()
+    shared(replies)
+    if replies[0]:
         rt.jobs.retire(ref)  # recorded meanwhile (the run was cancelled): nothing to store
         return
     if ready:
@@ -125,14 +129,17 @@ def _from_webhook(job: dict[str, str]) -> PollResult | None:
 
 
 def _latency_seen(res: PollResult, job: dict[str, str], elapsed: float, polls: int) -> float:
-    """How long the task really took, as best we can tell, for the poll planner.
+    """How long the task really took, as best we can tell, for the poll planner: the first poll is
+    planned that long after the POST's answer (``accepted_at``).
 
-    ``elapsed`` is when *we* saw it finish: an over-estimate when the first poll already found it
-    done, and learning from it would make every first poll as late as the last. The API's end time
-    is exact; without it, a first-poll finish is shaded down so the planner probes earlier until a
-    poll lands before the end (and progress then tells the rest).
+    ``elapsed`` is when *we* saw it finish, from that answer: an over-estimate when the first poll
+    already found it done, and learning from it would make every first poll as late as the last.
+    The API's own start and end times are exact; without them, a first-poll finish is shaded down so
+    the planner probes earlier until a poll lands before the end (and progress then tells the rest).
     """
-    submitted = float(job.get("submitted_at") or 0)
+    if res.start_time and res.end_time and 0 < res.end_time - res.start_time <= elapsed + 1.0:
+        return float(res.end_time - res.start_time)
+    submitted = float(job.get("accepted_at") or job.get("submitted_at") or 0)
     if res.end_time and submitted and 0 < res.end_time - submitted <= elapsed + 1.0:
         return float(res.end_time - submitted)
     return elapsed if polls > 1 else elapsed * 0.85

@@ -17,16 +17,25 @@ latency distribution as jobs finish and poll when a job is likely to be ready:
 - with no progress, poll at the median of the seen latencies that exceed the time already waited,
   or back off geometrically when the job outlives everything seen.
 
-Each worker process learns on its own; a few completions are enough to converge.
+What one process learns, the others read: each terminal poll's pipeline also appends the latencies
+seen since the last one to the endpoint's window in Redis and, every ``refresh_s``, reads that window
+back in place of our own (:mod:`kontext_batch.coord.latencies`). A worker loads the windows as it
+starts (:meth:`PollPlanner.warm`), so its first wave is polled like its fifth.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from redis.client import Pipeline
+
+from kontext_batch.coord.latencies import LatencyLog
 from kontext_batch.settings import Settings
 
 __all__ = ["PollPlanner"]
@@ -39,7 +48,12 @@ class PollPlanner:
     max_s: float = 10.0
     first_quantile: float = 0.55
     window: int = 256
+    #: How often a process reads the shared window back (s): others' completions reach it this late.
+    refresh_s: float = 5.0
     _seen: dict[str, deque[float]] = field(default_factory=dict, repr=False)
+    #: Latencies seen here and not yet written to the shared window, by endpoint.
+    _unshared: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    _read_at: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -51,6 +65,38 @@ class PollPlanner:
             return
         with self._lock:
             self._seen.setdefault(endpoint, deque(maxlen=self.window)).append(duration_s)
+            self._unshared.setdefault(endpoint, []).append(duration_s)
+
+    def warm(self, windows: Mapping[str, Sequence[float]]) -> None:
+        """Start from shared windows (oldest first), as :meth:`LatencyLog.load` reads them."""
+        with self._lock:
+            for endpoint, seen in windows.items():
+                self._seen[endpoint] = deque(seen, maxlen=self.window)
+
+    def share_in(self, pipe: Pipeline, log: LatencyLog, endpoint: str) -> Callable[[Sequence[Any]], None]:
+        """Queue, last on ``pipe``, the write of what this process saw on ``endpoint`` since its last
+        share, and every ``refresh_s`` a read of the shared window. Call what it returns with the
+        pipeline's replies: it takes the window read in place of ours."""
+        now = time.monotonic()
+        with self._lock:
+            fresh = self._unshared.pop(endpoint, [])
+            read = now - self._read_at.get(endpoint, -self.refresh_s) >= self.refresh_s
+            if read:
+                self._read_at[endpoint] = now
+        log.add_in(pipe, endpoint, fresh)
+        if not read:
+            return _ignore
+        log.read_in(pipe, endpoint)
+
+        def take(replies: Sequence[Any]) -> None:
+            shared = log.parse(replies[-1])
+            if not shared:
+                return
+            with self._lock:
+                # Seen here since the read was queued: not in the shared window yet.
+                self._seen[endpoint] = deque([*shared, *self._unshared.get(endpoint, ())], maxlen=self.window)
+
+        return take
 
     def _sorted(self, endpoint: str) -> list[float]:
         with self._lock:
@@ -93,3 +139,7 @@ class PollPlanner:
         if later:
             return self._clamp(later[len(later) // 2] - elapsed_s + 0.03)
         return self._clamp(max(elapsed_s * 0.5, self.min_s))
+
+
+def _ignore(_: Sequence[Any]) -> None:
+    return None

@@ -3,7 +3,9 @@ connection on each request), and every pool is closed with the client."""
 
 from __future__ import annotations
 
+import ssl
 import threading
+from typing import Any
 
 import httpx
 import pytest
@@ -64,3 +66,29 @@ def test_a_workers_client_pools_per_thread_and_keeps_its_metrics() -> None:
     # Both pools (the API's and the delivery hosts') are per thread, inside the metrics' timer.
     assert len(wrapped) == 2
     assert all(isinstance(t, PerThreadTransport) for t in wrapped)
+
+
+def test_the_threads_pools_share_one_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ssl.create_default_context
+    loads: list[object] = []
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    pools: list[PerThreadTransport] = []
+
+    def wrap(inner: httpx.BaseTransport) -> httpx.BaseTransport:
+        assert isinstance(inner, PerThreadTransport)
+        pools.append(inner)
+        return inner
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    with KontextClient("k-1", "https://api.test", wrap_transport=wrap):
+        threads = [threading.Thread(target=lambda: [p._mine() for p in pools]) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [p.pools for p in pools] == [3, 3]
+    assert len(loads) == 1  # the CA bundle is loaded once, not once a thread and pool

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -98,25 +99,34 @@ class HttpCore:
         self.max_sample_bytes = max_sample_bytes
         self.max_redirects = max_redirects
         self._owns_http = http is None
+        self._ssl: ssl.SSLContext | None = None
         # No default headers: the key goes on each API request only, so it can never ride along to
         # a delivery host (downloads) or to another host through a redirect we did not ask for.
         if http is None and transport is None and wrap is not None:
             # httpx ignores a client's ``limits`` when it is given a transport: the pool is sized here.
             # A worker's (``wrap``: its metrics): one pool per thread, see PerThreadTransport.
-            transport = wrap(PerThreadTransport(lambda: httpx.HTTPTransport(limits=THREAD_POOL_LIMITS)))
+            ctx = self._ssl_context()
+            transport = wrap(PerThreadTransport(lambda: httpx.HTTPTransport(limits=THREAD_POOL_LIMITS, verify=ctx)))
             injected = False
         else:
             injected = transport is not None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport)
         self._owns_delivery = not (http is not None or injected or allow_private)
         if self._owns_delivery:
-            guard = AddressGuard()
+            guard, ctx = AddressGuard(), self._ssl_context()
             guarded: httpx.BaseTransport = PerThreadTransport(
-                lambda: guarded_transport(guard, limits=THREAD_POOL_LIMITS)
+                lambda: guarded_transport(guard, limits=THREAD_POOL_LIMITS, ssl_context=ctx)
             )
             self.delivery = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=wrap(guarded) if wrap else guarded)
         else:
             self.delivery = self.http
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """One TLS context for every pool made here: each would load the CA bundle again (~5 ms of
+        CPU), once per thread with :class:`PerThreadTransport`."""
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        return self._ssl
 
     def close(self) -> None:
         if self._owns_http:

@@ -47,7 +47,8 @@ def test_each_thread_sends_through_a_transport_of_its_own_and_close_closes_them_
     two_requests()  # and this thread
 
     assert [t.sent for t in made] == [2, 2, 2, 2]  # one transport a thread, reused by its requests
-    assert transport.pools == 4
+    assert [t.closed for t in made] == [True, True, True, False]  # the ended threads' went with them
+    assert transport.pools == 1
     client.close()
     assert all(t.closed for t in made)
     with pytest.raises(RuntimeError):
@@ -85,10 +86,33 @@ def test_the_threads_pools_share_one_tls_context(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(ssl, "create_default_context", counted)
     with KontextClient("k-1", "https://api.test", wrap_transport=wrap):
-        threads = [threading.Thread(target=lambda: [p._mine() for p in pools]) for _ in range(3)]
+        all_made = threading.Barrier(3)
+
+        def make_both() -> None:
+            for p in pools:
+                p._mine()
+            all_made.wait()  # alive until every thread has made its own
+
+        threads = [threading.Thread(target=make_both) for _ in range(3)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert [p.pools for p in pools] == [3, 3]
     assert len(loads) == 1  # the CA bundle is loaded once, not once a thread and pool
+
+
+def test_the_pool_of_a_thread_that_ended_is_closed_when_another_thread_makes_its_own() -> None:
+    made: list[_Recording] = []
+    transport = PerThreadTransport(lambda: _Recording(made))
+    client = httpx.Client(transport=transport)
+    gone = threading.Thread(target=lambda: client.get("http://api.test/a"))
+    gone.start()
+    gone.join()
+    assert transport.pools == 1
+    assert not made[0].closed
+    client.get("http://api.test/b")  # this thread's first request
+    assert made[0].closed
+    assert transport.pools == 1
+    client.close()
+    assert made[1].closed

@@ -85,7 +85,7 @@ class Targets:
     ready_p95_s = 0.5
     enqueue_wall_s = 60.0
     enqueue_rss_mb = 300.0
-    worker_cpu_ms = 10.0
+    worker_cpu_ms = 8.0  # issue 22
     webhook_polls = 0.0
     webhook_drop_polls = 0.3
 
@@ -272,7 +272,8 @@ def build_rows(
     for name in ("pro", "pro-full", "scale", "pool", "pool-3"):
         if (s := systems.get(name)) is not None:
             cpu = s.worker_cpu_ms_per_job
-            add("8 worker CPU per job, ms", s.describe, f"{cpu:.1f}{beside}", f"<= {t.worker_cpu_ms:g}", cpu <= 10)
+            ok = cpu <= t.worker_cpu_ms
+            add("8 worker CPU per job, ms", s.describe, f"{cpu:.1f}{beside}", f"<= {t.worker_cpu_ms:g}", ok)
     wh = webhooks or {}
     scen = "webhook"
     for key, figure, target in (

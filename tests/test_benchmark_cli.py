@@ -213,3 +213,11 @@ def test_a_quick_start_and_exit_meet_their_targets() -> None:
     pool = _line(lines, "7 pool utilisation, start -> exit", "4 keys x C=24")
     assert ">= 0.93" in pool
     assert pool.endswith("| met")
+
+
+def test_worker_cpu_is_held_to_the_issues_8_ms() -> None:
+    for worker_ms, verdict in ((8.0, "| met"), (9.0, "MISSED")):
+        table = render_table(build_rows({"pro": _system("pro", worker_ms=worker_ms)}, {}, [])).splitlines()
+        cpu = _line(table, "8 worker CPU per job")
+        assert "<= 8 " in cpu
+        assert cpu.endswith(verdict)

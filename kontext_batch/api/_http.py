@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from kontext_batch.api import statuses
+from kontext_batch.api._per_thread import PerThreadTransport
 from kontext_batch.api.models import Sample
 from kontext_batch.api.reasons import cut
 from kontext_batch.api.trust import UrlTrust, origin
@@ -57,6 +59,9 @@ log = logging.getLogger("kontext_batch.api")
 #: Sized for ~64 worker threads sharing one client: one keep-alive connection each to the API,
 #: plus head-room for sample downloads from the delivery hosts.
 POOL_LIMITS: Final = httpx.Limits(max_connections=128, max_keepalive_connections=64, keepalive_expiry=30.0)
+#: One thread's pool (:class:`~kontext_batch.api._per_thread.PerThreadTransport`): it sends one
+#: request at a time; a few connections leave room for hosts a redirect leads to.
+THREAD_POOL_LIMITS: Final = httpx.Limits(max_connections=8, max_keepalive_connections=4, keepalive_expiry=30.0)
 _MASK: Final = "**********"
 #: Largest sample downloaded unless ``KONTEXT_MAX_SAMPLE_BYTES`` says otherwise (outputs are ~1 MP).
 DEFAULT_MAX_SAMPLE_BYTES: Final = 64_000_000
@@ -94,21 +99,34 @@ class HttpCore:
         self.max_sample_bytes = max_sample_bytes
         self.max_redirects = max_redirects
         self._owns_http = http is None
+        self._ssl: ssl.SSLContext | None = None
         # No default headers: the key goes on each API request only, so it can never ride along to
         # a delivery host (downloads) or to another host through a redirect we did not ask for.
         if http is None and transport is None and wrap is not None:
             # httpx ignores a client's ``limits`` when it is given a transport: the pool is sized here.
-            transport = wrap(httpx.HTTPTransport(limits=POOL_LIMITS))
+            # A worker's (``wrap``: its metrics): one pool per thread, see PerThreadTransport.
+            ctx = self._ssl_context()
+            transport = wrap(PerThreadTransport(lambda: httpx.HTTPTransport(limits=THREAD_POOL_LIMITS, verify=ctx)))
             injected = False
         else:
             injected = transport is not None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport)
         self._owns_delivery = not (http is not None or injected or allow_private)
         if self._owns_delivery:
-            guarded: httpx.BaseTransport = guarded_transport(AddressGuard(), limits=POOL_LIMITS)
+            guard, ctx = AddressGuard(), self._ssl_context()
+            guarded: httpx.BaseTransport = PerThreadTransport(
+                lambda: guarded_transport(guard, limits=THREAD_POOL_LIMITS, ssl_context=ctx)
+            )
             self.delivery = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=wrap(guarded) if wrap else guarded)
         else:
             self.delivery = self.http
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """One TLS context for every pool made here: each would load the CA bundle again (~5 ms of
+        CPU), once per thread with :class:`PerThreadTransport`."""
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        return self._ssl
 
     def close(self) -> None:
         if self._owns_http:

@@ -64,13 +64,13 @@ def instrument() -> None:
     import kontext_batch.coord.ends as ends  # noqa: PLC0415
     import kontext_batch.run.enqueue as enqueue  # noqa: PLC0415
     import kontext_batch.run.view as view  # noqa: PLC0415
-    import kontext_batch.workers.process as process  # noqa: PLC0415
     import kontext_batch.workers.schedule as schedule  # noqa: PLC0415
+    import kontext_batch.workers.trust as trust  # noqa: PLC0415
 
     MARKS.append(("imports done (the CLI, Celery)", time.time()))
     for owner, name, label in (
         (context, "check_redis", "runtime: check_redis (PING)"),
-        (process, "trust_redis", "trusted: trust_redis (eviction policy, persistence)"),
+        (trust, "trust_redis", "trusted: trust_redis (eviction policy, persistence)"),
         (context, "refuse_other_protocols", "trusted: refuse_other_protocols"),
         (watch, "start_run", "start_run"),
         (enqueue, "_check_output_free", "  _check_output_free"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from redis import Redis
@@ -19,8 +19,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from kontext_batch.api._http import TransportWrapper
-from kontext_batch.api.provider import KontextProvider, make_provider, output_formats_of
 from kontext_batch.coord.address import make_client
 from kontext_batch.coord.budget import Budget
 from kontext_batch.coord.connection import tls_options
@@ -38,6 +36,12 @@ from kontext_batch.io.payload import PayloadCache
 from kontext_batch.io.stores import ObjectStore, open_store
 from kontext_batch.settings import Settings
 from kontext_batch.steps.timing import PollPlanner
+
+if TYPE_CHECKING:
+    # The API clients (httpx, tenacity, pydantic's request model) load on a key's first use: the
+    # CLI's ``run`` never calls the API, and they were ~155 ms of its ~375 ms of imports.
+    from kontext_batch.api._http import TransportWrapper
+    from kontext_batch.api.provider import KontextProvider
 
 __all__ = ["Runtime", "Scheduler", "connect_redis"]
 
@@ -131,6 +135,8 @@ class Runtime:
                     raise KeyNotHeld(f"this process holds no API key with fingerprint {fp}")
                 # One attempt per call: the pipeline reschedules retryable failures itself, so a step
                 # never stacks the client's retries on top of its own (and never sleeps in them).
+                from kontext_batch.api.provider import make_provider  # noqa: PLC0415 - see TYPE_CHECKING above
+
                 found = self._providers[fp] = make_provider(
                     self.settings, key.secret, retry=None, wrap_transport=self.transport_wrapper
                 )
@@ -139,6 +145,8 @@ class Runtime:
     @property
     def output_formats(self) -> tuple[str, ...]:
         """What ``output_format`` may ask the configured provider for."""
+        from kontext_batch.api.provider import output_formats_of  # noqa: PLC0415 - see TYPE_CHECKING above
+
         return output_formats_of(self.settings.provider)
 
     def key_caps(self) -> dict[str, KeyCaps]:

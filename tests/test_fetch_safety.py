@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from kontext_batch.errors import StorageError, StorageUnavailable, UrlRefused
+from kontext_batch.io.guarded import guarded_transport
 from kontext_batch.io.images import MAX_IMAGE_BYTES
-from kontext_batch.io.netguard import AddressGuard, FetchPolicy, address_problem, guarded_transport
+from kontext_batch.io.netguard import AddressGuard, FetchPolicy, address_problem
 from kontext_batch.io.read import read_url
 from kontext_batch.manifest.images import resolve_image_ref
 from kontext_batch.manifest.validate import validate_manifest

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +100,41 @@ def test_the_steps_a_job_takes_never_import_the_manifest_package() -> None:
     assert "kontext_batch.tasks.submit" in worker_side  # the symlinked packages too
     chains = {m: chain for m in worker_side if (chain := _reaches(graph, m, "kontext_batch.manifest"))}
     assert chains == {}
+
+
+#: What ``run`` does not need before its first submit: the API clients (it never calls the API),
+#: the worker's own modules (the sweeper, the metrics, the health server), the end of a run
+#: (results.csv, the gallery), and rich's live display when the output is no terminal.
+NOT_ON_THE_RUN_START = (
+    "httpx",
+    "tenacity",
+    "rich",
+    "prometheus_client",
+    "kontext_batch.api.client",
+    "kontext_batch.workers.app",
+    "kontext_batch.workers.process",
+    "kontext_batch.steps.complete",
+    "kontext_batch.steps.sweep",
+)
+
+
+@pytest.mark.integration  # a fresh interpreter: a subprocess
+def test_the_start_of_run_loads_neither_the_api_clients_nor_the_worker() -> None:
+    """Given the modules `run` imports up to its first submit (the CLI, the sender's Celery app, the
+    Redis check, the manifest check and the enqueue), when they are imported in a fresh interpreter
+    whose output is a pipe, then none of the modules above is loaded."""
+    code = (
+        "import sys, io\n"
+        "import kontext_batch.cli.commands, kontext_batch.run.enqueue, kontext_batch.manifest.validate\n"
+        "import kontext_batch.workers.schedule, kontext_batch.workers.trust\n"
+        "from kontext_batch.cli.progress import reporter_for\n"
+        "reporter_for(as_json=False, every_s=30.0, stream=io.StringIO(), out=io.StringIO())\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'tenacity', 'rich',"
+        " 'prometheus_client') or m.startswith(('kontext_batch.api.client', 'kontext_batch.workers.',"
+        " 'kontext_batch.steps.')))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    loaded = set(out.split())
+    assert {m for m in loaded if m.startswith(NOT_ON_THE_RUN_START)} == set()
+    assert "kontext_batch.workers.schedule" in loaded  # the check really ran the imports

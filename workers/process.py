@@ -28,7 +28,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, current_app, signals
@@ -38,7 +37,6 @@ from redis.exceptions import RedisError
 from kontext_batch.api.models import MODEL_ENDPOINTS
 from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.coord.holders import BEAT_S
-from kontext_batch.coord.policy import check_policy, read_memory
 from kontext_batch.coord.protocol import PROTOCOL, VERSION, describe, newer
 from kontext_batch.errors import ConfigError, RedisUnavailable
 from kontext_batch.logs import configure_logging
@@ -48,6 +46,7 @@ from kontext_batch.settings import Settings
 from kontext_batch.steps.sweep import sweep
 from kontext_batch.workers.health import Health, serve
 from kontext_batch.workers.schedule import CelerySchedule, celery_runtime
+from kontext_batch.workers.trust import trust_redis
 
 __all__ = ["bind_app", "get_runtime", "health", "init_runtime", "setup_logging", "taking_steps", "trust_redis"]
 
@@ -91,26 +90,6 @@ def init_runtime(settings: Settings, *, metrics_port: int | None = None) -> Runt
     return rt
 
 
-def trust_redis(rt: Runtime, say: Callable[[str], None] | None = None) -> None:
-    """Refuse an evicting Redis (ConfigError: ``worker``, ``run`` and ``retry`` exit 2); say each
-    warning once, to the log or with ``say`` (the CLI's stderr)."""
-    s = rt.settings
-    try:
-        check_redis(s)  # one quick PING: the runtime's client would retry for half a minute
-        mem = read_memory(rt.redis)
-    except (RedisUnavailable, *_REDIS_DOWN):  # a worker that starts before its Redis: the sweeper looks later
-        log.debug("Redis policy: Redis unavailable", exc_info=True)
-        return
-    for warning in check_policy(mem, s.redis_display, allow_eviction=s.redis_allow_eviction, embedded=s.redis_embedded):
-        if warning not in _warned:
-            _warned.add(warning)
-            if say is not None:
-                say(f"warning: {warning}")
-            else:
-                log.warning("%s", warning)
-
-
-_warned: set[str] = set()
 #: How often the sweeper looks at the Redis's policy again (someone may change it under a running fleet).
 POLICY_EVERY_S = 60.0
 

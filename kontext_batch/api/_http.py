@@ -44,7 +44,8 @@ from kontext_batch.errors import (
     ServerError,
 )
 from kontext_batch.io.fetch import fetch, shown_url
-from kontext_batch.io.netguard import DEFAULT_MAX_REDIRECTS, AddressGuard, guarded_transport
+from kontext_batch.io.guarded import guarded_transport
+from kontext_batch.io.netguard import DEFAULT_MAX_REDIRECTS, AddressGuard
 from kontext_batch.secret import Secret
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ def command_settings(ctx: click.Context) -> Settings:
 def trusted(rt: Runtime) -> Runtime:
     """``rt`` once its Redis is one to trust with runs: an evicting one is refused (ConfigError, exit 2),
     and so are live workers of its keys that speak another protocol (a rollout half done)."""
-    from kontext_batch.workers.process import trust_redis  # noqa: PLC0415 - Celery loads only for commands that need it
+    from kontext_batch.workers.trust import trust_redis  # noqa: PLC0415 - Celery loads only for commands that need it
 
     trust_redis(rt, say=say)
     refuse_other_protocols(rt.holders.speakers(rt.held))
@@ -55,14 +55,14 @@ def runtime(settings: Settings) -> Runtime:
     The runtime makes an API client only for a key it is asked to use, so commands that only read
     or change run state need no key.
     """
-    from kontext_batch.workers.app import celery_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
+    from kontext_batch.workers.schedule import sender_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
 
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         # Not always the group's settings: --local and demo talk to a Redis of their own.
         ctx.ensure_object(dict)["runtime_settings"] = settings
     check_redis(settings)
-    return celery_runtime(settings)
+    return sender_runtime(settings)
 
 
 def settings_used(obj: dict[str, object]) -> Settings:

@@ -18,22 +18,21 @@ are counted per worker process (the ``kontext_api_rate_limited`` metric), not pe
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, Protocol
+from typing import IO, TYPE_CHECKING, Final, Protocol
 from urllib.parse import unquote, urlsplit
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from kontext_batch.run.view import Progress, RunOutcome, RunView, passes, view_run
 from kontext_batch.runtime import Runtime
+
+if TYPE_CHECKING:
+    # rich loads only for a live display (~20 ms of the CLI's start): see reporter_for.
+    from rich.console import Console, Group
 
 __all__ = [
     "JsonReporter",
@@ -157,6 +156,11 @@ def look_doc(look: Look) -> dict[str, object]:
 
 def live_frame(look: Look, *, width: int = 100) -> Group:
     """The live display: what a terminal shows, redrawn a few times a second."""
+    from rich.console import Group  # noqa: PLC0415 - see TYPE_CHECKING above
+    from rich.progress_bar import ProgressBar  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
     p, info = look.progress, look.view.info
     head = Text.assemble(("run ", "dim"), (info.id, "bold"), "  ", (info.status, "bold cyan"))
     if look.state[1]:
@@ -204,6 +208,8 @@ class LiveReporter:
     """A rich display on the terminal; its last frame stays on screen when it closes."""
 
     def __init__(self, console: Console) -> None:
+        from rich.live import Live  # noqa: PLC0415 - see TYPE_CHECKING above
+
         self.console = console
         self.live = Live(console=console, auto_refresh=False, transient=False, redirect_stdout=False)
         self.started = False
@@ -258,10 +264,27 @@ def reporter_for(*, as_json: bool, every_s: float, stream: IO[str], out: IO[str]
     """JSON events to ``out``; else a live display when ``stream`` is a terminal, plain lines on it otherwise."""
     if as_json:
         return JsonReporter(lambda s: print(s, file=out, flush=True), every_s)
+    if not _may_be_terminal(stream):
+        return LineReporter(lambda s: print(s, file=stream, flush=True), every_s)
+    from rich.console import Console  # noqa: PLC0415 - see TYPE_CHECKING above
+
     console = Console(file=stream)
     if console.is_terminal and not console.is_dumb_terminal:
         return LiveReporter(console)
     return LineReporter(lambda s: print(s, file=stream, flush=True), every_s)
+
+
+def _may_be_terminal(stream: IO[str]) -> bool:
+    """False when rich's Console would say the stream is no terminal: not a tty, and neither of the
+    variables rich reads to say otherwise is set (``TTY_COMPATIBLE``, ``FORCE_COLOR``). A piped or
+    redirected ``--wait`` then never loads rich."""
+    if "TTY_COMPATIBLE" in os.environ or "FORCE_COLOR" in os.environ:
+        return True
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream: let rich decide, as before
+        return True
 
 
 # --- the end of a run ------------------------------------------------------------------------------

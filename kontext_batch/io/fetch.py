@@ -38,7 +38,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from kontext_batch.errors import ObjectNotFound, ObjectTooLarge, StorageError, StorageUnavailable, UrlRefused
-from kontext_batch.io.netguard import AddressGuard, FetchPolicy, guarded_transport
+from kontext_batch.io.guarded import guarded_transport
+from kontext_batch.io.netguard import AddressGuard, FetchPolicy
 
 __all__ = ["Fetched", "Route", "Translate", "fetch", "read_http", "shown_url"]
 

@@ -16,9 +16,9 @@ IPv4 inside IPv6                  ::ffff:127.0.0.1 and 6to4 (2002::/16) are judg
 ================================  ==============================================================
 
 A host name is resolved and *every* address it has is checked; one refused address refuses the
-host. The check runs inside the connection (:class:`GuardedBackend`), on the addresses the socket
-then connects to, so a DNS answer that changes between check and connect (rebinding) changes
-nothing. ``KONTEXT_ALLOW_PRIVATE_URLS`` (:attr:`FetchPolicy.allow_private`) turns the check off,
+host. The check runs inside the connection (:class:`~kontext_batch.io.guarded.GuardedBackend`), on
+the addresses the socket then connects to, so a DNS answer that changes between check and connect
+(rebinding) changes nothing. ``KONTEXT_ALLOW_PRIVATE_URLS`` (:attr:`FetchPolicy.allow_private`) turns the check off,
 for intranet image hosts and tests.
 
 A guarded transport goes straight to the host: environment proxies are not used for it (a proxy
@@ -29,14 +29,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import ssl
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
-
-import httpcore
-import httpx
 
 from kontext_batch.errors import UrlRefused
 
@@ -47,10 +42,8 @@ __all__ = [
     "ALLOW_PRIVATE_HINT",
     "AddressGuard",
     "FetchPolicy",
-    "GuardedBackend",
     "Resolver",
     "address_problem",
-    "guarded_transport",
     "is_loopback_host",
     "system_resolver",
 ]
@@ -142,55 +135,10 @@ class AddressGuard:
 
     def check_url(self, url: str) -> list[str]:
         """:meth:`resolve` for the host of ``url``; raises UrlRefused for a URL without a host."""
+        import httpx  # noqa: PLC0415 - only a URL's check needs it; the manifest check of local files does not
+
         parsed = httpx.URL(url)
         if not parsed.host:
             raise UrlRefused(f"no host in {url!r}")
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         return self.resolve(parsed.host, port)
-
-
-class GuardedBackend(httpcore.SyncBackend):
-    """httpcore's socket backend, connecting only to addresses the guard allowed for the host."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            addresses = self._guard.resolve(host, port)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        last: Exception = httpcore.ConnectError(f"{host} has no address")
-        options = list(socket_options or ())
-        for address in addresses:  # the checked addresses themselves: no second lookup to rebind
-            try:
-                return super().connect_tcp(address, port, timeout, local_address, options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        raise last
-
-
-def guarded_transport(
-    guard: AddressGuard, *, limits: httpx.Limits | None = None, ssl_context: ssl.SSLContext | None = None
-) -> httpx.HTTPTransport:
-    """An httpx transport whose every connection goes through :class:`GuardedBackend`; with
-    ``ssl_context``, its TLS connections share that context (loading the CA bundle takes ~5 ms)."""
-    limits = limits or httpx.Limits()
-    ctx = ssl_context or httpx.create_ssl_context()
-    transport = httpx.HTTPTransport(limits=limits, verify=ctx)
-    # httpx offers no public hook for the network backend, so its pool is rebuilt around ours.
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=ctx,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=GuardedBackend(guard),
-    )
-    return transport

@@ -16,7 +16,6 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from kontext_batch.errors import ObjectNotFound, ObjectTooLarge, StorageError
-from kontext_batch.io.fetch import read_http
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.io.stores import CLOUD_SCHEMES, ObjectStore, open_store, split_scheme, translate_error
 
@@ -130,6 +129,8 @@ def read_url(
     """
     scheme = split_scheme(url)
     if scheme in ("http", "https"):
+        from kontext_batch.io.fetch import read_http  # noqa: PLC0415 - httpx loads for the first URL read, not at start
+
         return read_http(url, timeout_s, max_bytes, fetch or FetchPolicy())
     if scheme == "" and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", url):
         raise StorageError(f"cannot read {url!r}: not a path or a URL this tool reads")

@@ -29,6 +29,7 @@ if __package__ in (None, ""):
     # `python benchmarks/run.py`: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.kills import KillsFigures, run_kills
 from benchmarks.measure import (
     PROFILE_ENV,
     BaselineFigures,
@@ -64,6 +65,7 @@ PARTS = (
     "bfl-loop",
     "asyncio-lognormal",
     "enqueue",
+    "kills",
 )
 WEBHOOK_DROP_RATE = 0.1
 
@@ -88,6 +90,7 @@ class Targets:
     worker_cpu_ms = 8.0  # issue 22
     webhook_polls = 0.0
     webhook_drop_polls = 0.3
+    kill_ratio = 1.2  # issue 22: 10 worker kills and a Redis restart, against the quiet run
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class Plan:
     baseline_lognormal: Scenario
     webhook: Scenario
     enqueue: tuple[tuple[int, int], ...]  # (rows, shared images)
+    kills: Scenario
+    kill_count: int = 10
 
     def system(self, name: str) -> Scenario:
         return next(s for s in self.systems if s.name == name)
@@ -143,6 +148,8 @@ def make_plan(a: argparse.Namespace) -> Plan:
             "lognormal-real", a.baseline_lognormal_rows, "pro", 24, LatencySpec.lognormal(5.0, 0.4)
         ),
         webhook=Scenario("webhook", a.n_webhook, "pro", 24, fixed),
+        kills=Scenario("kills", a.n_kills, "pro", 24, fixed),
+        kill_count=a.kill_count,
         enqueue=((a.enqueue_rows, 0),) + (((a.enqueue_images_rows, a.enqueue_images),) if a.enqueue_images else ()),
     )
 
@@ -170,6 +177,7 @@ def build_rows(
     *,
     webhooks: dict[str, WebhookFigures | str] | None = None,
     machine_info: dict[str, Any] | None = None,
+    kills: KillsFigures | None = None,
 ) -> list[Row]:
     """The table's rows. ``webhooks`` maps "webhook" / "webhook-drop" to figures or why they did not run."""
     rows: list[Row] = []
@@ -288,6 +296,16 @@ def build_rows(
         limit = t.webhook_polls if key == "webhook" else t.webhook_drop_polls
         value = f"{got.polls_per_job:.2f} ({got.succeeded}/{got.n} rows, webhooks sent {got.webhooks_sent})"
         add(figure, got.describe, value, target, all_rows and got.polls_per_job <= limit + 1e-9)
+    if kills is not None:
+        q, k = kills.quiet, kills.killed
+        faults = f"{k.kills_done} of {kills.kills_planned} kills, {k.restarts_done} Redis restart(s)"
+        all_done = q.succeeded == k.succeeded == kills.n and k.kills_done == kills.kills_planned and k.restarts_done
+        value = f"{kills.ratio:.3f} ({k.user_wall_s:.1f}s / quiet {q.user_wall_s:.1f}s; {faults})"
+        met = all_done and kills.ratio <= t.kill_ratio
+        add("10 kill ratio, start -> exit", kills.describe, value, f"<= {t.kill_ratio:g}, all rows", bool(met))
+        for run, what in ((q, "quiet"), (k, "with kills")):
+            paid = f"{run.succeeded}/{kills.n} rows, {run.emulator_tasks} emulator tasks, {run.rejected_429} 429s"
+            add(f"10 kills: {what}", kills.describe, paid)
     for name in ("asyncio", "bfl-loop"):
         if (b := baselines.get(name)) is not None:
             what = f"{b.name}: {b.scenario}" + (f" (ran {b.rows}, extrapolated)" if b.extrapolated_to else "")
@@ -361,6 +379,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pool-keys", type=int, default=4, help="keys of the pool run, each with cap 24")
     p.add_argument("--n-pool3", type=int, help="rows of the 3-key pool run (720)")
     p.add_argument("--n-webhook", type=int, help="rows of each webhook run (240)")
+    p.add_argument("--n-kills", type=int, help="rows of each kills run, quiet and with kills (600)")
+    p.add_argument("--kill-count", type=int, default=10, help="worker SIGKILLs in the kills run")
     p.add_argument("--latency", type=float, default=1.0, help="fixed task latency in seconds")
     p.add_argument("--bfl-rows", type=int, help="rows the BFL loop runs before extrapolating (20)")
     p.add_argument("--baseline-lognormal-rows", type=int, help="rows of the asyncio run on lognormal latency (72)")
@@ -395,6 +415,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "n_pool": (1920, 384),
         "n_pool3": (720, 144),
         "n_webhook": (240, 48),
+        "n_kills": (600, 240),
         "bfl_rows": (20, 5),
         "baseline_lognormal_rows": (72, 24),
         "enqueue_rows": (1_000_000, 20_000),
@@ -433,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     baselines: dict[str, BaselineFigures] = {}
     webhooks: dict[str, WebhookFigures | str] = {}
     enqueue: list[EnqueueFigures] = []
+    kills: KillsFigures | None = None
     started = time.monotonic()
 
     def note(msg: str) -> None:
@@ -462,6 +484,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     webhooks[key] = run_webhook(
                         plan.webhook, url, work, workers=a.workers, concurrency=a.concurrency, drop_rate=rate
                     )
+        if "kills" in only:
+            ks = plan.kills
+            note(f"kills: {ks.describe()} quiet, then {plan.kill_count} worker kills and a Redis restart")
+            kills = run_kills(ks, work, workers=a.workers, concurrency=a.concurrency, kills=plan.kill_count)
+            q, k = kills.quiet, kills.killed
+            note(
+                f"  quiet {q.user_wall_s:.1f}s, with kills {k.user_wall_s:.1f}s, ratio {kills.ratio:.3f}; "
+                f"kills done {k.kills_done}/{plan.kill_count} at {k.kill_offsets_s}, restarts {k.restarts_done} "
+                f"at {k.restart_offset_s}; rows {q.succeeded}/{k.succeeded} of {ks.n}; emulator tasks "
+                f"{q.emulator_tasks}/{k.emulator_tasks}; 429s {q.rejected_429}/{k.rejected_429}"
+            )
         pro, logn = plan.system("pro"), plan.baseline_lognormal
         if "asyncio" in only:
             note(f"baseline asyncio: {pro.describe()}")
@@ -486,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     m["loadavg_at_end"] = loadavg()
-    rows = build_rows(systems, baselines, enqueue, webhooks=webhooks, machine_info=m)
+    rows = build_rows(systems, baselines, enqueue, webhooks=webhooks, machine_info=m, kills=kills)
     print(render_table(rows))
     print(f"\n{m['platform']}" + (f"; profiled (cProfile in {prof}): figures include its cost" if prof else ""))
     for s in systems.values():
@@ -511,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "baselines": {k: v.to_json() for k, v in baselines.items()},
         "webhooks": {k: v if isinstance(v, str) else v.to_json() for k, v in webhooks.items()},
         "enqueue": [e.to_json() for e in enqueue],
+        "kills": kills.to_json() if kills is not None else None,
         "elapsed_s": round(elapsed, 1),
     }
     a.json.write_text(json.dumps(doc, indent=1) + "\n")

@@ -158,6 +158,7 @@ def _one_run(
             if restart_redis is not None:
                 events.append((spread_s / 2, "restart"))
             run = KillRun(0.0, 0, 0, 0, 0, 0)
+            restarter: threading.Thread | None = None
             for at, what in sorted(events):
                 thread.join(max(0.0, t0 + at - time.time()))
                 if not thread.is_alive():
@@ -167,10 +168,14 @@ def _one_run(
                     run.kills_done += 1
                     run.kill_offsets_s.append(round(time.time() - t0, 2))
                 elif restart_redis is not None:
-                    restart_redis()
+                    # In its own thread: Redis is down for seconds, and the kills keep their schedule meanwhile.
+                    restarter = threading.Thread(target=restart_redis, name="kills-redis-restart", daemon=True)
+                    restarter.start()
                     run.restarts_done += 1
                     run.restart_offset_s = round(time.time() - t0, 2)
             thread.join()
+            if restarter is not None:
+                restarter.join()
             got = result[0]
             if isinstance(got, BaseException):
                 raise got

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.kills import KillRun, KillsFigures
 from benchmarks.measure import BaselineFigures, EnqueueFigures, Phases, Scenario, SystemFigures, pct, phases
 from benchmarks.run import build_rows, make_plan, parse_args, render_table
 from kontext_batch.emulator import LatencySpec
@@ -221,3 +222,25 @@ def test_worker_cpu_is_held_to_the_issues_8_ms() -> None:
         cpu = _line(table, "8 worker CPU per job")
         assert "<= 8 " in cpu
         assert cpu.endswith(verdict)
+
+
+def _kills(*, quiet_s: float, killed_s: float, kills_done: int = 10, succeeded: int = 600) -> KillsFigures:
+    quiet = KillRun(quiet_s, 600, 600, 0, 0, 0)
+    killed = KillRun(killed_s, succeeded, 612, 3, kills_done, 1)
+    return KillsFigures(describe="pro C=24 L=1s N=600", n=600, kills_planned=10, quiet=quiet, killed=killed)
+
+
+def test_the_kill_ratio_is_held_to_12_with_every_row_and_every_kill() -> None:
+    assert (parse_args([]).n_kills, parse_args(["--quick"]).n_kills) == (600, 240)
+    for figures, verdict in (
+        (_kills(quiet_s=30.0, killed_s=35.0), "met"),
+        (_kills(quiet_s=30.0, killed_s=37.0), "MISSED"),  # 1.23
+        (_kills(quiet_s=30.0, killed_s=35.0, kills_done=7), "MISSED"),  # the run ended before 10 kills
+        (_kills(quiet_s=30.0, killed_s=35.0, succeeded=599), "MISSED"),
+    ):
+        table = render_table(build_rows({}, {}, [], kills=figures)).splitlines()
+        line = _line(table, "10 kill ratio")
+        assert line.endswith(f"| {verdict}"), line
+        assert f"{figures.killed.kills_done} of 10 kills, 1 Redis restart" in line
+    assert "612 emulator tasks, 3 429s" in _line(table, "10 kills: with kills")
+    assert not any(r.figure.startswith("10 ") for r in build_rows({}, {}, []))

@@ -48,6 +48,7 @@ class KillRun:
     restarts_done: int
     kill_offsets_s: list[float] = field(default_factory=list)  # from the command's start
     restart_offset_s: float | None = None
+    task_executions: int = 0  # every delivered Celery message: the re-drives of killed workers' steps show here
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -188,6 +189,7 @@ def _one_run(
     run.succeeded = info.counts.get("succeeded", 0)
     run.emulator_tasks = int(stats["tasks_created"])
     run.rejected_429 = int(stats["rejected_429"])
+    run.task_executions = int(info.meta.get("task_executions", 0))
     return run
 
 

@@ -304,7 +304,10 @@ def build_rows(
         met = all_done and kills.ratio <= t.kill_ratio
         add("10 kill ratio, start -> exit", kills.describe, value, f"<= {t.kill_ratio:g}, all rows", bool(met))
         for run, what in ((q, "quiet"), (k, "with kills")):
-            paid = f"{run.succeeded}/{kills.n} rows, {run.emulator_tasks} emulator tasks, {run.rejected_429} 429s"
+            paid = (
+                f"{run.succeeded}/{kills.n} rows, {run.emulator_tasks} emulator tasks, {run.rejected_429} 429s, "
+                f"{run.task_executions} task executions"
+            )
             add(f"10 kills: {what}", kills.describe, paid)
     for name in ("asyncio", "bfl-loop"):
         if (b := baselines.get(name)) is not None:
@@ -493,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  quiet {q.user_wall_s:.1f}s, with kills {k.user_wall_s:.1f}s, ratio {kills.ratio:.3f}; "
                 f"kills done {k.kills_done}/{plan.kill_count} at {k.kill_offsets_s}, restarts {k.restarts_done} "
                 f"at {k.restart_offset_s}; rows {q.succeeded}/{k.succeeded} of {ks.n}; emulator tasks "
-                f"{q.emulator_tasks}/{k.emulator_tasks}; 429s {q.rejected_429}/{k.rejected_429}"
+                f"{q.emulator_tasks}/{k.emulator_tasks}; 429s {q.rejected_429}/{k.rejected_429}; "
+                f"task executions {q.task_executions}/{k.task_executions}"
             )
         pro, logn = plan.system("pro"), plan.baseline_lognormal
         if "asyncio" in only:

@@ -242,5 +242,5 @@ def test_the_kill_ratio_is_held_to_12_with_every_row_and_every_kill() -> None:
         line = _line(table, "10 kill ratio")
         assert line.endswith(f"| {verdict}"), line
         assert f"{figures.killed.kills_done} of 10 kills, 1 Redis restart" in line
-    assert "612 emulator tasks, 3 429s" in _line(table, "10 kills: with kills")
+    assert "612 emulator tasks, 3 429s, 0 task executions" in _line(table, "10 kills: with kills")
     assert not any(r.figure.startswith("10 ") for r in build_rows({}, {}, []))

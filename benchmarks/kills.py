@@ -1,22 +1,21 @@
 """The kills case of issue 22: the same run twice, quiet and with worker SIGKILLs and a Redis restart.
 
-Both runs get their own AOF Redis (as docker-compose runs it), a fresh emulator and fresh workers, and
-are timed as a user times them: ``kontext-batch run MANIFEST -o OUT --wait`` from its start to its exit.
+Both runs share one AOF Redis (as docker-compose runs it), flushed between them, and get a fresh
+emulator and fresh workers each; both are timed as a user times them: ``kontext-batch run MANIFEST
+-o OUT --wait`` from its start to its exit.
 The kills are spread over the quiet run's wall (so they land inside the run, not after it): kill ``i``
 SIGKILLs worker ``i mod workers`` and starts a fresh one in its place (``WorkerPool.restart``), as a
 supervisor would. The Redis restart (SIGTERM, the AOF kept, a new server on the same port and folder
-after a pause) is at the middle, as ``tests/test_faults.py``'s ``restartable_redis`` does it.
+after a pause: :func:`~kontext_batch.run.local.restartable_redis`, as the fault suite's) is at the middle.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import functools
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,13 @@ import redis
 from benchmarks.manifest_gen import write_manifest
 from benchmarks.measure import BenchWorkerPool, CliRun, Scenario, _wait_for_workers, run_cli
 from kontext_batch.emulator import Emulator
-from kontext_batch.run.local import embedded_redis, free_port
+from kontext_batch.run.local import restartable_redis
 from kontext_batch.settings import Settings
 from kontext_batch.workers.app import celery_runtime
 
 __all__ = ["KillRun", "KillsFigures", "run_kills"]
 
-#: How long Redis stays down between the old server's exit and the new one's start (as in tests/test_faults.py).
+#: How long Redis stays down between the old server's exit and the new one's start (the fault suite's pause too).
 REDIS_DOWN_S = 2.0
 
 
@@ -76,41 +75,6 @@ class KillsFigures:
             "quiet": self.quiet.to_json(),
             "killed": self.killed.to_json(),
         }
-
-
-def _wait_gone(pid: int, port: int, timeout_s: float = 15) -> None:
-    """Until ``pid`` has exited (a zombie of ours counts) and nothing listens on ``port``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            state = "gone"
-        if state in ("Z", "X", "gone"):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) != 0:
-                    return
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server {pid} still up on port {port} after {timeout_s:.0f} s")
-
-
-@contextlib.contextmanager
-def _restartable_redis(workdir: Path) -> Iterator[tuple[str, Callable[[], None]]]:
-    """An AOF Redis on a fixed port; yields its URL and ``restart()`` (SIGTERM, pause, the same port and AOF)."""
-    port = free_port()
-    with contextlib.ExitStack() as stack:
-        url = stack.enter_context(embedded_redis(appendonly=True, port=port, workdir=str(workdir)))
-
-        def restart() -> None:
-            admin = redis.Redis.from_url(url, socket_connect_timeout=1)
-            pid = int(admin.info("server")["process_id"])
-            admin.close()
-            os.kill(pid, signal.SIGTERM)
-            _wait_gone(pid, port)
-            time.sleep(REDIS_DOWN_S)
-            stack.enter_context(embedded_redis(appendonly=True, port=port, workdir=str(workdir)))
-
-        yield url, restart
 
 
 def _one_run(
@@ -200,7 +164,8 @@ def run_kills(sc: Scenario, work: Path, *, workers: int, concurrency: int, kills
     once per process (``celery_runtime``) and keeps its first broker URL.
     """
     (work / "kills-redis").mkdir(parents=True, exist_ok=True)
-    with _restartable_redis(work / "kills-redis") as (url, restart_redis):
+    with restartable_redis(str(work / "kills-redis"), down_s=REDIS_DOWN_S) as (url, restart):
+        restart_redis = functools.partial(restart, signal.SIGTERM)
         opts: dict[str, Any] = {"workers": workers, "concurrency": concurrency}
         quiet = _one_run(sc, work / f"{sc.name}-quiet", url, None, kills=0, spread_s=0.0, **opts)
         flush = redis.Redis.from_url(url)

@@ -13,16 +13,12 @@ the leak guard.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import signal
-import socket
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +33,7 @@ from kontext_batch.coord.runs import RunInfo, RunStore
 from kontext_batch.coord.slots import Slots
 from kontext_batch.emulator import EmulatorConfig, LatencySpec
 from kontext_batch.io.stores import open_store
-from kontext_batch.run.local import embedded_redis, free_port
+from kontext_batch.run.local import restartable_redis
 from tests import fault_figures
 from tests.e2e_support import (
     E2E_KEY,
@@ -261,30 +257,6 @@ def test_workers_killed_mid_run_lose_and_duplicate_nothing(redis_url: str, tmp_p
 # -- 2. Redis restarted -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def restartable_redis(workdir: str) -> Iterator[tuple[str, Any]]:
-    """An AOF Redis (as docker-compose runs it) on a fixed port; yields its URL and ``restart(sig)``.
-
-    ``restart`` stops the server with ``sig`` and, after 2 s, starts a new one on the same port and
-    folder, which loads the AOF. Every server started here is stopped on exit.
-    """
-    port = free_port()
-    with contextlib.ExitStack() as stack:
-        url = stack.enter_context(embedded_redis(appendonly=True, port=port, workdir=workdir))
-        url0 = url.rsplit("/", 1)[0] + "/0"
-
-        def restart(sig: signal.Signals) -> None:
-            admin = redis.Redis.from_url(url0, socket_connect_timeout=1)
-            pid = int(admin.info("server")["process_id"])
-            admin.close()
-            os.kill(pid, sig)
-            _wait_gone(pid, port)
-            time.sleep(2.0)
-            stack.enter_context(embedded_redis(appendonly=True, port=port, workdir=workdir))
-
-        yield url, restart
-
-
 def _check_workers(system: System, log_dir: Path) -> None:
     """A worker must ride out the outage (Celery reconnects), not exit: nothing restarts it here.
 
@@ -307,22 +279,6 @@ def _worker_deaths(log_dir: Path) -> str:
                 out.append(f"{log.name}: " + "\n".join([line, *lines[max(i + 1, end - 6) : end]]))
                 break
     return "\n".join(out)
-
-
-def _wait_gone(pid: int, port: int, timeout_s: float = 15) -> None:
-    """Until ``pid`` has exited (a zombie of ours counts) and nothing listens on ``port``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            state = "gone"
-        if state in ("Z", "X", "gone"):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) != 0:
-                    return
-        time.sleep(0.05)
-    raise AssertionError(f"redis-server {pid} did not stop within {timeout_s:.0f} s")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

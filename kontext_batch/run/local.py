@@ -36,6 +36,7 @@ __all__ = [
     "interrupts",
     "local_stack",
     "redis_server_binary",
+    "restartable_redis",
 ]
 
 EMULATOR_KEY: Final = "emulator-key"
@@ -110,6 +111,45 @@ def embedded_redis(*, appendonly: bool = False, port: int | None = None, workdir
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             _stop(proc)
+
+
+@contextlib.contextmanager
+def restartable_redis(workdir: str, *, down_s: float = 2.0) -> Iterator[tuple[str, Callable[[signal.Signals], None]]]:
+    """An AOF Redis (as docker-compose runs it) on a fixed port, for fault drills: yields its URL and
+    ``restart(sig)``, which stops the server with ``sig`` and, ``down_s`` later, starts a new one on
+    the same port and folder that loads the AOF. Every server started here is stopped on exit."""
+    import redis  # noqa: PLC0415 - only a drill needs a client here
+
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(embedded_redis(appendonly=True, port=port, workdir=workdir))
+
+        def restart(sig: signal.Signals) -> None:
+            admin = redis.Redis.from_url(url, socket_connect_timeout=1)
+            pid = int(admin.info("server")["process_id"])
+            admin.close()
+            os.kill(pid, sig)
+            _wait_gone(pid, port)
+            time.sleep(down_s)
+            stack.enter_context(embedded_redis(appendonly=True, port=port, workdir=workdir))
+
+        yield url, restart
+
+
+def _wait_gone(pid: int, port: int, timeout_s: float = 15) -> None:
+    """Until ``pid`` has exited (a zombie of ours counts) and nothing listens on ``port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = "gone"
+        if state in ("Z", "X", "gone"):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) != 0:
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server {pid} still up on port {port} after {timeout_s:.0f} s")
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:

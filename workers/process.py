@@ -31,8 +31,6 @@ import time
 from typing import Any
 
 from celery import Celery, current_app, signals
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import RedisError
 
 from kontext_batch.api.models import MODEL_ENDPOINTS
 from kontext_batch.coord.connection import check_redis, explain
@@ -46,7 +44,7 @@ from kontext_batch.settings import Settings
 from kontext_batch.steps.sweep import sweep
 from kontext_batch.workers.health import Health, serve
 from kontext_batch.workers.schedule import CelerySchedule, celery_runtime
-from kontext_batch.workers.trust import trust_redis
+from kontext_batch.workers.trust import REDIS_DOWN, trust_redis
 
 __all__ = ["bind_app", "get_runtime", "health", "init_runtime", "setup_logging", "taking_steps", "trust_redis"]
 
@@ -123,9 +121,6 @@ def get_runtime() -> Runtime:
     return _runtime
 
 
-_REDIS_DOWN = (RedisError, KombuOperationalError, OSError)
-
-
 def _heartbeat() -> None:
     # Its own thread: a slow sweep must never make this process look dead and lose its slots.
     beats = 0
@@ -141,7 +136,7 @@ def _heartbeat() -> None:
                 if beats % PROTOCOL_EVERY_BEATS == 0:
                     _step_aside_if_outdated(rt)
             health.beat_ok()
-        except _REDIS_DOWN:  # the sweeper says so, once per outage; the next beat tries again
+        except REDIS_DOWN:  # the sweeper says so, once per outage; the next beat tries again
             log.debug("heartbeat: Redis unavailable", exc_info=True)
         except Exception:
             log.warning("heartbeat failed; trying again in %.0f s", BEAT_S, exc_info=True)
@@ -187,7 +182,7 @@ def _pump() -> None:
     while not _stop.is_set():
         try:
             scheduler.pump(_stop, on_round=lambda: health.round("delays"))
-        except _REDIS_DOWN:  # the sweeper says so, once per outage
+        except REDIS_DOWN:  # the sweeper says so, once per outage
             log.debug("delay pump: Redis unavailable", exc_info=True)
             _stop.wait(1.0)
         except Exception:
@@ -204,7 +199,7 @@ def _sweeper() -> None:
         try:
             policy_at = _look_at_policy(rt, policy_at)
             sweep(rt)
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             # Redis down or restarting: one line when it starts, one when it ends, not a traceback a second.
             if not down:
                 log.error("%s; the sweeper keeps trying", explain(exc, rt.settings))  # noqa: TRY400 - no traceback
@@ -264,12 +259,12 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
         rt.provider_for(fp)
     try:  # before the first beat, which lets this process take rows: its first polls are timed warm
         rt.planner.warm(rt.latencies.load(MODEL_ENDPOINTS.values()))
-    except _REDIS_DOWN:  # cold, then: the first shares read the windows
+    except REDIS_DOWN:  # cold, then: the first shares read the windows
         log.debug("latency windows: Redis unavailable", exc_info=True)
     try:
         rt.beat()
         health.beat_ok()
-    except _REDIS_DOWN:  # not ready until a beat gets through; the heartbeat thread keeps trying
+    except REDIS_DOWN:  # not ready until a beat gets through; the heartbeat thread keeps trying
         log.debug("first heartbeat: Redis unavailable", exc_info=True)
     threading.Thread(target=_heartbeat, name="kontext-heartbeat", daemon=True).start()
     threading.Thread(target=_sweeper, name="kontext-sweeper", daemon=True).start()

@@ -42,15 +42,14 @@ class LatencyLog:
             self.read_in(pipe, ep)
         return {ep: got for ep, raw in zip(names, pipe.execute(), strict=True) if (got := self.parse(raw))}
 
-    def add_in(self, pipe: Pipeline, endpoint: str, durations_s: Sequence[float]) -> int:
-        """Queue ``durations_s`` onto the endpoint's window; returns how many replies that adds."""
+    def add_in(self, pipe: Pipeline, endpoint: str, durations_s: Sequence[float]) -> None:
+        """Queue ``durations_s`` onto the endpoint's window (nothing when there are none)."""
         if not durations_s:
-            return 0
+            return
         key = self.keys.latency(endpoint)
         pipe.lpush(key, *(f"{d:.4f}" for d in durations_s))
         pipe.ltrim(key, 0, self.window - 1)
         pipe.expire(key, LATENCY_TTL_S)
-        return 3
 
     def read_in(self, pipe: Pipeline, endpoint: str) -> None:
         """Queue a read of the endpoint's window (its reply goes to :meth:`parse`)."""

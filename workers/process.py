@@ -1,13 +1,16 @@
-"""Per-process state of a worker: the runtime (created once), its logging, HTTP endpoints, its three
+"""Per-process state of a worker: the runtime (created once), its logging, HTTP endpoints, its four
 threads, and how it shuts down.
 
-Three threads run in every worker besides Celery's. The heartbeat says, about every second, that
+Four threads run in every worker besides Celery's. The heartbeat says, about every second, that
 this process is alive and which API keys it holds (only then do its keys take rows, and its jobs
 keep their slots). The sweeper, each second, re-drives jobs whose holder died or whose message is
 overdue, fills free slots, and finalizes complete runs. It is idempotent (Lua scripts), so several
 workers sweeping at once is harmless. The delay pump sends delayed steps as they fall due
-(:class:`~kontext_batch.workers.schedule.CelerySchedule`). Each loop's rounds feed the liveness
-probe, and each heartbeat that reaches Redis the readiness probe (:mod:`kontext_batch.workers.health`).
+(:class:`~kontext_batch.workers.schedule.CelerySchedule`). The nudge listener fills free slots the
+moment a run's rows wait (:mod:`kontext_batch.coord.nudges`), so a new run's first wave goes out
+with no sweep to wait for and no Celery to load in the CLI. Each loop's rounds but the listener's
+(a hint: the sweeper covers what it misses) feed the liveness probe, and each heartbeat that
+reaches Redis the readiness probe (:mod:`kontext_batch.workers.health`).
 
 On SIGTERM (a rolling update, a scale-down) the worker shuts down warm: readiness turns 503 at once,
 Celery stops taking messages, a step message that still arrives is handed back to its queue
@@ -31,24 +34,39 @@ import time
 from typing import Any
 
 from celery import Celery, current_app, signals
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from kontext_batch.api.models import MODEL_ENDPOINTS
 from kontext_batch.coord.connection import check_redis, explain
 from kontext_batch.coord.holders import BEAT_S
+from kontext_batch.coord.nudges import NudgeWatch
 from kontext_batch.coord.protocol import PROTOCOL, VERSION, describe, newer
-from kontext_batch.errors import ConfigError, RedisUnavailable
+from kontext_batch.errors import ConfigError, KontextBatchError, RedisUnavailable
 from kontext_batch.logs import configure_logging
 from kontext_batch.metrics import MeteredTransport
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
+from kontext_batch.steps.dispatch import dispatch
 from kontext_batch.steps.sweep import sweep
 from kontext_batch.workers.health import Health, serve
 from kontext_batch.workers.schedule import CelerySchedule, celery_runtime
-from kontext_batch.workers.trust import REDIS_DOWN, trust_redis
+from kontext_batch.workers.trust import trust_redis
 
-__all__ = ["bind_app", "get_runtime", "health", "init_runtime", "setup_logging", "taking_steps", "trust_redis"]
+__all__ = [
+    "bind_app",
+    "dispatch_on_nudges",
+    "get_runtime",
+    "health",
+    "init_runtime",
+    "setup_logging",
+    "taking_steps",
+    "trust_redis",
+]
 
 log = logging.getLogger("kontext_batch.worker")
+#: What a Redis (or the broker on it) that is down or restarting raises in a worker's threads.
+REDIS_DOWN = (RedisError, KombuOperationalError, OSError)
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 _app: Celery | None = None
@@ -213,6 +231,25 @@ def _sweeper() -> None:
             down = False
 
 
+def dispatch_on_nudges(rt: Runtime, stop: threading.Event) -> None:
+    """Dispatch the rows each nudge announces, the moment it comes (the sweeper would, within a
+    second), until ``stop`` is set: the body of the worker's nudge listener."""
+    watch = NudgeWatch(rt.redis, rt.keys)
+    try:
+        while not stop.is_set():
+            for pool_id, endpoint in sorted(watch.wait(SWEEP_INTERVAL_S)):
+                try:
+                    dispatch(rt, pool_id, endpoint)
+                except REDIS_DOWN:  # the sweeper says so, once per outage
+                    log.debug("nudge for %s/%s: Redis unavailable", pool_id, endpoint, exc_info=True)
+                except KontextBatchError as exc:  # an unknown pool: nothing of ours waits there
+                    log.debug("nudge for %s/%s ignored: %s", pool_id, endpoint, exc)
+                except Exception:  # the thread must not end: without it, rows wait for the sweeper
+                    log.warning("dispatch on a nudge failed; the sweeper tries again", exc_info=True)
+    finally:
+        watch.close()
+
+
 @signals.celeryd_after_setup.connect
 def _check_redis(**_: Any) -> None:
     """Say once, in words, why a worker that cannot use its Redis waits (Celery retries meanwhile)."""
@@ -269,6 +306,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=_heartbeat, name="kontext-heartbeat", daemon=True).start()
     threading.Thread(target=_sweeper, name="kontext-sweeper", daemon=True).start()
     threading.Thread(target=_pump, name="kontext-delays", daemon=True).start()
+    threading.Thread(target=dispatch_on_nudges, args=(rt, _stop), name="kontext-nudges", daemon=True).start()
 
 
 @signals.worker_shutdown.connect

@@ -17,7 +17,7 @@ from kontext_batch.settings import Settings
 from kontext_batch.workers.config import configure
 from kontext_batch.workers.queues import POLL_TASK, SUBMIT_TASK, key_queues
 
-__all__ = ["CelerySchedule", "celery_runtime", "sender_runtime"]
+__all__ = ["CelerySchedule", "celery_runtime"]
 
 
 class _Sent:
@@ -106,20 +106,3 @@ def celery_runtime(app: Celery, settings: Settings) -> Runtime:
     r = connect_redis(settings.effective_redis_url, tls=tls_options(settings))
     schedule = CelerySchedule(configure(app, settings), DelayQueue(r, Keys()))
     return Runtime.create(settings, schedule, redis_client=r)
-
-
-_sender: Celery | None = None
-
-
-def sender_runtime(settings: Settings) -> Runtime:
-    """A runtime for a process that only sends steps (the CLI): a Celery app of its own, configured
-    as the workers' is (:func:`~kontext_batch.workers.config.configure`).
-
-    Tasks go by name, so it needs neither the tasks nor :mod:`kontext_batch.workers.app`, whose
-    import loads the worker's modules (the sweeper, the metrics, the API clients): ~115 ms of
-    ``run``'s ~375 ms of imports on a quiet machine.
-    """
-    global _sender  # noqa: PLW0603 - one app per process, as the workers have
-    if _sender is None:
-        _sender = Celery("kontext_batch")
-    return celery_runtime(_sender, settings)

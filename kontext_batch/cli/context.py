@@ -55,7 +55,7 @@ def runtime(settings: Settings) -> Runtime:
     The runtime makes an API client only for a key it is asked to use, so commands that only read
     or change run state need no key.
     """
-    from kontext_batch.workers.schedule import sender_runtime  # noqa: PLC0415 - Celery loads only for commands that need it
+    from kontext_batch.workers.sender import sender_runtime  # noqa: PLC0415 - the worker package only for commands that need it
 
     ctx = click.get_current_context(silent=True)
     if ctx is not None:

@@ -98,6 +98,12 @@ class Keys:
         """The pub/sub channel on which a run's end is announced (:mod:`kontext_batch.coord.ends`); no key."""
         return f"{self.ns}:run:{run_id}:ended"
 
+    def rows_waiting(self, db: int) -> str:
+        """The pub/sub channel on which newly waiting rows of database ``db`` are announced
+        (:mod:`kontext_batch.coord.nudges`); no key. Pub/sub spans a server's databases: without the
+        number, a worker of another database would hear, and be counted as having heard."""
+        return f"{self.ns}:rows-waiting:{db}"
+
     def finalizing(self, run_id: str) -> str:
         return f"{self.ns}:run:{run_id}:finalizing"
 

@@ -13,7 +13,7 @@ from kontext_batch.errors import ConfigError
 from kontext_batch.jobspec import JobSpec
 from kontext_batch.run.view import passes
 from kontext_batch.runtime import Runtime
-from kontext_batch.steps.dispatch import dispatch
+from kontext_batch.steps.dispatch import hand_over
 
 __all__ = ["cancel_run", "gone_line", "prune_runs", "refuse_gone", "retry_run"]
 
@@ -123,7 +123,7 @@ def retry_run(
     sync_demand(rt.redis, rt.keys, rt.runs)
     for endpoint, refs in by_endpoint.items():
         rt.slots.enqueue(pool_id, endpoint, refs, jobs={r: carried[r] for r in refs if r in carried})
-        dispatch(rt, pool_id, endpoint)
+        hand_over(rt, pool_id, endpoint)
     return len(reopened)
 
 

@@ -64,7 +64,7 @@ from kontext_batch.manifest.reader import detect_format
 from kontext_batch.manifest.staging import StagedImage, stage_image
 from kontext_batch.manifest.validate import CheckedRow, ValidationReport, iter_checked_rows
 from kontext_batch.runtime import Runtime
-from kontext_batch.steps.dispatch import dispatch
+from kontext_batch.steps.dispatch import hand_over
 
 __all__ = ["QueuedRun", "RunRequest", "done_rows", "start_run"]
 
@@ -341,7 +341,7 @@ class _Enqueue:
         # Before the first dispatch: with no worker running, this is what starts one (KEDA).
         sync_demand(rt.redis, rt.keys, rt.runs)
         for endpoint in self.waiting:
-            dispatch(rt, self.pool_id, endpoint)
+            hand_over(rt, self.pool_id, endpoint)
         if rt.runs.info(run_id).ndone >= out.total:
             # Rare (every row invalid or skipped), so the end of a run loads only then: not on the start.
             from kontext_batch.steps.complete import finalize  # noqa: PLC0415

@@ -10,10 +10,11 @@ from __future__ import annotations
 import random
 
 from kontext_batch.coord.jobs import Grant
+from kontext_batch.coord.nudges import nudge
 from kontext_batch.coord.slots import KeySlot
 from kontext_batch.runtime import Runtime
 
-__all__ = ["dispatch", "live_slots"]
+__all__ = ["dispatch", "hand_over", "live_slots"]
 
 
 def live_slots(rt: Runtime, pool_id: str, endpoint: str) -> list[KeySlot]:
@@ -46,3 +47,10 @@ def dispatch(
     for g in grants:
         rt.scheduler.submit(g.ref, g.token, g.fp)
     return kept
+
+
+def hand_over(rt: Runtime, pool_id: str, endpoint: str) -> None:
+    """Rows just queued: a nudge has the listening workers dispatch them at once
+    (:mod:`kontext_batch.coord.nudges`); with none listening, they are dispatched here."""
+    if nudge(rt.redis, rt.keys, pool_id, endpoint) == 0:
+        dispatch(rt, pool_id, endpoint)

@@ -14,13 +14,14 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Final
-
-from PIL import Image, ImageOps, UnidentifiedImageError
+from typing import TYPE_CHECKING, Final
 
 from kontext_batch.errors import InvalidImage, ObjectTooLarge
 from kontext_batch.io.netguard import FetchPolicy
 from kontext_batch.io.read import read_url
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -57,6 +58,9 @@ class ImageInfo:
 
 def _open(data: bytes) -> Image.Image:
     """Open without decoding pixels; Pillow's own bomb guard is replaced by our 20 MP check."""
+    # Pillow loads with the first image (~15 ms): not on the start of a CLI run of text-only rows.
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -70,6 +74,8 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _load(im: Image.Image) -> None:
+    from PIL import Image  # noqa: PLC0415 - loaded by _open already
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -133,6 +139,8 @@ def normalise_image(data: bytes) -> tuple[bytes, str]:
     Otherwise applies the EXIF orientation, converts to 8-bit RGB(A)/L and re-encodes: photos
     (JPEG sources without alpha) as JPEG quality 95, the rest as PNG. Raises InvalidImage.
     """
+    from PIL import ImageOps  # noqa: PLC0415 - loaded by _open already
+
     im = _open(data)
     fmt = "JPEG" if im.format == "MPO" else (im.format or "")
     sixteen = _is_16bit(im)  # before getexif(): reading a PNG's EXIF decodes it and drops the tile

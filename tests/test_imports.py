@@ -103,9 +103,16 @@ def test_the_steps_a_job_takes_never_import_the_manifest_package() -> None:
 
 
 #: What ``run`` does not need before its first submit: the API clients (it never calls the API),
-#: the worker's own modules (the sweeper, the metrics, the health server), the end of a run
-#: (results.csv, the gallery), and rich's live display when the output is no terminal.
+#: Celery and its broker (the workers send the first wave on a nudge), Pillow (no image in a
+#: text-only manifest), the worker's own modules (the sweeper, the metrics, the health server), the
+#: end of a run (results.csv, the gallery), and rich's live display when the output is no terminal.
 NOT_ON_THE_RUN_START = (
+    "celery",
+    "kombu",
+    "amqp",
+    "PIL",
+    "kontext_batch.workers.schedule",
+    "kontext_batch.workers.config",
     "httpx",
     "tenacity",
     "rich",
@@ -120,21 +127,22 @@ NOT_ON_THE_RUN_START = (
 
 @pytest.mark.integration  # a fresh interpreter: a subprocess
 def test_the_start_of_run_loads_neither_the_api_clients_nor_the_worker() -> None:
-    """Given the modules `run` imports up to its first submit (the CLI, the sender's Celery app, the
+    """Given the modules `run` imports up to its first submit (the CLI, the sender's runtime, the
     Redis check, the manifest check and the enqueue), when they are imported in a fresh interpreter
     whose output is a pipe, then none of the modules above is loaded."""
     code = (
         "import sys, io\n"
         "import kontext_batch.cli.commands, kontext_batch.run.enqueue, kontext_batch.manifest.validate\n"
-        "import kontext_batch.workers.schedule, kontext_batch.workers.trust\n"
+        "import kontext_batch.workers.sender, kontext_batch.workers.trust\n"
         "from kontext_batch.cli.progress import reporter_for\n"
         "reporter_for(as_json=False, every_s=30.0, stream=io.StringIO(), out=io.StringIO())\n"
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'tenacity', 'rich',"
-        " 'prometheus_client') or m.startswith(('kontext_batch.api.client', 'kontext_batch.workers.',"
+        " 'prometheus_client', 'celery', 'kombu', 'amqp', 'PIL') or m.startswith(('kontext_batch.api.client',"
+        " 'kontext_batch.workers.',"
         " 'kontext_batch.steps.')))))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     loaded = set(out.split())
     assert {m for m in loaded if m.startswith(NOT_ON_THE_RUN_START)} == set()
-    assert "kontext_batch.workers.schedule" in loaded  # the check really ran the imports
+    assert "kontext_batch.workers.sender" in loaded  # the check really ran the imports

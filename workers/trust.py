@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from kontext_batch.coord.connection import check_redis
@@ -18,11 +17,9 @@ from kontext_batch.coord.policy import check_policy, read_memory
 from kontext_batch.errors import RedisUnavailable
 from kontext_batch.runtime import Runtime
 
-__all__ = ["REDIS_DOWN", "trust_redis"]
+__all__ = ["trust_redis"]
 
 log = logging.getLogger("kontext_batch.worker")
-#: What a Redis (or the broker on it) that is down or restarting raises, to the CLI and the workers alike.
-REDIS_DOWN = (RedisError, KombuOperationalError, OSError)
 
 
 def trust_redis(rt: Runtime, say: Callable[[str], None] | None = None) -> None:
@@ -32,7 +29,7 @@ def trust_redis(rt: Runtime, say: Callable[[str], None] | None = None) -> None:
     try:
         check_redis(s)  # one quick PING: the runtime's client would retry for half a minute
         mem = read_memory(rt.redis)
-    except (RedisUnavailable, *REDIS_DOWN):  # a worker that starts before its Redis: the sweeper looks later
+    except (RedisUnavailable, RedisError, OSError):  # a worker that starts before its Redis: the sweeper looks later
         log.debug("Redis policy: Redis unavailable", exc_info=True)
         return
     for warning in check_policy(mem, s.redis_display, allow_eviction=s.redis_allow_eviction, embedded=s.redis_embedded):

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Final
 
 import click
-from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
 from kontext_batch.cli.context import (
@@ -452,6 +451,13 @@ def _why(exc: OSError | UnicodeDecodeError) -> str:
     return exc.strerror or str(exc)
 
 
+def _redis_errors() -> tuple[type[Exception], ...]:
+    """What a Redis lost after the start-up check raises: RedisError, and kombu's OperationalError
+    once Celery is loaded. A ``run`` whose workers send its first wave never loads it (~10 ms)."""
+    kombu_errors = sys.modules.get("kombu.exceptions")
+    return (RedisError,) if kombu_errors is None else (RedisError, kombu_errors.OperationalError)
+
+
 def main() -> None:
     """The console script: the group, with run-level errors as one ``error:`` line and exit 2."""
     obj: dict[str, object] = {}  # the group's context object: the settings the command used land here
@@ -460,7 +466,7 @@ def main() -> None:
     except KontextBatchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    except (RedisError, KombuOperationalError) as exc:
+    except _redis_errors() as exc:
         # Redis went away after the start-up check (mid-follow, say): the same one line, no traceback,
         # naming the Redis the command used (--redis-url counts, and --local's own).
         click.echo(f"error: {explain(exc, settings_used(obj))}", err=True)

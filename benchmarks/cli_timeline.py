@@ -64,10 +64,11 @@ def instrument() -> None:
     import kontext_batch.coord.ends as ends  # noqa: PLC0415
     import kontext_batch.run.enqueue as enqueue  # noqa: PLC0415
     import kontext_batch.run.view as view  # noqa: PLC0415
-    import kontext_batch.workers.schedule as schedule  # noqa: PLC0415
+    import kontext_batch.steps.dispatch as dispatch  # noqa: PLC0415
+    import kontext_batch.workers.sender as sender  # noqa: PLC0415
     import kontext_batch.workers.trust as trust  # noqa: PLC0415
 
-    MARKS.append(("imports done (the CLI, Celery)", time.time()))
+    MARKS.append(("imports done (the CLI; Celery loads only if the CLI sends a step)", time.time()))
     for owner, name, label in (
         (context, "check_redis", "runtime: check_redis (PING)"),
         (trust, "trust_redis", "trusted: trust_redis (eviction policy, persistence)"),
@@ -82,8 +83,9 @@ def instrument() -> None:
         (enqueue._Enqueue, "_valid", "    _valid (spec, skip check)"),
         (enqueue._Enqueue, "_flush", "    _flush (Redis writes)"),
         (enqueue._Enqueue, "_queue", "    _queue (wait lists, demand, dispatch)"),
-        (enqueue, "dispatch", "      dispatch (slots granted, submit messages sent)"),
-        (schedule.CelerySchedule, "send", "      CelerySchedule.send (one Celery publish)"),
+        (enqueue, "hand_over", "      hand_over (a nudge to the workers; dispatch here if none heard it)"),
+        (dispatch, "dispatch", "        dispatch here (slots granted, submit messages sent)"),
+        (sender, "_celery_schedule", "        Celery loaded and configured for a send"),
         (watch, "follow_run", "follow_run (--wait)"),
         (watch, "take_look", "  take_look (one look's reads)"),
         (ends.EndWatch, "wait", "  EndWatch.wait (the --wait look interval; cut short by the run's end)"),

@@ -18,12 +18,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from redis.exceptions import NoPermissionError
 
 from kontext_batch.run.local import free_port
 from tests.conftest import unavailable
@@ -213,3 +214,16 @@ def tls_args(pki: Pki, *, auth_clients: bool = False) -> tuple[str, ...]:
         "--tls-auth-clients",
         "yes" if auth_clients else "no",
     )
+
+
+class NoPubSub:
+    """A Redis client that refuses pub/sub, as one of an ACL user without channel rights does (NOPERM)."""
+
+    class connection_pool:  # the attribute of a redis-py client that says its database
+        connection_kwargs: ClassVar[dict[str, object]] = {"db": 3}
+
+    def pubsub(self, **_: object) -> None:
+        raise NoPermissionError("this user has no permissions to access one of the channels")
+
+    def publish(self, *_: object) -> None:
+        raise NoPermissionError("this user has no permissions to access one of the channels")

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis.exceptions import NoPermissionError
 
-from kontext_batch.coord import nudges
+from kontext_batch.coord import subscription
 from kontext_batch.coord.keys import Keys
 from kontext_batch.coord.nudges import NudgeWatch, nudge
 from kontext_batch.run.enqueue import RunRequest, start_run
@@ -21,6 +20,7 @@ from kontext_batch.workers.process import dispatch_on_nudges
 from kontext_batch.workers.sender import sender_runtime
 from tests.e2e_support import write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime
+from tests.redis_servers import NoPubSub
 
 KEYS = Keys()
 
@@ -104,19 +104,6 @@ def _wait_for_listener(r: redis.Redis) -> None:
         time.sleep(0.01)
 
 
-class _NoPubSub:
-    """A Redis that refuses pub/sub, as an ACL user without channel rights does (NOPERM)."""
-
-    class connection_pool:  # the attribute of a redis-py client that says its database
-        connection_kwargs: dict[str, object] = {"db": 3}
-
-    def pubsub(self, **_: object) -> None:
-        raise NoPermissionError("this user has no permissions to access one of the channels")
-
-    def publish(self, *_: object) -> None:
-        raise NoPermissionError("this user has no permissions to access one of the channels")
-
-
 @pytest.mark.unit
 def test_a_redis_refusing_pub_sub_leaves_the_rows_to_the_clis_own_dispatch_and_the_sweepers(
     monkeypatch: pytest.MonkeyPatch,
@@ -124,9 +111,9 @@ def test_a_redis_refusing_pub_sub_leaves_the_rows_to_the_clis_own_dispatch_and_t
     """Refused, a nudge counts as heard by nobody (the CLI then dispatches itself), and a listener
     sleeps out each wait (the sweeper dispatches) instead of failing or spinning."""
     slept: list[float] = []
-    monkeypatch.setattr(nudges.time, "sleep", slept.append)
-    assert nudge(_NoPubSub(), KEYS, "pool-a", "flux-kontext-pro") == 0  # type: ignore[arg-type]
-    watch = NudgeWatch(_NoPubSub(), KEYS)  # type: ignore[arg-type]
+    monkeypatch.setattr(subscription.time, "sleep", slept.append)
+    assert nudge(NoPubSub(), KEYS, "pool-a", "flux-kontext-pro") == 0  # type: ignore[arg-type]
+    watch = NudgeWatch(NoPubSub(), KEYS)  # type: ignore[arg-type]
     assert watch.wait(0.5) == set()
     assert len(slept) == 1
     assert 0 < slept[0] <= 0.5

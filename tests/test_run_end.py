@@ -9,10 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from redis.exceptions import NoPermissionError
 
 from kontext_batch.cli import main
-from kontext_batch.coord import ends
+from kontext_batch.coord import subscription
 from kontext_batch.coord.ends import EndWatch, announce_end
 from kontext_batch.coord.keys import Keys
 from kontext_batch.emulator import Emulator, EmulatorConfig, LatencySpec
@@ -22,6 +21,7 @@ from kontext_batch.secret import Secret
 from kontext_batch.settings import Settings
 from tests.e2e_support import write_csv
 from tests.pipeline_support import InlineScheduler, inline_runtime
+from tests.redis_servers import NoPubSub
 
 
 @pytest.mark.integration
@@ -73,24 +73,14 @@ def test_the_console_script_leaves_its_heap_frozen_for_the_interpreters_exit(
     assert "Usage:" in capsys.readouterr().out
 
 
-class _NoPubSub:
-    """A Redis that refuses pub/sub, as an ACL without channel rights does (NOPERM)."""
-
-    def pubsub(self, **_: object) -> None:
-        raise NoPermissionError("this user has no permissions to access one of the channels")
-
-    def publish(self, *_: object) -> None:
-        raise NoPermissionError("this user has no permissions to access one of the channels")
-
-
 @pytest.mark.unit
 def test_a_redis_refusing_pub_sub_leaves_the_periodic_look_and_ends_the_run_all_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(ends.time, "sleep", slept.append)
-    announce_end(_NoPubSub(), Keys(), "RUN-1")  # type: ignore[arg-type]  # never raises: the run has ended
-    with EndWatch(_NoPubSub(), Keys(), "RUN-1") as watch:  # type: ignore[arg-type]
+    monkeypatch.setattr(subscription.time, "sleep", slept.append)
+    announce_end(NoPubSub(), Keys(), "RUN-1")  # type: ignore[arg-type]  # never raises: the run has ended
+    with EndWatch(NoPubSub(), Keys(), "RUN-1") as watch:  # type: ignore[arg-type]
         assert watch.wait(0.5) is False
     assert len(slept) == 1  # the whole interval, slept as before
     assert 0 < slept[0] <= 0.5

@@ -11,16 +11,14 @@ restart in between) still sees the end at its next periodic look, which is why i
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from types import TracebackType
-from typing import Any
 
 import redis
 from redis.exceptions import RedisError
 
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.subscription import Subscription
 
 __all__ = ["EndWatch", "announce_end"]
 
@@ -43,42 +41,14 @@ class EndWatch:
     subscribes again at the next wait (an end announced in between is seen by the next look)."""
 
     def __init__(self, r: redis.Redis, keys: Keys, run_id: str) -> None:
-        self._r, self._channel = r, keys.run_ended(run_id)
-        self._ps: Any = None
-        self._subscribe()
-
-    def _subscribe(self) -> None:
-        try:
-            ps = self._r.pubsub(ignore_subscribe_messages=True)
-            ps.subscribe(self._channel)
-            self._ps = ps
-        except (RedisError, OSError) as exc:
-            log.debug("not subscribed to %s (%s): looking every interval only", self._channel, exc)
+        self._sub = Subscription(r, keys.run_ended(run_id))
 
     def wait(self, timeout_s: float) -> bool:
         """Up to ``timeout_s``; True when the run's end was announced meanwhile."""
-        deadline = time.monotonic() + timeout_s
-        if self._ps is None:
-            self._subscribe()
-        while self._ps is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                # None also for the subscription's own confirmation: wait on until the deadline.
-                if self._ps.get_message(timeout=left) is not None:
-                    return True
-            except (RedisError, OSError) as exc:
-                log.debug("subscription to %s lost (%s): looking every interval only", self._channel, exc)
-                self.close()
-        time.sleep(max(0.0, deadline - time.monotonic()))
-        return False
+        return bool(self._sub.messages(timeout_s))
 
     def close(self) -> None:
-        ps, self._ps = self._ps, None
-        if ps is not None:
-            with contextlib.suppress(RedisError, OSError):
-                ps.close()
+        self._sub.close()
 
     def __enter__(self) -> EndWatch:
         return self

@@ -16,16 +16,14 @@ dispatches the rows itself, as before.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import time
-from typing import Any
 
 import redis
 from redis.exceptions import RedisError
 
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.subscription import Subscription
 
 __all__ = ["NudgeWatch", "nudge"]
 
@@ -51,51 +49,14 @@ class NudgeWatch:
     the timeout and subscribes again at the next wait: the sweeper covers what it missed."""
 
     def __init__(self, r: redis.Redis, keys: Keys) -> None:
-        self._r, self._channel = r, keys.rows_waiting(_db(r))
-        self._ps: Any = None
-        self._subscribe()
-
-    def _subscribe(self) -> None:
-        try:
-            ps = self._r.pubsub(ignore_subscribe_messages=True)
-            ps.subscribe(self._channel)
-            self._ps = ps
-        except (RedisError, OSError) as exc:
-            log.debug("not subscribed to %s (%s): rows wait for the sweeper", self._channel, exc)
-
-    @property
-    def subscribed(self) -> bool:
-        return self._ps is not None
+        self._sub = Subscription(r, keys.rows_waiting(_db(r)))
 
     def wait(self, timeout_s: float) -> set[tuple[str, str]]:
-        """The pairs announced until the first one arrives (and any queued behind it), or the timeout."""
-        deadline = time.monotonic() + timeout_s
-        if self._ps is None:
-            self._subscribe()
-        got: set[tuple[str, str]] = set()
-        while self._ps is not None and not got:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return got
-            try:
-                msg = self._ps.get_message(timeout=left)
-                while msg is not None:
-                    pair = _pair(msg.get("data"))
-                    if pair is not None:
-                        got.add(pair)
-                    msg = self._ps.get_message(timeout=0)
-            except (RedisError, OSError) as exc:
-                log.debug("subscription to %s lost (%s): rows wait for the sweeper", self._channel, exc)
-                self.close()
-        if self._ps is None:
-            time.sleep(max(0.0, deadline - time.monotonic()))
-        return got
+        """The pairs announced until the first message arrives (and any queued behind it), or the timeout."""
+        return {pair for data in self._sub.messages(timeout_s) if (pair := _pair(data)) is not None}
 
     def close(self) -> None:
-        ps, self._ps = self._ps, None
-        if ps is not None:
-            with contextlib.suppress(RedisError, OSError):
-                ps.close()
+        self._sub.close()
 
 
 def _db(r: redis.Redis) -> int:

@@ -55,6 +55,15 @@ class Scheduler(Protocol):
     def poll(self, ref: str, token: int, fp: str, *, countdown_s: float = 0.0) -> None: ...
 
 
+#: How the state client rides out a Redis restart: a command that fails is tried again 0.1, 0.3 and
+#: 0.7 s later, then every 0.5 s, ~34 s in all. The cap is short because every step thread, the
+#: sweeper and the delay pump wait in this loop: with the 2 s cap it had, a 2 s restart held them
+#: until 3.1 s after the loss (tries at 1.5 s, Redis not yet back, then 3.1 s). A try is one connect
+#: that fails at once (refused) or after ``socket_connect_timeout``: no hot loop, and no log line.
+RETRY_BACKOFF_CAP_S = 0.5
+RETRIES = 70
+
+
 def connect_redis(url: str, *, tls: Mapping[str, Any] | None = None) -> redis.Redis:
     """A pooled client that rides out a Redis restart: reconnects with backoff for ~30 s.
 
@@ -64,7 +73,7 @@ def connect_redis(url: str, *, tls: Mapping[str, Any] | None = None) -> redis.Re
     """
     return make_client(
         url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
+        retry=Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=0.05), retries=RETRIES),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=15,
         socket_connect_timeout=5,

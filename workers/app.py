@@ -16,11 +16,12 @@ from celery import Celery
 
 from kontext_batch.runtime import Runtime
 from kontext_batch.settings import Settings
-from kontext_batch.workers import config, process, schedule
+from kontext_batch.workers import config, process, reconnect, schedule
 
 __all__ = ["app", "celery_runtime", "configure"]
 
-app = Celery("kontext_batch", include=["kontext_batch.tasks.submit", "kontext_batch.tasks.poll"])
+# amqp: its connections reconnect on the schedule in the transport options (workers/reconnect.py).
+app = Celery("kontext_batch", amqp=reconnect.AMQP, include=["kontext_batch.tasks.submit", "kontext_batch.tasks.poll"])
 config.configure(app, Settings.from_env())
 process.bind_app(app)
 

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.faults
 
 DOWN_S = 6.0
 #: Seconds from Redis answering again to the worker answering a ping: ~2.3 with the worker's
-#: schedule, ~7.3 with kombu's.
-BACK_WITHIN_S = 4.5
+#: schedule, ~7.3 with kombu's. The bound leaves a busy 2-core machine 3 s of room and still fails
+#: kombu's schedule by ~2 s.
+BACK_WITHIN_S = 5.5
 
 
 def _answers_ping(app: Celery, timeout_s: float) -> bool:

@@ -41,7 +41,8 @@ def test_a_nudge_is_heard_by_the_listeners_of_its_database_only(redis_url: str) 
     other = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{other_db}")
     watch, elsewhere = NudgeWatch(r, KEYS), NudgeWatch(other, KEYS)
     try:
-        time.sleep(0.05)  # SUBSCRIBE is not confirmed before it returns
+        _wait_for_listener(r)  # SUBSCRIBE is not confirmed before it returns: a sleep races a busy machine
+        _wait_for_listener(other)  # so that the silence elsewhere below means something
         assert nudge(r, KEYS, "pool-a", "flux-kontext-pro") == 1
         r.publish(KEYS.rows_waiting(int(r.connection_pool.connection_kwargs["db"])), b"not json")
         assert watch.wait(5) == {("pool-a", "flux-kontext-pro")}

@@ -70,7 +70,7 @@ def reseller_body(endpoint: str, request: KontextRequest) -> dict[str, Any]:
     if bad:
         raise RequestInvalid(bad)
     body: dict[str, Any] = {"model": reseller_model(endpoint)}
-    body.update(request.model_dump(exclude_none=True, exclude={"webhook_url", "webhook_secret"}))
+    body.update((k, v) for k, v in request.set_fields().items() if k not in ("webhook_url", "webhook_secret"))
     return body
 
 

@@ -234,7 +234,7 @@ def build_row(row: int, raw: dict[str, str], ctx: RowContext) -> RowOutcome:  # 
 
     if errors or request is None:
         return RowOutcome(row, None, errors, raw)
-    typed = request.model_dump(include=set(params), exclude_none=True)
+    typed = {name: value for name, value in request.set_fields().items() if name in params}
     manifest_row = ManifestRow(
         row=row,
         id=row_id,

@@ -28,7 +28,6 @@ import re
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from typing import Any, Final, Literal
 
 from kontext_batch.api.reasons import api_message, cut
@@ -51,8 +50,9 @@ __all__ = [
 
 OutputFormat = Literal["jpeg", "png", "webp"]
 
-ASPECT_MAX: Final = Fraction(21, 9)
-ASPECT_MIN: Final = Fraction(9, 21)
+#: The widest and the tallest ratio the API takes, as (width, height).
+ASPECT_MAX: Final = (21, 9)
+ASPECT_MIN: Final = (9, 21)
 PROMPT_MAX_CHARS: Final = 10_000
 WEBHOOK_URL_MAX_CHARS: Final = 2083
 INPUT_IMAGE_FIELDS: Final = ("input_image", "input_image_2", "input_image_3", "input_image_4")
@@ -81,7 +81,8 @@ def parse_aspect_ratio(value: str) -> tuple[int, int]:
     w, h = int(m.group(1)), int(m.group(2))
     if w == 0 or h == 0:
         raise ValueError(f"aspect ratio sides must be positive, got {value!r}")
-    if not ASPECT_MIN <= Fraction(w, h) <= ASPECT_MAX:
+    # 9/21 <= w/h <= 21/9, in integers (fractions' import was 2.5 ms of the CLI's start).
+    if not (ASPECT_MIN[0] * h <= ASPECT_MIN[1] * w and ASPECT_MAX[1] * w <= ASPECT_MAX[0] * h):
         raise ValueError(f"aspect ratio must be between 21:9 and 9:21, got {value!r}")
     return w, h
 

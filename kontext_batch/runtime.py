@@ -38,7 +38,7 @@ from kontext_batch.settings import Settings
 from kontext_batch.steps.timing import PollPlanner
 
 if TYPE_CHECKING:
-    # The API clients (httpx, tenacity, pydantic's request model) load on a key's first use: the
+    # The API clients (httpx, tenacity) load on a key's first use: the
     # CLI's ``run`` never calls the API, and they were ~155 ms of its ~375 ms of imports.
     from kontext_batch.api._http import TransportWrapper
     from kontext_batch.api.provider import KontextProvider

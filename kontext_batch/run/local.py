@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ __all__ = [
     "local_stack",
     "redis_server_binary",
     "restartable_redis",
+    "steady_port",
 ]
 
 EMULATOR_KEY: Final = "emulator-key"
@@ -58,6 +60,35 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS starts at 49152
+
+
+def steady_port() -> int:
+    """A free loopback port for a server that must come back on the same port after a restart.
+
+    :func:`free_port` hands out a port from the kernel's ephemeral range, the one that port-0 binds
+    (an emulator, a worker's metrics server) and outgoing connections draw from: while a restarted
+    server is down, any of them may be given its port, and the new server cannot bind (a kills
+    benchmark beside the fault suite ended with "Connection refused", 2026-12-06). This port is
+    below that range, which only an explicit bind takes.
+    """
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
 
 
 def redis_server_binary() -> str:
@@ -120,7 +151,7 @@ def restartable_redis(workdir: str, *, down_s: float = 2.0) -> Iterator[tuple[st
     the same port and folder that loads the AOF. Every server started here is stopped on exit."""
     import redis  # noqa: PLC0415 - only a drill needs a client here
 
-    port = free_port()
+    port = steady_port()
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(embedded_redis(appendonly=True, port=port, workdir=workdir))
 

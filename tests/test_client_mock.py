@@ -865,3 +865,21 @@ def test_make_provider_needs_a_key_and_a_known_provider() -> None:
         make_provider(Settings(api_base=BASE))
     with pytest.raises(ConfigError):
         make_provider(Settings(api_key=Secret(KEY), provider="other"))
+
+
+# -- cookies --------------------------------------------------------------------------------------
+
+
+def test_a_cookie_an_answer_sets_is_never_sent_back() -> None:
+    # No host we talk to needs one, and a jar would carry one host's state into the next request.
+    set_cookie = {"set-cookie": "session=abc123; Path=/; Domain=api.eu2.bfl.ai"}
+    server = Server(
+        httpx.Response(200, json=ok_submit().json(), headers=set_cookie),
+        httpx.Response(200, json=poll_body("Pending").json(), headers=set_cookie),
+        poll_body("Pending"),
+    )
+    client = bfl(server)
+    client.poll(client.submit("pro", REQ).polling_url)
+    client.poll(POLL_URL)
+    assert len(server.requests) == 3
+    assert [r.headers.get("cookie") for r in server.requests] == [None, None, None]

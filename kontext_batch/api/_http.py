@@ -43,6 +43,7 @@ from kontext_batch.errors import (
     ObjectTooLarge,
     ServerError,
 )
+from kontext_batch.io.cookieless import CookielessClient
 from kontext_batch.io.fetch import fetch, shown_url
 from kontext_batch.io.guarded import guarded_transport
 from kontext_batch.io.netguard import DEFAULT_MAX_REDIRECTS, AddressGuard
@@ -111,14 +112,17 @@ class HttpCore:
             injected = False
         else:
             injected = transport is not None
-        self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport)
+        self.http: httpx.Client = http or CookielessClient(
+            timeout=httpx.Timeout(timeout_s), limits=POOL_LIMITS, transport=transport
+        )
         self._owns_delivery = not (http is not None or injected or allow_private)
         if self._owns_delivery:
             guard, ctx = AddressGuard(), self._ssl_context()
             guarded: httpx.BaseTransport = PerThreadTransport(
                 lambda: guarded_transport(guard, limits=THREAD_POOL_LIMITS, ssl_context=ctx)
             )
-            self.delivery = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=wrap(guarded) if wrap else guarded)
+            delivery = wrap(guarded) if wrap else guarded
+            self.delivery: httpx.Client = CookielessClient(timeout=httpx.Timeout(timeout_s), transport=delivery)
         else:
             self.delivery = self.http
 

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from kontext_batch.errors import ObjectNotFound, ObjectTooLarge, StorageError, StorageUnavailable, UrlRefused
+from kontext_batch.io.cookieless import CookielessClient
 from kontext_batch.io.guarded import guarded_transport
 from kontext_batch.io.netguard import AddressGuard, FetchPolicy
 
@@ -203,7 +204,7 @@ def _http_client(allow_private: bool) -> httpx.Client:
         held = _http.get(allow_private)
         if held is None or held[0] != os.getpid():
             transport = None if allow_private else guarded_transport(AddressGuard())
-            held = _http[allow_private] = (os.getpid(), httpx.Client(follow_redirects=False, transport=transport))
+            held = _http[allow_private] = (os.getpid(), CookielessClient(follow_redirects=False, transport=transport))
         return held[1]
 
 

@@ -5,9 +5,9 @@ channel is still used twice: closing it re-queues unacked messages, and a task t
 acks its message on it. Both build a Redis client from a transport already torn down
 (``connection.client`` is None), raise AttributeError, and the worker exits ("Unrecoverable
 error"). Here the channel says what that is, a connection error, which kombu already handles on
-both paths (close ignores it; ack logs it). The messages concerned stay unacked in Redis and come
-back after ``visibility_timeout``; by then their fencing tokens are stale, and the sweeper will have
-re-driven any job that still needed them.
+both paths (close ignores it; ack logs it). The messages concerned are not handed back (there is no
+ack emulation in Redis: workers/config.py); the sweeper re-drives any job that still needed them,
+with a new fencing token.
 
 It also reuses one Redis client per channel for publishes and acks, where kombu builds a new one
 each time (see :meth:`Channel.conn_or_acquire`).

@@ -2,11 +2,14 @@
 
 Why these settings:
 - threads pool: every task waits on HTTP; one process holds dozens of jobs in flight.
-- acks_late + reject_on_worker_lost: a job whose worker dies is delivered again; tasks are idempotent
-  (fencing tokens, results written once), so a second delivery does no harm.
-- visibility_timeout an hour: a redelivered message is stale by then (fencing tokens). Delayed steps
-  wait in our Redis delay queue, not as countdown messages; a killed worker's jobs are re-driven
-  within seconds by the sweeper (its heartbeat stops).
+- acks_late: a message is acknowledged once its step ran; tasks are idempotent (fencing tokens,
+  results written once), so a second delivery does no harm.
+- no ack emulation in Redis: kombu would write every delivered message into an ``unacked`` hash
+  and index (and delete it again on ack, two more round trips a step) so that, an hour after a
+  worker died with it, the message could be delivered again, stale by then (fencing tokens). A
+  killed worker's jobs are re-driven within seconds by the sweeper (its heartbeat stops); delayed
+  steps wait in our Redis delay queue, not as countdown messages. A warm shutdown still hands back
+  what it took and did not start: kombu restores a channel's unacked messages when it closes.
 - no result backend, no chords: completion is counted in Redis by the pipeline.
 - our Redis transport (workers/broker.py) keeps a worker alive through a Redis restart, and
   broker_connection_max_retries=None keeps it retrying through an outage of any length, on the
@@ -32,7 +35,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
     held_queues = [q for k in settings.held_keys for q in key_queues(k.fingerprint)]
     url, transport = settings.effective_redis_url, "kontext_batch.workers.broker:Transport"
     options: dict[str, object] = {
-        "visibility_timeout": 3600,
+        "ack_emulation": False,
         "socket_keepalive": True,
         "socket_connect_timeout": 5,
         **RECONNECT_SCHEDULE,

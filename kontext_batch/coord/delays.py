@@ -1,8 +1,8 @@
 """Delayed task messages, kept in Redis until due, then sent by whichever worker pumps them first.
 
 A poll due in 0.8 s could be a Celery countdown message instead, but a countdown message waits in
-the memory of the worker that reserved it: when that worker is killed, the message is gone until
-the broker's visibility timeout (an hour) and its job stalls until the sweeper notices. Kept here,
+the memory of the worker that reserved it: when that worker is killed, the message is gone and its
+job stalls until the sweeper notices its message overdue (a grace past when it was due). Kept here,
 a due message is taken (atomically, by one pump) and sent the moment it is due, so a killed worker
 loses only the steps it was running, which the sweeper re-drives within seconds. A pump sleeps
 until the next message is due (at most half a second, since other processes push too) or until its

@@ -1,5 +1,9 @@
 """A run's spending limit: every submit reserves its price first, and none starts that would pass it.
 
+The reservation is made by the submit's own write before its POST (:meth:`~kontext_batch.coord.jobs.Jobs.submitting`,
+``lua/reserve.lua``): one script, so a reservation is never left behind by a job that turned out to
+be another step's, and the submit waits on one round trip less.
+
 Per run, in credits: ``budget`` (absent: no limit), ``spent`` (what the API reported, or the price
 table's figure for a task that reported nothing) and ``reserved`` (submits under way and tasks whose
 cost is not known yet). A reservation succeeds only while ``spent + reserved + price <= budget``,
@@ -9,17 +13,14 @@ at the price table's figure: spend passes the budget only by what the API charge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 import redis
 from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys
-from kontext_batch.coord.redisio import decode, lua
+from kontext_batch.coord.redisio import decode
 
 __all__ = ["Budget", "Spend"]
-
-_RESERVE: Final = lua("reserve.lua")
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,12 @@ class Budget:
     def __init__(self, r: redis.Redis, keys: Keys) -> None:
         self.r = r
         self.keys = keys
-        self._reserve = r.register_script(_RESERVE)
 
     def set(self, run_id: str, budget: float | None) -> None:
         if budget is None:
             self.r.hdel(self.keys.budget(run_id), "budget")
         else:
             self.r.hset(self.keys.budget(run_id), "budget", str(budget))
-
-    def reserve(self, run_id: str, price: float) -> bool:
-        """Hold ``price`` credits for one submit; False when that would go past the budget."""
-        return bool(self._reserve(keys=[self.keys.budget(run_id)], args=[str(price)]))
 
     def settle(self, run_id: str, reserved: float, spent: float) -> None:
         """A reservation of ``reserved`` became a cost of ``spent`` (0 when no task was created)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import redis
 from redis.client import Pipeline
@@ -38,13 +38,18 @@ from redis.client import Pipeline
 from kontext_batch.coord.keys import Keys, split_slot_id
 from kontext_batch.coord.redisio import decode, eval_in, existing, lua, now_ms
 
-__all__ = ["Grant", "Jobs", "StaleJob"]
+__all__ = ["Grant", "Jobs", "StaleJob", "Submitting"]
+
+#: What :meth:`Jobs.submitting` did: wrote and reserved, or neither (another step's job; no room in
+#: the run's budget).
+Submitting = Literal["written", "fenced", "over budget"]
 
 # Each of these renews the job's leases, so each opens with renew.lua's function.
 _RENEW: Final = lua("renew.lua")
 _CLAIM: Final = _RENEW + lua("claim.lua")
 _UPDATE: Final = _RENEW + lua("update.lua")
 _CLAIM_EXPIRED: Final = _RENEW + lua("claim_expired.lua")
+_SUBMITTING: Final = lua("reserve.lua") + lua("submitting.lua")
 _WEBHOOK: Final = lua("webhook.lua")
 
 
@@ -94,6 +99,7 @@ class Jobs:
         self._claim = r.register_script(_CLAIM)
         self._update = r.register_script(_UPDATE)
         self._claim_expired = r.register_script(_CLAIM_EXPIRED)
+        self._submitting = r.register_script(_SUBMITTING)
         self._webhook = r.register_script(_WEBHOOK)
 
     # -- one step of a job -------------------------------------------------------------------------
@@ -134,6 +140,14 @@ class Jobs:
     def update(self, ref: str, held: int | str, **fields: Any) -> bool:
         """Write job fields if the step still holds token ``held``. False: a newer step owns the job."""
         return self._fenced(ref, held, "", fields)
+
+    def submitting(self, ref: str, held: int | str, run_id: str, price: float, **fields: Any) -> Submitting:
+        """The write before a submit's POST, if the step still holds token ``held``, and ``price``
+        reserved in the run's budget (:mod:`~kontext_batch.coord.budget`), together or not at all."""
+        pairs = [v for k, val in fields.items() for v in (k, str(val))]
+        keys = [self.keys.job(ref), self.keys.budget(run_id)]
+        got = int(self._submitting(keys=keys, args=[str(held), str(price), *pairs]))
+        return "written" if got == 1 else "fenced" if got == 0 else "over budget"
 
     def update_in(self, pipe: Pipeline, ref: str, held: int | str, **fields: Any) -> None:
         """:meth:`update` queued on a pipeline (its reply: 1 written, 0 fenced off)."""

@@ -75,15 +75,15 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         finish(rt, ref, stop[0], job, error=stop[1])
         return
     price = float(cost_credits_for(spec.endpoint))
-    if not rt.budget.reserve(run_id, price):
-        _budget_reached(rt, ref, job)
-        return
     attempts = int(job.get("attempts", 0)) + 1
     # The reservation is on the job before the POST: a re-drive of a dead submit can account for it.
-    if not rt.jobs.update(ref, held, state="submitting", attempts=attempts, key=fp, reserved=price):
+    wrote = rt.jobs.submitting(ref, held, run_id, price, state="submitting", attempts=attempts, key=fp, reserved=price)
+    if wrote == "fenced":
         # Re-driven meanwhile (this step passed its deadline): the job is another step's now, and
         # a POST from here would be a second, unflagged task.
-        rt.budget.settle(run_id, price, 0)
+        return
+    if wrote == "over budget":
+        _budget_reached(rt, ref, job)
         return
     job.update(attempts=str(attempts), key=fp, reserved=str(price))
     if rt.replicas.confirm() == "unconfirmed":

@@ -50,7 +50,8 @@ def store_sample(rt: Runtime, ref: str, held: str, spec: JobSpec, job: dict[str,
         side["run_started_at"] = float(meta["created_at"]) if meta.get("created_at") else None
         if transcoded_from:
             side["transcoded_from"] = transcoded_from
-        store.put(name + SIDECAR_SUFFIX, json.dumps(side, indent=1).encode(), content_type="application/json")
+        # One line: json's indented form has no C encoder, and cost 1.6 % of a worker's CPU (profile).
+        store.put(name + SIDECAR_SUFFIX, json.dumps(side).encode(), content_type="application/json")
     except SampleExpired as exc:
         if rt.settings.resubmit_expired and int(job.get("attempts", 0)) < rt.settings.max_attempts:
             _resubmit_expired(rt, ref, held, spec, job, res)

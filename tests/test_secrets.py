@@ -5,8 +5,9 @@ DEBUG worker logs. Then the key, its base64 forms (at each of the three byte ali
 URL-safe alphabets) and its URL-encoded forms are searched for in: every worker log line, the CLI's
 stdout and stderr (``run --wait``, ``status``, ``status --json``, ``results``), results.csv, every
 sidecar and output object, every Redis key name and value (strings, hashes, lists, sets, sorted sets,
-streams; Celery's queues and unacked hash included, with each broker message's body decoded), sampled
-while the run is in flight and again at the end, and the emulator's stats.
+streams; Celery's queues included), sampled while the run is in flight and again at the end, every
+command sent to Redis during the run (``MONITOR``: each broker message's body decoded), and the
+emulator's stats.
 
 Positive controls show the search finds the key where it is: in the environment the CLI got, and in a
 broker-shaped message built here with the key in its body.
@@ -17,9 +18,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,6 +163,46 @@ def _manifest(tmp: Path) -> Path:
     return write_csv(tmp / "m.csv", ["id", "model", "prompt", "input_image"], rows)
 
 
+class RedisMonitor(threading.Thread):
+    """Every command sent to the test's Redis db while the run is in flight (``MONITOR``): each broker
+    message goes through it whole, however briefly it waits in its queue (a worker takes it at once,
+    and kombu keeps no copy in Redis while it runs)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.r = redis.Redis.from_url(url, socket_timeout=0.5)
+        self.db = int(self.r.connection_pool.connection_kwargs.get("db", 0))
+        self.stop = threading.Event()
+        self.listening = threading.Event()
+        self.found: dict[str, list[bytes]] = {}
+        self.commands = 0
+        self.bodies_decoded = 0
+
+    def run(self) -> None:
+        with self.r.monitor() as m:
+            self.listening.set()
+            while not self.stop.is_set():
+                try:
+                    cmd = m.next_command()
+                except redis.exceptions.TimeoutError:
+                    continue
+                if not cmd or cmd["db"] != self.db:
+                    continue
+                self.commands += 1
+                text = str(cmd["command"]).encode()
+                blobs = [text]
+                for body in _BODY.findall(text):
+                    blobs.append(base64.b64decode(body))
+                    self.bodies_decoded += blobs[-1].count(b'[["')  # a task body: ``[[ref, token], {}, {...}]``
+                for blob in blobs:
+                    if hits := leaks(blob):
+                        self.found[text[:60].decode(errors="replace")] = hits
+
+
+#: A kombu message's base64 body, as a publish's JSON carries it.
+_BODY = re.compile(rb'"body": "([A-Za-z0-9+/=]+)"')
+
+
 class RedisSampler(threading.Thread):
     """Dumps the Redis db every 0.1 s while the run is in flight (broker messages exist only then)."""
 
@@ -170,7 +213,6 @@ class RedisSampler(threading.Thread):
         self.found: dict[str, list[bytes]] = {}
         self.samples = 0
         self.broker_keys: set[str] = set()
-        self.bodies_decoded = 0
 
     def run(self) -> None:
         while not self.stop.wait(0.1):
@@ -179,8 +221,6 @@ class RedisSampler(threading.Thread):
             for key, blob in dump.items():
                 if key.startswith(("kontext.", "unacked", "_kombu")):
                     self.broker_keys.add(key)
-                    # A decoded task body is JSON ``[[ref, token], {}, {...}]``: proof the decoding ran.
-                    self.bodies_decoded += blob.count(b'[["')
                 if hits := leaks(blob):
                     self.found[key] = hits
 
@@ -198,7 +238,18 @@ def test_the_key_appears_nowhere_after_a_full_run(redis_url: str, tmp_path: Path
         assert leaks(b"..." + base64.b64encode(b"{'k': '" + KEY.encode() + b"'}") + b"...")
         assert leaks(b"?key=" + quote_plus(KEY).encode())
 
-        sampler = RedisSampler(redis_url)
+        sampler, monitor = RedisSampler(redis_url), RedisMonitor(redis_url)
+        monitor.start()
+        assert monitor.listening.wait(10)
+        # Positive control of the command search: a broker-shaped message with the key, sent to Redis.
+        control = redis.Redis.from_url(redis_url)
+        control.lpush("kb-test-control", json.dumps(fake, separators=(", ", ": ")))
+        control.delete("kb-test-control")
+        deadline = time.monotonic() + 10
+        while not monitor.found and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.found, "the command search did not find the key in a message sent to Redis"
+        monitor.found.clear()
         sampler.start()
         try:
             run = subprocess.run(
@@ -210,7 +261,9 @@ def test_the_key_appears_nowhere_after_a_full_run(redis_url: str, tmp_path: Path
             )
         finally:
             sampler.stop.set()
+            monitor.stop.set()
             sampler.join(10)
+            monitor.join(10)
         assert run.returncode == 1, run.stderr[-3000:]  # two rows failed or were moderated, by design
         run_id = run.stdout.decode().splitlines()[0].strip()
         cli_outputs: dict[str, bytes] = {"run stdout": run.stdout, "run stderr": run.stderr}
@@ -248,6 +301,8 @@ def test_the_key_appears_nowhere_after_a_full_run(redis_url: str, tmp_path: Path
     search("emulator stats", stats)
     for key, hits in sampler.found.items():
         found[f"redis (during the run) {key}"] = hits
+    for command, hits in monitor.found.items():
+        found[f"redis command {command}"] = hits
 
     assert not found, f"the API key leaked into: {sorted(found)}"
     # The search looked at something real: DEBUG logs, the run's keys, and broker messages in flight.
@@ -256,9 +311,10 @@ def test_the_key_appears_nowhere_after_a_full_run(redis_url: str, tmp_path: Path
     assert sampler.samples >= 3
     print(
         f"searched {log_lines} log lines, {len(files)} objects, {len(final_redis)} Redis keys at the end, "
-        f"{sampler.samples} Redis samples during the run (broker keys seen: {sorted(sampler.broker_keys)})"
+        f"{sampler.samples} Redis samples during the run (broker keys seen: {sorted(sampler.broker_keys)}), "
+        f"{monitor.commands} commands, {monitor.bodies_decoded} broker message bodies decoded"
     )
-    assert sampler.broker_keys, "no Celery queue or unacked entry was seen during the run"
-    assert sampler.bodies_decoded > 0, "no broker message body was decoded"
+    assert sampler.broker_keys, "no Celery queue or binding was seen during the run"
+    assert monitor.bodies_decoded >= 12, "fewer broker message bodies decoded than the run's rows"
     results = list(io.StringIO(cli_outputs["results stdout"].decode()))
     assert len(results) == 1 + 12

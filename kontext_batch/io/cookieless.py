@@ -9,18 +9,27 @@ the URL again. That was 4.4 % of a worker's CPU in the benchmark's profile (thre
 
 from __future__ import annotations
 
+from http.cookiejar import Cookie, CookieJar
+
 import httpx
 
 __all__ = ["CookielessClient"]
 
 
-class _NoCookies(httpx.Cookies):
-    """An empty jar that files nothing: what a response sets is dropped, unread."""
+class _DropJar(CookieJar):
+    """A cookie jar that stores nothing, whatever puts a cookie in it."""
 
-    def extract_cookies(self, response: httpx.Response) -> None:
+    def set_cookie(self, cookie: Cookie) -> None:
         return None
 
-    def set(self, name: str, value: str, domain: str = "", path: str = "/") -> None:
+
+class _NoCookies(httpx.Cookies):
+    """An empty jar that files nothing. A response's cookies are not even read: that is the cost."""
+
+    def __init__(self) -> None:
+        super().__init__(_DropJar())
+
+    def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
 

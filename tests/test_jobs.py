@@ -6,6 +6,7 @@ import time
 
 import redis
 
+from kontext_batch.coord.budget import Budget
 from kontext_batch.coord.holders import Holders, KeyCaps
 from kontext_batch.coord.jobs import Jobs
 from kontext_batch.coord.keys import Keys, slot_id
@@ -149,8 +150,6 @@ def test_a_busy_job_of_a_live_holder_is_re_driven_once_its_step_passes_its_deadl
 
 
 def test_the_write_before_a_post_reserves_its_price_with_it_or_does_neither(redis_client: redis.Redis) -> None:
-    from kontext_batch.coord.budget import Budget  # noqa: PLC0415
-
     s, j = make(redis_client)
     budget = Budget(redis_client, KEYS)
     budget.set("run", 10.0)

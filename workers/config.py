@@ -2,8 +2,9 @@
 
 Why these settings:
 - threads pool: every task waits on HTTP; one process holds dozens of jobs in flight.
-- acks_late: a message is acknowledged once its step ran; tasks are idempotent (fencing tokens,
-  results written once), so a second delivery does no harm.
+- acks_late (and reject_on_worker_lost, which only a prefork pool would use): a message is
+  acknowledged once its step ran; tasks are idempotent (fencing tokens, results written once), so a
+  second delivery does no harm.
 - no ack emulation in Redis: kombu would write every delivered message into an ``unacked`` hash
   and index (and delete it again on ack, two more round trips a step) so that, an hour after a
   worker died with it, the message could be delivered again, stale by then (fencing tokens). A

@@ -56,25 +56,30 @@ class SentinelGroup:
         self.procs[old].wait(10)
         return self._wait_master_moved(old)
 
+    def named(self) -> set[int]:
+        """The master ports the sentinels name now (one, once they agree)."""
+        seen = set()
+        for port in self.sentinel_ports:
+            with contextlib.suppress(redis.RedisError):
+                s = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+                addr = s.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)
+                s.close()
+                seen.add(int(addr[1]))
+        return seen
+
     def _wait_master_moved(self, old: int, timeout_s: float = 60) -> int:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            seen = set()
-            for port in self.sentinel_ports:
-                with contextlib.suppress(redis.RedisError):
-                    s = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
-                    addr = s.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)
-                    s.close()
-                    seen.add(int(addr[1]))
+            seen = self.named()
             if len(seen) == 1 and old not in seen:
                 new = seen.pop()
                 # The new master must answer as one before the failover is over for the tests.
-                if self._role(new) == "master" and self._role(old) in ("slave", None):
+                if self.role(new) == "master" and self.role(old) in ("slave", None):
                     return new
             time.sleep(0.1)
         raise AssertionError(f"the sentinels did not move the master off {old} within {timeout_s:.0f} s")
 
-    def _role(self, port: int) -> str | None:
+    def role(self, port: int) -> str | None:
         """``master`` or ``slave`` as the server itself says; None when it is not running."""
         proc = self.procs.get(port)
         if proc is None or proc.poll() is not None:

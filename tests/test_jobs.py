@@ -157,15 +157,18 @@ def test_the_write_before_a_post_reserves_its_price_with_it_or_does_neither(redi
     g1, g2 = s.dispatch("acct", MAX, [ACCT])
     held1 = j.claim(g1.ref, g1.token, "proc-1")["step"]  # type: ignore[index]
     held2 = j.claim(g2.ref, g2.token, "proc-1")["step"]  # type: ignore[index]
-    assert j.submitting(g1.ref, held1, "run", 8.0, state="submitting", reserved=8.0) == "written"
+    wrote, node = j.submitting(g1.ref, held1, "run", 8.0, state="submitting", reserved=8.0)
+    assert wrote == "written"
+    assert node is not None
+    assert node.role == "master"
     assert j.fields(g1.ref, "state", "reserved") == {"state": "submitting", "reserved": "8.0"}
     assert budget.spend("run").reserved == 8.0
     # Past the budget: the job is not written, nothing more is held.
-    assert j.submitting(g2.ref, held2, "run", 8.0, state="submitting", reserved=8.0) == "over budget"
+    assert j.submitting(g2.ref, held2, "run", 8.0, state="submitting", reserved=8.0) == ("over budget", None)
     assert j.fields(g2.ref, "state") == {"state": "granted"}
     # Another step's job now (re-driven): no write and no reservation left behind for it.
     budget.settle("run", 8.0, 0)
     assert j.claim(g2.ref, int(held2), "proc-2") is not None
-    assert j.submitting(g2.ref, held2, "run", 8.0, state="stale write") == "fenced"
+    assert j.submitting(g2.ref, held2, "run", 8.0, state="stale write") == ("fenced", None)
     assert budget.spend("run").reserved == 0.0
     assert j.fields(g2.ref, "state") == {"state": "granted"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from kontext_batch.coord.replicas import ReplicaGuard
+from kontext_batch.coord.replicas import Node, ReplicaGuard
 from tests.redis_servers import redis_binary, redis_server
 
 
@@ -21,6 +21,14 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def write(guard: ReplicaGuard, r: redis.Redis, key: str = "kb:write", value: str = "1") -> Node:
+    """A write and the node that took it, as a step makes them."""
+    pipe = r.pipeline(transaction=False)
+    pipe.set(key, value)
+    guard.where_in(pipe)
+    return Node.from_reply(pipe.execute()[-1])
 
 
 def _wait(cond: object, timeout_s: float = 30) -> None:
@@ -50,8 +58,8 @@ def test_a_redis_without_replicas_is_taken_as_it_is_and_waits_for_nothing(tmp_pa
     with redis_server(tmp_path / "alone") as port:
         r = redis.Redis(port=port)
         guard = ReplicaGuard(r, "kb:replica-probe:t")
-        assert guard.confirm() == "lone"
-        assert guard.confirm() == "lone"
+        assert guard.confirm(write(guard, r)) == "lone"
+        assert guard.confirm(write(guard, r)) == "lone"
         assert r.exists("kb:replica-probe:t") == 0  # no probe, no WAIT: the default set-up pays nothing
         r.close()
 
@@ -60,8 +68,7 @@ def test_a_redis_without_replicas_is_taken_as_it_is_and_waits_for_nothing(tmp_pa
 def test_writes_on_a_master_with_a_live_replica_are_confirmed(pair: tuple[redis.Redis, redis.Redis]) -> None:
     master, replica = pair
     guard = ReplicaGuard(master, "kb:replica-probe:t")
-    master.set("kb:write", "1")
-    assert guard.confirm() == "replicated"
+    assert guard.confirm(write(guard, master)) == "replicated"
     assert replica.get("kb:write") == b"1"
 
 
@@ -69,14 +76,13 @@ def test_writes_on_a_master_with_a_live_replica_are_confirmed(pair: tuple[redis.
 def test_a_stalled_replica_leaves_the_write_unconfirmed(pair: tuple[redis.Redis, redis.Redis]) -> None:
     master, replica = pair
     guard = ReplicaGuard(master, "kb:replica-probe:t", timeout_ms=200)
-    assert guard.confirm() == "replicated"
+    assert guard.confirm(write(guard, master)) == "replicated"
     port = replica.connection_pool.connection_kwargs["port"]
     # The replica is connected but acknowledges nothing while it sleeps.
     sleeper = threading.Thread(target=lambda: redis.Redis(port=port).execute_command("DEBUG", "SLEEP", "3"))
     sleeper.start()
     time.sleep(0.3)
-    master.set("kb:write", "2")
-    assert guard.confirm() == "unconfirmed"
+    assert guard.confirm(write(guard, master, value="2")) == "unconfirmed"
     sleeper.join()
 
 
@@ -87,16 +93,21 @@ def test_a_master_that_just_lost_its_replica_is_refused_until_the_window_passes(
     master, replica = pair
     clock = Clock()
     guard = ReplicaGuard(master, "kb:replica-probe:t", timeout_ms=200, recent_s=15, clock=clock)
-    assert guard.confirm() == "replicated"
+    assert guard.confirm(write(guard, master)) == "replicated"
     # What the old master of a forced failover sees: its replica promoted, gone from under it.
     replica.replicaof("NO", "ONE")
     _wait(lambda: master.info("replication").get("connected_slaves") == 0)
     clock.now += 1
-    assert guard.confirm() == "unconfirmed"
+    assert guard.confirm(write(guard, master)) == "unconfirmed"
     clock.now += 10
-    assert guard.confirm() == "unconfirmed"
+    assert guard.confirm(write(guard, master)) == "unconfirmed"
     clock.now += 5  # 16 s without a replica: a master left alone for good (a kill -9's survivor)
-    assert guard.confirm() == "lone"
+    assert guard.confirm(write(guard, master)) == "lone"
+    # The promoted replica: a new replication id, never seen with a replica, so its writes are taken
+    # as they are (nothing else can take writes from it).
+    promoted = write(guard, replica)
+    assert promoted.replid != write(guard, master).replid
+    assert guard.confirm(promoted) == "lone"
 
 
 @pytest.mark.integration
@@ -107,7 +118,9 @@ def test_a_user_that_may_not_run_info_goes_on_unchecked(tmp_path: Path) -> None:
         with pytest.raises(redis.exceptions.NoPermissionError):
             r.info("replication")
         guard = ReplicaGuard(r, "kb:replica-probe:t")
+        node = write(guard, r)  # where() inside the script survives the refused INFO
+        assert node.role == "unknown"
         # Not "unconfirmed": that would hold every submit back for ever.
-        assert guard.confirm() == "lone"
-        assert guard.confirm() == "lone"
+        assert guard.confirm(node) == "lone"
+        assert guard.confirm(write(guard, r)) == "lone"
         r.close()

@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kontext_batch.coord.address import display, parse_sentinel
 from kontext_batch.coord.keys import Keys
+from kontext_batch.coord.replicas import WHERE, Node, ReplicaGuard
 from kontext_batch.coord.runs import RunInfo, RunStore
 from kontext_batch.errors import ConfigError
 from kontext_batch.runtime import connect_redis
 from kontext_batch.settings import Settings
 from tests import fault_figures
 from tests.e2e_support import running_system, wait_finished
-from tests.sentinel_servers import sentinel_group
+from tests.sentinel_servers import MASTER, sentinel_group
 from tests.test_faults import FAST, account, check_caps, check_outputs, emulator, manifest, orphans, start
+from tests.test_replicas import write
 
 
 @pytest.mark.unit
@@ -130,3 +133,43 @@ def test_a_run_through_a_forced_sentinel_failover_succeeds_every_row_once(tmp_pa
 @pytest.mark.faults
 def test_a_run_through_kill_9_of_the_master_succeeds_every_row_once(tmp_path: Path) -> None:
     _run_through(tmp_path, "kill")
+
+
+@pytest.mark.integration  # a private Sentinel group
+def test_a_write_left_on_the_old_master_in_a_forced_failover_is_not_confirmed(tmp_path: Path) -> None:
+    """The CI failure of 2026-12-07: 11 rows sent twice, unflagged. A worker thread's connection to
+    the old master outlives the promotion (Sentinel demotes the old master some seconds later),
+    while the pool's other connections already reach the new one: the write before a POST lands on
+    the old master and is lost, and the guard must not take the new master's word for it."""
+    with sentinel_group(tmp_path) as group:
+        r = connect_redis(group.url(0))
+        guard = ReplicaGuard(r, "kb:replica-probe:t", timeout_ms=200)
+        assert guard.confirm(write(guard, r, "kb:warm")) == "replicated"
+        old, new = group.data_ports[0], group.data_ports[1]
+        stale = r.connection_pool.get_connection()  # held by a thread across the failover
+        group.sentinel().execute_command("SENTINEL", "FAILOVER", MASTER)
+        _wait_until(lambda: group.named() == {new} and group.role(new) == "master")
+        assert group.role(old) == "master", "Sentinel demoted the old master at once"
+        # Any new connection asks the sentinels, finds the new master and drops the idle ones.
+        assert r.connection_pool.get_master_address() == ("127.0.0.1", new)
+        stale.send_command("SET", "kb:submitting", "1")
+        assert stale.read_response() in (b"OK", "OK")
+        stale.send_command("EVAL", WHERE + "return where()", 0)
+        on_old = Node.from_reply(stale.read_response())
+        r.connection_pool.release(stale)
+        assert guard.confirm(on_old) == "unconfirmed"
+        # The new master's own writes go ahead: nothing can take them from it.
+        assert guard.confirm(write(guard, r, "kb:after")) == "lone"
+        # Why: once Sentinel demotes the old master, the write is gone.
+        _wait_until(lambda: group.role(old) == "slave", timeout_s=60)
+        assert r.get("kb:submitting") is None
+        assert r.get("kb:after") == b"1"
+        assert r.get("kb:warm") == b"1"
+        r.close()
+
+
+def _wait_until(cond: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

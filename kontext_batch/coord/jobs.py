@@ -37,6 +37,7 @@ from redis.client import Pipeline
 
 from kontext_batch.coord.keys import Keys, split_slot_id
 from kontext_batch.coord.redisio import decode, eval_in, existing, lua, now_ms
+from kontext_batch.coord.replicas import WHERE, Node
 
 __all__ = ["Grant", "Jobs", "StaleJob", "Submitting"]
 
@@ -49,7 +50,7 @@ _RENEW: Final = lua("renew.lua")
 _CLAIM: Final = _RENEW + lua("claim.lua")
 _UPDATE: Final = _RENEW + lua("update.lua")
 _CLAIM_EXPIRED: Final = _RENEW + lua("claim_expired.lua")
-_SUBMITTING: Final = lua("reserve.lua") + lua("submitting.lua")
+_SUBMITTING: Final = lua("reserve.lua") + WHERE + lua("submitting.lua")
 _WEBHOOK: Final = lua("webhook.lua")
 
 
@@ -141,13 +142,19 @@ class Jobs:
         """Write job fields if the step still holds token ``held``. False: a newer step owns the job."""
         return self._fenced(ref, held, "", fields)
 
-    def submitting(self, ref: str, held: int | str, run_id: str, price: float, **fields: Any) -> Submitting:
+    def submitting(
+        self, ref: str, held: int | str, run_id: str, price: float, **fields: Any
+    ) -> tuple[Submitting, Node | None]:
         """The write before a submit's POST, if the step still holds token ``held``, and ``price``
-        reserved in the run's budget (:mod:`~kontext_batch.coord.budget`), together or not at all."""
+        reserved in the run's budget (:mod:`~kontext_batch.coord.budget`), together or not at all;
+        with the node that took it, for :meth:`~kontext_batch.coord.replicas.ReplicaGuard.confirm`."""
         pairs = [v for k, val in fields.items() for v in (k, str(val))]
         keys = [self.keys.job(ref), self.keys.budget(run_id)]
-        got = int(self._submitting(keys=keys, args=[str(held), str(price), *pairs]))
-        return "written" if got == 1 else "fenced" if got == 0 else "over budget"
+        got = self._submitting(keys=keys, args=[str(held), str(price), *pairs])
+        status = int(got[0])
+        if status == 1:
+            return "written", Node.from_reply(got[1:])
+        return ("fenced" if status == 0 else "over budget"), None
 
     def update_in(self, pipe: Pipeline, ref: str, held: int | str, **fields: Any) -> None:
         """:meth:`update` queued on a pipeline (its reply: 1 written, 0 fenced off)."""

@@ -15,6 +15,8 @@ from kontext_batch import logs
 from kontext_batch.api.models import KontextRequest
 from kontext_batch.api.prices import cost_credits_for
 from kontext_batch.coord.keys import split_job_ref, split_slot_id
+from kontext_batch.coord.redisio import decode
+from kontext_batch.coord.replicas import Node
 from kontext_batch.errors import (
     ApiError,
     AuthError,
@@ -77,7 +79,9 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
     price = float(cost_credits_for(spec.endpoint))
     attempts = int(job.get("attempts", 0)) + 1
     # The reservation is on the job before the POST: a re-drive of a dead submit can account for it.
-    wrote = rt.jobs.submitting(ref, held, run_id, price, state="submitting", attempts=attempts, key=fp, reserved=price)
+    wrote, node = rt.jobs.submitting(
+        ref, held, run_id, price, state="submitting", attempts=attempts, key=fp, reserved=price
+    )
     if wrote == "fenced":
         # Re-driven meanwhile (this step passed its deadline): the job is another step's now, and
         # a POST from here would be a second, unflagged task.
@@ -86,7 +90,8 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
         _budget_reached(rt, ref, job)
         return
     job.update(attempts=str(attempts), key=fp, reserved=str(price))
-    if rt.replicas.confirm() == "unconfirmed":
+    assert node is not None  # written
+    if rt.replicas.confirm(node) == "unconfirmed":
         # The record of this submit may be lost with a failover (the master lost its replica a
         # moment ago): a POST now could come back as a second, unflagged task. Try again shortly.
         _held_back(rt, ref, held, fp, price, attempts)
@@ -153,10 +158,12 @@ def submit_job(rt: Runtime, ref: str, token: int, *, delivered: bool = True) -> 
             polls=0,
             poll_errors=0,
         )
+        rt.replicas.where_in(pipe)  # the node that took the transaction, for the check
         return pipe
 
-    handed_off = bool(record().execute()[-1])
-    if handed_off and rt.replicas.confirm() == "unconfirmed":
+    *_, wrote_it, where = record().execute()
+    handed_off = bool(wrote_it)
+    if handed_off and rt.replicas.confirm(Node.from_reply(where)) == "unconfirmed":
         # The task exists; its id may be lost with a failover, and the row sent again. Write it
         # again until a replica has it, to whichever node is master by then.
         handed_off = _record_task_durably(rt, ref, held, task.id, record)
@@ -188,15 +195,20 @@ def _record_task_durably(rt: Runtime, ref: str, held: str, task_id: str, record:
     while time.monotonic() < give_up:
         time.sleep(_HELD_BACK_S)
         try:
-            now = rt.jobs.fields(ref, "step", "state", "bfl_task_id")
-            if now.get("step") != str(held):
+            # Read and checked on one node: the one the read reached.
+            pipe = rt.redis.pipeline(transaction=False)
+            pipe.hmget(rt.keys.job(ref), ["step", "state", "bfl_task_id"])
+            rt.replicas.where_in(pipe)
+            (step, state, task_now), where = pipe.execute()
+            if decode(step or b"") != str(held):
                 return False
-            if now.get("state") == "submitting":
-                if not record().execute()[-1]:
+            if decode(state or b"") == "submitting":
+                *_, wrote_it, where = record().execute()
+                if not wrote_it:
                     return False
-            elif now.get("bfl_task_id") != task_id:
+            elif decode(task_now or b"") != task_id:
                 return False
-            if rt.replicas.confirm() != "unconfirmed":
+            if rt.replicas.confirm(Node.from_reply(where)) != "unconfirmed":
                 return True
         except RedisError as exc:  # the clients are moving to the new master
             log.info("job %s: task %s not confirmed yet: %s", ref, task_id, exc)

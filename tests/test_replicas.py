@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,9 +31,9 @@ def write(guard: ReplicaGuard, r: redis.Redis, key: str = "kb:write", value: str
     return Node.from_reply(pipe.execute()[-1])
 
 
-def _wait(cond: object, timeout_s: float = 30) -> None:
+def wait_until(cond: Callable[[], bool], timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
-    while not cond():  # type: ignore[operator]
+    while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 
@@ -46,8 +46,8 @@ def pair(tmp_path: Path) -> Iterator[tuple[redis.Redis, redis.Redis]]:
         replica_args = ("--replicaof", "127.0.0.1", str(mport), "--enable-debug-command", "yes")
         with redis_server(tmp_path / "replica", *replica_args) as rport:
             master, replica = redis.Redis(port=mport), redis.Redis(port=rport)
-            _wait(lambda: replica.info("replication").get("master_link_status") == "up")
-            _wait(lambda: master.info("replication").get("connected_slaves") == 1)
+            wait_until(lambda: replica.info("replication").get("master_link_status") == "up")
+            wait_until(lambda: master.info("replication").get("connected_slaves") == 1)
             yield master, replica
             master.close()
             replica.close()
@@ -96,7 +96,7 @@ def test_a_master_that_just_lost_its_replica_is_refused_until_the_window_passes(
     assert guard.confirm(write(guard, master)) == "replicated"
     # What the old master of a forced failover sees: its replica promoted, gone from under it.
     replica.replicaof("NO", "ONE")
-    _wait(lambda: master.info("replication").get("connected_slaves") == 0)
+    wait_until(lambda: master.info("replication").get("connected_slaves") == 0)
     clock.now += 1
     assert guard.confirm(write(guard, master)) == "unconfirmed"
     clock.now += 10

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from tests import fault_figures
 from tests.e2e_support import running_system, wait_finished
 from tests.sentinel_servers import MASTER, sentinel_group
 from tests.test_faults import FAST, account, check_caps, check_outputs, emulator, manifest, orphans, start
-from tests.test_replicas import write
+from tests.test_replicas import wait_until, write
 
 
 @pytest.mark.unit
@@ -148,7 +147,7 @@ def test_a_write_left_on_the_old_master_in_a_forced_failover_is_not_confirmed(tm
         old, new = group.data_ports[0], group.data_ports[1]
         stale = r.connection_pool.get_connection()  # held by a thread across the failover
         group.sentinel().execute_command("SENTINEL", "FAILOVER", MASTER)
-        _wait_until(lambda: group.named() == {new} and group.role(new) == "master")
+        wait_until(lambda: group.named() == {new} and group.role(new) == "master")
         assert group.role(old) == "master", "Sentinel demoted the old master at once"
         # Any new connection asks the sentinels, finds the new master and drops the idle ones.
         assert r.connection_pool.get_master_address() == ("127.0.0.1", new)
@@ -161,15 +160,8 @@ def test_a_write_left_on_the_old_master_in_a_forced_failover_is_not_confirmed(tm
         # The new master's own writes go ahead: nothing can take them from it.
         assert guard.confirm(write(guard, r, "kb:after")) == "lone"
         # Why: once Sentinel demotes the old master, the write is gone.
-        _wait_until(lambda: group.role(old) == "slave", timeout_s=60)
+        wait_until(lambda: group.role(old) == "slave", timeout_s=60)
         assert r.get("kb:submitting") is None
         assert r.get("kb:after") == b"1"
         assert r.get("kb:warm") == b"1"
         r.close()
-
-
-def _wait_until(cond: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

@@ -94,10 +94,6 @@ class ReplicaGuard:
         """Queue the node's report on ``pipe`` (its reply: :meth:`Node.from_reply`), after the writes to check."""
         eval_in(pipe, self._where, [], [])
 
-    def where(self) -> Node:
-        """The node a connection of this client reaches now."""
-        return Node.from_reply(self._where())
-
     def confirm(self, written: Node) -> Confirmation:
         """Whether the writes this process made on node ``written`` so far are on a replica
         (``replicated``), on a master that has none to lose them to (``lone``), or neither
